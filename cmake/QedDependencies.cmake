@@ -1,0 +1,4 @@
+# Boost 1.81 (header-only: Asio, Container, Test) and liburing, from Debian.
+find_package(Boost 1.81 REQUIRED)
+find_package(Threads REQUIRED)
+find_package(LibUring REQUIRED)

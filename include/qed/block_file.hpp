@@ -1,0 +1,138 @@
+// The block file seam: the only way the driver touches storage.
+//
+// Backends: io_uring (boost::asio::random_access_file in mixed mode), a
+// thread pool running pread/pwrite (chosen when no io_uring ring can be
+// created), and an in-memory file. Test decorators (fault injection,
+// simulated power loss) sit behind the same interface.
+#pragma once
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/buffer.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <system_error>
+
+namespace qed {
+
+/// Completion of a transfer: error, and bytes transferred (all of them on success).
+using io_handler = boost::asio::any_completion_handler<void(std::error_code, std::size_t)>;
+/// Completion of an operation without a byte count.
+using op_handler = boost::asio::any_completion_handler<void(std::error_code)>;
+
+/// Identity of the storage behind a file, for backing-chain loop detection.
+struct file_identity {
+    std::uint64_t device = 0;
+    std::uint64_t inode = 0;
+    friend bool operator==(const file_identity&, const file_identity&) = default;
+};
+
+/// Which implementation backs a file opened from a path.
+enum class file_backend {
+    automatic,  ///< io_uring when a ring can be created, else threads
+    io_uring,   ///< boost::asio::random_access_file on io_uring
+    threads,    ///< pread/pwrite on a thread pool
+};
+
+/// Options for opening a file from a path.
+struct file_options {
+    bool read_only = true;
+    bool create = false;     ///< create (truncate) the file
+    bool direct = false;     ///< O_DIRECT: bypass the host page cache
+    file_backend backend = file_backend::automatic;
+};
+
+/// Asynchronous random-access file.
+///
+/// Contract (every implementation):
+///  - Completion handlers run on get_executor() (or the handler's associated
+///    executor), never inside the initiating call.
+///  - Transfers are complete: a short read or write is continued, and only
+///    full success reports `bytes == total`. Reads past end of file give zeros.
+///  - The span of buffer descriptors is copied; the memory it points to must
+///    stay valid until the handler runs.
+///  - Several operations may be in flight at once; there is no ordering
+///    between them. async_flush makes durable every write that completed
+///    before it was started.
+///  - Not thread-safe: call from the executor's thread (or strand).
+class block_file {
+public:
+    using executor_type = boost::asio::any_io_executor;
+
+    virtual ~block_file() = default;
+
+    virtual executor_type get_executor() const = 0;
+
+    virtual void async_read_at(std::uint64_t offset, std::span<const boost::asio::mutable_buffer> buffers,
+                               io_handler handler) = 0;
+    virtual void async_write_at(std::uint64_t offset, std::span<const boost::asio::const_buffer> buffers,
+                                io_handler handler) = 0;
+    /// fdatasync: every write completed before this call reaches stable storage.
+    virtual void async_flush(op_handler handler) = 0;
+    /// Set the file size (grow with zeros or truncate).
+    virtual void async_resize(std::uint64_t size, op_handler handler) = 0;
+
+    /// Current size of the file in bytes.
+    virtual std::uint64_t size(std::error_code& ec) const = 0;
+    /// Offset, length and memory alignment that transfers must keep to be
+    /// efficient (1 for buffered files; the logical block size with O_DIRECT).
+    /// Misaligned transfers still work, through a slower path.
+    virtual std::size_t alignment() const noexcept { return 1; }
+    /// Whether [offset, offset + length) starts with data or a hole, and how
+    /// long that run is (for raw images' block status). Default: all data.
+    virtual std::error_code allocation(std::uint64_t /*offset*/, std::uint64_t length, bool& data,
+                                       std::uint64_t& run) const {
+        data = true;
+        run = length;
+        return {};
+    }
+    virtual file_identity identity() const noexcept = 0;
+    virtual bool read_only() const noexcept = 0;
+    /// A short name for messages ("io_uring", "threads", "memory", ...).
+    virtual const char* backend_name() const noexcept = 0;
+};
+
+/// Open a file by path. Throws nothing; errors come back in `ec`.
+std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, const std::string& path,
+                                      const file_options& options, std::error_code& ec);
+
+/// True when this process can create an io_uring ring (probed once).
+bool io_uring_available() noexcept;
+
+/// Bytes of an in-memory file, shareable between several open handles
+/// (so a test can "reopen" an image). Sparse: untouched ranges use no memory.
+class memory_storage {
+public:
+    memory_storage();
+    ~memory_storage();
+    memory_storage(const memory_storage&) = delete;
+    memory_storage& operator=(const memory_storage&) = delete;
+
+    std::uint64_t size() const noexcept;
+    void resize(std::uint64_t size);
+    void read(std::uint64_t offset, std::span<std::byte> out) const;
+    void write(std::uint64_t offset, std::span<const std::byte> in);
+    /// Deep copy (for snapshots in tests).
+    std::shared_ptr<memory_storage> clone() const;
+    /// Data/hole status of the page holding `offset` and the run after it.
+    void allocation(std::uint64_t offset, std::uint64_t length, bool& data, std::uint64_t& run) const;
+    /// Bytes of memory actually held.
+    std::uint64_t memory_used() const noexcept;
+    std::uint64_t id() const noexcept { return id_; }
+
+private:
+    struct impl;
+    std::unique_ptr<impl> impl_;
+    std::uint64_t id_;
+};
+
+/// An in-memory block file over `storage`.
+std::shared_ptr<block_file> make_memory_file(const boost::asio::any_io_executor& ex,
+                                             std::shared_ptr<memory_storage> storage, bool read_only = false);
+
+}  // namespace qed

@@ -1,0 +1,239 @@
+// The image API: create, open, read, write, write-zeroes, flush, block
+// status, check, change backing file, grow, close.
+//
+// Threading: an image lives on one executor (pass a strand if the io_context
+// runs on several threads). Every completion handler runs on that executor,
+// or on the handler's own associated executor, and never inside the call
+// that started the operation. Initiating functions take any Asio completion
+// token: a callback, boost::asio::use_future, boost::asio::use_awaitable...
+//
+// Requests use scatter-gather buffers, must be 512-byte aligned in offset and
+// length, and may be in flight in any number at once. The caller keeps the
+// buffers alive until the handler runs.
+#pragma once
+
+#include "qed/block_file.hpp"
+#include "qed/detail/buffers.hpp"
+#include "qed/error.hpp"
+#include "qed/format.hpp"
+
+#include <boost/asio/async_result.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace qed {
+
+enum class image_format { qed, raw };
+std::string_view to_string(image_format f) noexcept;
+/// "qed" or "raw"; anything else gives nullopt.
+std::optional<image_format> parse_format(std::string_view name) noexcept;
+
+/// How to open a file by path; the default opens real files with open_file().
+/// Tests install one that serves in-memory files.
+using file_opener =
+    std::function<std::shared_ptr<block_file>(const std::string& path, const file_options&, std::error_code&)>;
+
+/// Receives one-line diagnostics (why an open failed, what a repair did).
+using log_sink = std::function<void(std::string_view)>;
+
+struct create_options {
+    image_format format = image_format::qed;
+    std::uint64_t size = 0;  ///< guest size; rounded up to 512
+    std::uint32_t cluster_size = default_cluster_size;
+    std::uint32_t table_size = default_table_size;
+    std::string backing_file;                   ///< empty: none
+    std::optional<image_format> backing_format; ///< raw sets BACKING_FORMAT_NO_PROBE
+    file_backend backend = file_backend::automatic;
+    file_opener opener;
+};
+
+struct open_options {
+    bool read_only = false;
+    std::optional<image_format> format;  ///< nullopt: probe the magic
+    file_backend backend = file_backend::automatic;
+    bool direct = false;                 ///< O_DIRECT (cache=none)
+    std::size_t l2_cache_size = 50;      ///< L2 tables kept in memory
+    /// Quiet time after the last allocating write before NEED_CHECK is cleared.
+    std::chrono::milliseconds need_check_timeout{5000};
+    unsigned max_backing_depth = 16;
+    /// When set, every backing file must resolve inside this directory.
+    std::optional<std::string> allowed_backing_dir;
+    bool open_backing = true;    ///< false: leave the backing file closed (metadata tools)
+    bool repair_on_open = true;  ///< read-write open of a dirty image checks and repairs it
+    file_opener opener;
+    log_sink log;
+};
+
+/// What an image is (all from memory, no I/O).
+struct image_info {
+    std::string filename;
+    image_format format = image_format::qed;
+    std::uint64_t virtual_size = 0;
+    std::uint64_t file_size = 0;  ///< bytes of the image file
+    bool read_only = false;
+    std::string backend;          ///< file backend ("io_uring", "threads", "memory")
+    // QED only:
+    std::uint32_t cluster_size = 0;
+    std::uint32_t table_size = 0;
+    std::uint32_t header_size = 0;
+    std::uint64_t l1_table_offset = 0;
+    std::uint64_t features = 0;
+    std::uint64_t compat_features = 0;
+    std::uint64_t autoclear_features = 0;
+    bool need_check = false;  ///< the NEED_CHECK bit as it is on disk now
+    std::string backing_file;       ///< as stored in the header
+    std::string backing_file_full;  ///< resolved against the image's directory
+    std::optional<image_format> backing_format;
+    unsigned chain_depth = 0;  ///< backing files below this image that are open
+};
+
+/// One run of the guest address space with uniform allocation status.
+struct extent {
+    std::uint64_t offset = 0;  ///< guest offset
+    std::uint64_t length = 0;
+    unsigned depth = 0;    ///< chain level that supplies the data (0 = this image)
+    bool present = false;  ///< allocated somewhere in the chain
+    bool zero = false;     ///< reads as zeros
+    bool data = false;     ///< backed by data in a file
+    std::optional<std::uint64_t> host_offset;  ///< offset in the file at `depth`
+    friend bool operator==(const extent&, const extent&) = default;
+};
+
+struct check_options {
+    enum class repair { none, leaks, all };
+    repair mode = repair::none;
+};
+
+struct check_result {
+    std::uint64_t corruptions = 0;        ///< remaining after any repair
+    std::uint64_t leaks = 0;              ///< remaining after any repair
+    std::uint64_t check_errors = 0;       ///< I/O errors while checking
+    std::uint64_t corruptions_fixed = 0;
+    std::uint64_t leaks_fixed = 0;
+    std::uint64_t total_clusters = 0;     ///< guest size in clusters
+    std::uint64_t allocated_clusters = 0; ///< data clusters in this image
+    std::uint64_t fragmented_clusters = 0;
+    std::uint64_t image_end_offset = 0;   ///< end of the last used cluster
+    bool need_check_cleared = false;      ///< repair cleared NEED_CHECK
+    std::vector<std::string> messages;    ///< one line per problem found
+};
+
+struct write_options {
+    bool fua = false;  ///< force unit access: durable when the handler runs
+};
+
+struct zero_options {
+    /// false (NBD's NO_HOLE): write real zeros, keep storage allocated.
+    bool may_unmap = true;
+    bool fua = false;
+};
+
+namespace detail {
+class device;
+}
+
+/// A handle to an open image (cheap to copy; all copies share the image).
+class image {
+public:
+    using executor_type = boost::asio::any_io_executor;
+
+    image() = default;
+    explicit image(std::shared_ptr<detail::device> dev) noexcept : dev_(std::move(dev)) {}
+
+    bool is_open() const noexcept;
+    explicit operator bool() const noexcept { return is_open(); }
+    executor_type get_executor() const;
+    /// Guest size in bytes.
+    std::uint64_t size() const;
+    image_info info() const;
+    /// The backing image, if one is open (a handle sharing this image's chain).
+    image backing() const;
+
+    // ---- creation and opening -------------------------------------------
+
+    /// Create an image file. Signature: void(std::error_code).
+    template <class Token>
+    static auto async_create(const executor_type& ex, std::string path, create_options options, Token&& token);
+
+    /// Open an image file. Signature: void(std::error_code, image).
+    template <class Token>
+    static auto async_open(const executor_type& ex, std::string path, open_options options, Token&& token);
+
+    /// Open an image on an already open block file; `name` is used for
+    /// messages and to resolve a relative backing file name.
+    template <class Token>
+    static auto async_open(std::shared_ptr<block_file> file, std::string name, open_options options, Token&& token);
+
+    // ---- I/O ------------------------------------------------------------
+
+    /// Signature: void(std::error_code, std::size_t bytes).
+    template <class MutableBufferSequence, class Token>
+    auto async_read_at(std::uint64_t offset, const MutableBufferSequence& buffers, Token&& token);
+
+    /// Signature: void(std::error_code, std::size_t bytes).
+    template <class ConstBufferSequence, class Token>
+    auto async_write_at(std::uint64_t offset, const ConstBufferSequence& buffers, Token&& token);
+    template <class ConstBufferSequence, class Token>
+    auto async_write_at(std::uint64_t offset, const ConstBufferSequence& buffers, write_options options,
+                        Token&& token);
+
+    /// Make [offset, offset + length) read as zeros. Signature: void(std::error_code).
+    template <class Token>
+    auto async_write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options, Token&& token);
+    template <class Token>
+    auto async_write_zeroes(std::uint64_t offset, std::uint64_t length, Token&& token) {
+        return async_write_zeroes(offset, length, zero_options{}, std::forward<Token>(token));
+    }
+
+    /// Make every completed write durable. Signature: void(std::error_code).
+    template <class Token>
+    auto async_flush(Token&& token);
+
+    /// Allocation status of [offset, offset + length), as extents covering
+    /// the whole range. Signature: void(std::error_code, std::vector<extent>).
+    template <class Token>
+    auto async_block_status(std::uint64_t offset, std::uint64_t length, Token&& token);
+
+    // ---- maintenance ----------------------------------------------------
+
+    /// Consistency check, with optional repair. Waits for requests in
+    /// flight and holds new ones back while it runs.
+    /// Signature: void(std::error_code, check_result).
+    template <class Token>
+    auto async_check(check_options options, Token&& token);
+
+    /// Point the image at another backing file (header rewrite only).
+    /// An empty name removes the backing file. Signature: void(std::error_code).
+    template <class Token>
+    auto async_change_backing_file(std::string name, std::optional<image_format> format, Token&& token);
+
+    /// Grow the guest size (shrinking is refused). Signature: void(std::error_code).
+    template <class Token>
+    auto async_grow(std::uint64_t new_size, Token&& token);
+
+    /// Drop every cluster of the image so it reads from its backing file
+    /// again (used by commit). Signature: void(std::error_code).
+    template <class Token>
+    auto async_make_empty(Token&& token);
+
+    /// Finish requests in flight, flush, mark the image clean, close the
+    /// chain. Signature: void(std::error_code).
+    template <class Token>
+    auto async_close(Token&& token);
+
+    const std::shared_ptr<detail::device>& device() const noexcept { return dev_; }
+
+private:
+    std::shared_ptr<detail::device> dev_;
+};
+
+}  // namespace qed
+
+#include "qed/impl/image.hpp"

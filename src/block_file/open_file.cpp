@@ -1,0 +1,48 @@
+// Opening a file by path and choosing its backend.
+#include "qed/block_file.hpp"
+
+#include "block_file/posix_io.hpp"
+#include "block_file/thread_pool_file.hpp"
+#include "block_file/uring_file.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace qed {
+
+std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, const std::string& path,
+                                      const file_options& options, std::error_code& ec) {
+    ec.clear();
+    int flags = O_CLOEXEC | (options.read_only ? O_RDONLY : O_RDWR);
+    if (options.create && !options.read_only) flags |= O_CREAT | O_TRUNC;
+    const int fd = ::open(path.c_str(), flags | (options.direct ? O_DIRECT : 0), 0644);
+    if (fd < 0) {
+        ec = detail::errno_code(errno);
+        return nullptr;
+    }
+    // With O_DIRECT, misaligned transfers use a second, buffered descriptor.
+    int buffered = -1;
+    if (options.direct) {
+        buffered = ::open(path.c_str(), (flags & ~(O_CREAT | O_TRUNC)), 0644);
+        if (buffered < 0) {
+            ec = detail::errno_code(errno);
+            ::close(fd);
+            return nullptr;
+        }
+    }
+    if (options.backend != file_backend::threads) {
+        std::error_code uring_ec;
+        if (auto f = detail::make_uring_file(ex, fd, options.read_only, buffered, uring_ec)) return f;
+        if (options.backend == file_backend::io_uring) {
+            ec = uring_ec;
+            ::close(fd);
+            if (buffered >= 0) ::close(buffered);
+            return nullptr;
+        }
+    }
+    return detail::make_thread_pool_file(ex, fd, options.read_only, buffered);
+}
+
+}  // namespace qed

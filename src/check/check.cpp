@@ -1,0 +1,197 @@
+#include "check/check.hpp"
+
+#include "image/co_io.hpp"
+#include "image/qed_image.hpp"
+
+#include <cstdio>
+
+namespace qed::detail {
+namespace {
+
+constexpr std::size_t max_messages = 100;
+
+std::string hex(std::uint64_t v) {
+    char buf[24];
+    std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+    return buf;
+}
+
+class cluster_bitmap {
+public:
+    explicit cluster_bitmap(std::uint64_t n) : bits_((n + 63) / 64), n_(n) {}
+    /// Mark n clusters from `first`; returns how many were already marked.
+    std::uint64_t mark(std::uint64_t first, std::uint64_t n) {
+        std::uint64_t twice = 0;
+        for (std::uint64_t k = first; k < first + n && k < n_; ++k) {
+            auto& w = bits_[k / 64];
+            const std::uint64_t bit = std::uint64_t{1} << (k % 64);
+            if (w & bit) ++twice;
+            w |= bit;
+        }
+        return twice;
+    }
+    bool test(std::uint64_t k) const { return (bits_[k / 64] >> (k % 64)) & 1; }
+    std::uint64_t size() const { return n_; }
+
+private:
+    std::vector<std::uint64_t> bits_;
+    std::uint64_t n_;
+};
+
+}  // namespace
+
+boost::asio::awaitable<std::error_code> run_check(qed_image& img, check_options::repair mode, check_result& out) {
+    const geometry& g = img.geo_;
+    const bool fix_corruptions = mode == check_options::repair::all;
+    const bool fix_any = mode != check_options::repair::none;
+    out = {};
+    auto note = [&out](std::string line) {
+        if (out.messages.size() < max_messages) out.messages.push_back(std::move(line));
+    };
+
+    img.cache_.clear_unused();  // tables may change under repair; nobody else holds any
+    const std::uint64_t end = img.file_end_;
+    cluster_bitmap used(end >> g.cluster_bits);
+    out.total_clusters = g.clusters_for(img.header_.image_size);
+
+    // The header's clusters are implicitly in use (the leak scan skips them).
+    if (used.mark(img.header_.l1_table_offset >> g.cluster_bits, g.table_size)) {
+        ++out.corruptions;
+        note("L1 table overlaps itself");
+    }
+
+    table& l1 = *img.l1_;
+    bool l1_changed = false;
+    table l2(g.table_entries);
+    std::uint64_t prev_host = 0;
+    for (std::uint32_t i = 0; i < l1.size(); ++i) {
+        const std::uint64_t off = l1[i];
+        if (off == 0) continue;
+        if (!g.valid_table_offset(off, end)) {
+            note("L1 entry " + std::to_string(i) + ": invalid L2 table offset " + hex(off) +
+                 (fix_corruptions ? " (cleared)" : ""));
+            if (fix_corruptions) {
+                l1[i] = 0;
+                l1_changed = true;
+                ++out.corruptions_fixed;
+            } else {
+                ++out.corruptions;
+            }
+            continue;
+        }
+        if (const std::uint64_t twice = used.mark(off >> g.cluster_bits, g.table_size)) {
+            out.corruptions += twice;
+            note("L2 table at " + hex(off) + " shares clusters with another table or data");
+            continue;  // don't trust what it says
+        }
+        if (auto ec = co_await co::read_table(*img.file_, off, l2)) {
+            ++out.check_errors;
+            note("cannot read L2 table at " + hex(off) + ": " + ec.message());
+            continue;
+        }
+        bool changed = false;
+        for (std::uint32_t j = 0; j < l2.size(); ++j) {
+            const std::uint64_t e = l2[j];
+            if (e == 0 || e == zero_cluster_entry) continue;
+            if (!g.valid_cluster_offset(e, end)) {
+                note("L2 table at " + hex(off) + " entry " + std::to_string(j) + ": invalid cluster offset " +
+                     hex(e) + (fix_corruptions ? " (cleared)" : ""));
+                if (fix_corruptions) {
+                    l2[j] = 0;
+                    changed = true;
+                    ++out.corruptions_fixed;
+                } else {
+                    ++out.corruptions;
+                }
+                continue;
+            }
+            if (used.mark(e >> g.cluster_bits, 1)) {
+                ++out.corruptions;
+                note("cluster " + hex(e) + " is referenced more than once");
+                continue;
+            }
+            ++out.allocated_clusters;
+            if (prev_host && e != prev_host + g.cluster_size) ++out.fragmented_clusters;
+            prev_host = e;
+        }
+        if (changed) {
+            if (auto ec = co_await co::write_table(*img.file_, off, l2, 0, l2.size(), img.io_align_)) {
+                ++out.check_errors;
+                note("cannot write repaired L2 table at " + hex(off) + ": " + ec.message());
+            }
+        }
+    }
+    if (l1_changed) {
+        if (auto ec = co_await co::write_table(*img.file_, img.header_.l1_table_offset, l1, 0, l1.size(),
+                                               img.io_align_)) {
+            ++out.check_errors;
+            note("cannot write repaired L1 table: " + ec.message());
+        }
+    }
+
+    // Leaks, only when every table could be read.
+    std::uint64_t last_used = g.header_bytes >> g.cluster_bits;  // one past the last used cluster
+    for (std::uint64_t k = used.size(); k-- > 0;) {
+        if (used.test(k)) {
+            last_used = std::max(last_used, k + 1);
+            break;
+        }
+    }
+    out.image_end_offset = last_used << g.cluster_bits;
+    if (!out.check_errors) {
+        for (std::uint64_t k = img.header_.header_size; k < used.size(); ++k)
+            if (!used.test(k)) ++out.leaks;
+        // Leaked clusters at the end of the file can simply be cut off.
+        const std::uint64_t tail = used.size() > last_used ? used.size() - last_used : 0;
+        if (fix_any && tail && !img.options_.read_only) {
+            if (auto ec = co_await co::resize(*img.file_, out.image_end_offset)) {
+                ++out.check_errors;
+                note("cannot truncate leaked clusters: " + ec.message());
+            } else {
+                out.leaks -= tail;
+                out.leaks_fixed += tail;
+                img.file_end_ = out.image_end_offset;
+                img.physical_size_ = out.image_end_offset;
+                img.tail_garbage_ = false;
+            }
+        }
+        if (out.leaks) note(std::to_string(out.leaks) + " leaked clusters");
+    }
+
+    if (fix_any && !img.options_.read_only) {
+        if (auto ec = co_await co::flush(*img.file_)) co_return ec;
+        if (out.corruptions == 0 && out.check_errors == 0) {
+            img.corrupt_ = false;
+            if (img.header_.has(feature_need_check)) {
+                header h = img.header_;
+                h.features &= ~std::uint64_t{feature_need_check};
+                if (auto ec = co_await img.write_header_co(h)) co_return ec;
+                if (auto ec = co_await co::flush(*img.file_)) co_return ec;
+                out.need_check_cleared = true;
+            }
+        }
+    }
+    // Whatever the mode, known corruption means NEED_CHECK must survive close.
+    if (out.corruptions) img.corrupt_ = true;
+    co_return std::error_code{};
+}
+
+void qed_image::check(check_options options, check_handler handler) {
+    auto self = std::static_pointer_cast<qed_image>(shared_from_this());
+    run_exclusive([this, self, options, h = std::move(handler)]() mutable {
+        auto result = std::make_shared<check_result>();
+        co::run(ex_, do_check(options, result), [this, self, result, h = std::move(h)](std::error_code ec) mutable {
+            complete(std::move(h), ec, std::move(*result));
+            exclusive_done();
+        });
+    });
+}
+
+boost::asio::awaitable<std::error_code> qed_image::do_check(check_options options,
+                                                            std::shared_ptr<check_result> result) {
+    if (closed_) co_return errc::closed;
+    if (options.mode != check_options::repair::none && options_.read_only) co_return errc::read_only;
+    co_return co_await run_check(*this, options.mode, *result);
+}
+
+}  // namespace qed::detail

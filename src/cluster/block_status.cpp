@@ -1,0 +1,97 @@
+// Block status: which guest ranges are data, zero clusters or unallocated,
+// and at which level of the backing chain the data lives.
+#include "cluster/find_cluster.hpp"
+#include "image/co_io.hpp"
+#include "image/qed_image.hpp"
+
+namespace qed::detail {
+namespace {
+
+void append_extent(std::vector<extent>& out, const extent& e) {
+    if (!out.empty()) {
+        extent& last = out.back();
+        const bool same = last.depth == e.depth && last.present == e.present && last.zero == e.zero &&
+                          last.data == e.data && last.offset + last.length == e.offset &&
+                          last.host_offset.has_value() == e.host_offset.has_value() &&
+                          (!e.host_offset || *last.host_offset + last.length == *e.host_offset);
+        if (same) {
+            last.length += e.length;
+            return;
+        }
+    }
+    out.push_back(e);
+}
+
+}  // namespace
+
+void qed_image::block_status(std::uint64_t offset, std::uint64_t length, unsigned depth, status_handler handler) {
+    auto self = std::static_pointer_cast<qed_image>(shared_from_this());
+    run_request([this, self, offset, length, depth, h = std::move(handler)]() mutable {
+        auto out = std::make_shared<std::vector<extent>>();
+        co::run(ex_, do_block_status(offset, length, depth, out),
+                [this, self, out, h = std::move(h)](std::error_code ec) mutable {
+                    if (ec) out->clear();
+                    complete(std::move(h), ec, std::move(*out));
+                    request_done();
+                });
+    });
+}
+
+boost::asio::awaitable<std::error_code> qed_image::do_block_status(std::uint64_t offset, std::uint64_t length,
+                                                                   unsigned depth,
+                                                                   std::shared_ptr<std::vector<extent>> out) {
+    {
+        {
+            if (closed_) co_return errc::closed;
+            if (auto ec = validate_request(offset, length, header_.image_size)) co_return ec;
+            l2_ref held;
+            std::uint64_t pos = offset;
+            const std::uint64_t end = offset + length;
+            while (pos < end) {
+                const lookup r = find_cluster(*this, held, pos, end - pos);
+                if (r.ec) co_return r.ec;
+                if (r.need_table) {
+                    const std::uint64_t t = r.table_offset;
+                    if (auto ec = co_await co::op([this, t](op_handler done) { load_l2(*this, t, std::move(done)); }))
+                        co_return ec;
+                    continue;
+                }
+                const std::uint64_t len = r.run.length;
+                switch (r.run.what) {
+                case cluster_run::kind::data:
+                    append_extent(*out, {pos, len, depth, true, false, true, r.run.host_offset});
+                    break;
+                case cluster_run::kind::zero:
+                    append_extent(*out, {pos, len, depth, true, true, false, std::nullopt});
+                    break;
+                case cluster_run::kind::unallocated:
+                case cluster_run::kind::no_table: {
+                    const std::uint64_t bsize = backing_ ? backing_->size() : 0;
+                    const std::uint64_t in_backing = pos >= bsize ? 0 : std::min(len, bsize - pos);
+                    if (in_backing) {
+                        auto b = backing_;
+                        std::vector<extent> below;
+                        auto [ec, ext] = co_await boost::asio::async_initiate<decltype(co::use_tuple),
+                                                                               void(std::error_code, std::vector<extent>)>(
+                            [b, pos, in_backing, depth](auto done) {
+                                b->block_status(pos, in_backing, depth + 1, status_handler(std::move(done)));
+                            },
+                            co::use_tuple);
+                        if (ec) co_return ec;
+                        for (const auto& e : ext) append_extent(*out, e);
+                    }
+                    if (in_backing < len)
+                        append_extent(*out, {pos + in_backing, len - in_backing, depth, false, true, false, std::nullopt});
+                    break;
+                }
+                }
+                pos += len;
+            }
+            held.reset();
+            cache_.trim();
+            co_return std::error_code{};
+        }
+    }
+}
+
+}  // namespace qed::detail

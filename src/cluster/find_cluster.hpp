@@ -1,0 +1,48 @@
+// Cluster lookup: where do the guest bytes at `pos` live?
+//
+// L1 entry -> L2 table (from the cache, loading it on a miss) -> a run of
+// clusters of one kind starting at `pos`. Runs never cross an L2 table, so
+// a request acts on one table at a time.
+#pragma once
+
+#include "table/l2_cache.hpp"
+
+#include <cstdint>
+#include <system_error>
+
+namespace qed::detail {
+
+class qed_image;
+
+struct cluster_run {
+    enum class kind {
+        data,         ///< allocated clusters, contiguous in the file
+        zero,         ///< zero clusters (L2 entry 1): read as zeros, hide the backing file
+        unallocated,  ///< L2 entries 0: read from the backing file
+        no_table,     ///< L1 entry 0: no L2 table for this range yet
+    };
+    kind what = kind::unallocated;
+    std::uint64_t host_offset = 0;  ///< data: file offset of the run's first byte
+    std::uint64_t length = 0;       ///< bytes from pos
+};
+
+struct lookup {
+    std::error_code ec;            ///< invalid L1/L2 entry: the image is corrupt here
+    bool need_table = false;       ///< the L2 table must be loaded first
+    std::uint64_t table_offset = 0;
+    cluster_run run;
+};
+
+/// Answer from memory. `held` is the caller's reference to an L2 table; it is
+/// replaced by the table this lookup uses (kept so it can't be evicted).
+lookup find_cluster(qed_image& img, l2_ref& held, std::uint64_t pos, std::uint64_t len);
+
+/// Load the L2 table at `offset` into the cache (sharing a load already in
+/// flight). The handler runs when the table is in the cache, or on error.
+void load_l2(qed_image& img, std::uint64_t offset, op_handler handler);
+
+/// The table for `l1_index` if it is in memory, else null. `missing` tells
+/// whether the L1 entry is simply 0 (no table yet).
+l2_ref cached_table(qed_image& img, std::uint64_t l1_index, bool& missing, bool& invalid);
+
+}  // namespace qed::detail

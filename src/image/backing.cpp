@@ -1,0 +1,190 @@
+#include "image/backing.hpp"
+
+#include "image/co_io.hpp"
+#include "image/qed_image.hpp"
+#include "image/raw_image.hpp"
+
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+
+namespace qed::detail {
+
+std::string resolve_backing_path(const std::string& image_path, const std::string& backing_name) {
+    if (backing_name.empty() || backing_name.front() == '/') return backing_name;
+    const auto slash = image_path.rfind('/');
+    if (slash == std::string::npos) return backing_name;
+    return image_path.substr(0, slash + 1) + backing_name;
+}
+
+namespace {
+
+// Collapse "." components and repeated slashes: purely lexical, safe with
+// symlinks (".." is kept). Lets very long but harmless names open.
+std::string tidy_path(const std::string& p) {
+    std::string out;
+    out.reserve(p.size());
+    std::size_t i = 0;
+    const bool absolute = !p.empty() && p[0] == '/';
+    if (absolute) out = "/";
+    while (i < p.size()) {
+        const std::size_t j = p.find('/', i);
+        const std::string part = p.substr(i, j == std::string::npos ? std::string::npos : j - i);
+        i = j == std::string::npos ? p.size() : j + 1;
+        if (part.empty() || part == ".") continue;
+        if (!out.empty() && out.back() != '/') out += '/';
+        out += part;
+    }
+    if (out.empty()) out = ".";
+    return out;
+}
+
+bool starts_with_dir(const std::string& path, const std::string& dir) {
+    if (dir == "/") return true;
+    return path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 && path[dir.size()] == '/';
+}
+
+}  // namespace
+
+std::error_code probe_format(const std::byte* b, std::size_t n, image_format& out, std::string& detail) {
+    auto starts = [&](const char* magic, std::size_t len) {
+        return n >= len && std::memcmp(b, magic, len) == 0;
+    };
+    if (starts("QED\0", 4)) {
+        out = image_format::qed;
+        return {};
+    }
+    struct known {
+        const char* magic;
+        std::size_t len;
+        const char* name;
+    };
+    static const known others[] = {
+        {"QFI\xfb", 4, "qcow2"}, {"KDMV", 4, "vmdk"}, {"vhdxfile", 8, "vhdx"},
+        {"conectix", 8, "vpc"},  {"WithoutFreeSpace", 16, "parallels"},
+    };
+    for (const auto& k : others) {
+        if (starts(k.magic, k.len)) {
+            detail = std::string("is a ") + k.name + " image; only qed and raw are supported";
+            return errc::unknown_format;
+        }
+    }
+    out = image_format::raw;
+    return {};
+}
+
+file_opener default_opener(const boost::asio::any_io_executor& ex) {
+    return [ex](const std::string& path, const file_options& fo, std::error_code& ec) {
+        return open_file(ex, path, fo, ec);
+    };
+}
+
+boost::asio::awaitable<device_result> open_on_file(boost::asio::any_io_executor ex, std::shared_ptr<block_file> file,
+                                                   std::string name, std::optional<image_format> format,
+                                                   open_options options, unsigned depth,
+                                                   std::vector<file_identity> chain) {
+    auto log = [&](const std::string& line) {
+        if (options.log) options.log(line);
+    };
+    if (!format) {
+        std::byte first[64] = {};
+        std::error_code sec;
+        const std::uint64_t size = file->size(sec);
+        if (sec) co_return device_result{sec, nullptr};
+        auto block = allocate_aligned(4096, true);
+        if (size > 0) {
+            if (auto ec = co_await co::read(*file, 0, block.get(), 4096)) {
+                log(name + ": " + ec.message());
+                co_return device_result{ec, nullptr};
+            }
+        }
+        std::memcpy(first, block.get(), sizeof first);
+        image_format f{};
+        std::string detail;
+        if (auto ec = probe_format(first, size < sizeof first ? static_cast<std::size_t>(size) : sizeof first, f,
+                                   detail)) {
+            log(name + ": " + detail);
+            co_return device_result{ec, nullptr};
+        }
+        format = f;
+    }
+    if (*format == image_format::raw) {
+        auto dev = std::make_shared<raw_image>(ex, std::move(file), std::move(name), std::move(options));
+        if (auto ec = dev->open()) co_return device_result{ec, nullptr};
+        co_return device_result{{}, dev};
+    }
+    auto dev = std::make_shared<qed_image>(ex, std::move(file), std::move(name), std::move(options));
+    if (auto ec = co_await dev->open(depth, std::move(chain))) co_return device_result{ec, nullptr};
+    co_return device_result{{}, dev};
+}
+
+boost::asio::awaitable<device_result> open_device(boost::asio::any_io_executor ex, std::string path,
+                                                  std::optional<image_format> format, open_options options,
+                                                  unsigned depth, std::vector<file_identity> chain) {
+    if (!options.opener) options.opener = default_opener(ex);
+    file_options fo;
+    fo.read_only = options.read_only;
+    fo.direct = options.direct;
+    fo.backend = options.backend;
+    std::error_code ec;
+    auto file = options.opener(path, fo, ec);
+    if (!file) {
+        if (!ec) ec = std::make_error_code(std::errc::io_error);
+        if (options.log) options.log(path + ": " + ec.message());
+        co_return device_result{ec, nullptr};
+    }
+    co_return co_await open_on_file(ex, std::move(file), std::move(path), format, std::move(options), depth,
+                                    std::move(chain));
+}
+
+boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_executor ex, std::string path,
+                                                         std::optional<image_format> format,
+                                                         const open_options& parent, unsigned depth,
+                                                         std::vector<file_identity> chain) {
+    auto log = [&](const std::string& line) {
+        if (parent.log) parent.log(line);
+    };
+    if (depth > parent.max_backing_depth) {
+        log(path + ": backing chain deeper than " + std::to_string(parent.max_backing_depth) + " levels");
+        co_return device_result{errc::backing_chain_too_deep, nullptr};
+    }
+    std::string target = tidy_path(path);
+    if (parent.allowed_backing_dir) {
+        // Canonical paths: symlinks and ".." can't lead out of the directory.
+        char dir_buf[PATH_MAX];
+        char file_buf[PATH_MAX];
+        if (!::realpath(parent.allowed_backing_dir->c_str(), dir_buf) || !::realpath(target.c_str(), file_buf) ||
+            !starts_with_dir(file_buf, dir_buf)) {
+            log(path + ": backing file is outside the allowed directory " + *parent.allowed_backing_dir);
+            co_return device_result{errc::backing_not_allowed, nullptr};
+        }
+        target = file_buf;
+    }
+    open_options child = parent;
+    child.read_only = true;
+    child.repair_on_open = false;
+    if (!child.opener) child.opener = default_opener(ex);
+    file_options fo;
+    fo.read_only = true;
+    fo.direct = parent.direct;
+    fo.backend = parent.backend;
+    std::error_code ec;
+    auto file = child.opener(target, fo, ec);
+    if (!file) {
+        if (!ec) ec = std::make_error_code(std::errc::io_error);
+        log(path + ": cannot open backing file: " + ec.message());
+        co_return device_result{ec, nullptr};
+    }
+    const file_identity id = file->identity();
+    for (const auto& above : chain) {
+        if (above == id) {
+            log(path + ": backing file refers back into its own chain");
+            co_return device_result{errc::backing_loop, nullptr};
+        }
+    }
+    chain.push_back(id);
+    co_return co_await open_on_file(ex, std::move(file), path, format, std::move(child), depth, std::move(chain));
+}
+
+}  // namespace qed::detail

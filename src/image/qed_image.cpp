@@ -1,0 +1,436 @@
+// The QED image: request entry points, the request gate, header updates,
+// the need-check timer, flush, grow, change backing file, make empty, close.
+#include "image/qed_image.hpp"
+
+#include "image/backing.hpp"
+#include "image/co_io.hpp"
+#include "request/aiocb.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace qed::detail {
+
+qed_image::qed_image(boost::asio::any_io_executor ex, std::shared_ptr<block_file> file, std::string filename,
+                     open_options options)
+    : device(ex),
+      file_(std::move(file)),
+      filename_(std::move(filename)),
+      options_(std::move(options)),
+      cache_(options_.l2_cache_size),
+      alloc_queue_(*this),
+      need_check_timer_(ex) {}
+
+qed_image::~qed_image() = default;
+
+// ---------------------------------------------------------------------------
+// The request gate
+// ---------------------------------------------------------------------------
+
+void qed_image::request_done() {
+    --in_flight_;
+    if (in_flight_ == 0 && !exclusive_running_ && !exclusive_waiting_.empty()) start_next_exclusive();
+}
+
+void qed_image::run_exclusive(task t) {
+    exclusive_waiting_.push_back(std::move(t));
+    if (in_flight_ == 0 && !exclusive_running_) start_next_exclusive();
+}
+
+void qed_image::start_next_exclusive() {
+    exclusive_running_ = true;
+    task t = std::move(exclusive_waiting_.front());
+    exclusive_waiting_.pop_front();
+    std::move(t)();
+}
+
+void qed_image::exclusive_done() {
+    exclusive_running_ = false;
+    if (!exclusive_waiting_.empty()) {
+        if (in_flight_ == 0) start_next_exclusive();
+        return;
+    }
+    auto waiting = std::move(requests_waiting_);
+    requests_waiting_.clear();
+    for (auto& t : waiting) {
+        ++in_flight_;
+        std::move(t)();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------
+
+std::error_code validate_request(std::uint64_t offset, std::uint64_t length, std::uint64_t image_size) noexcept {
+    if (offset % sector_size || length % sector_size) return errc::unaligned_request;
+    if (offset > image_size || length > image_size - offset) return errc::out_of_range;
+    return {};
+}
+
+namespace {
+std::shared_ptr<qed_image> self_of(qed_image* p) {
+    return std::static_pointer_cast<qed_image>(p->shared_from_this());
+}
+}  // namespace
+
+void qed_image::read(std::uint64_t offset, mutable_buffers buffers, io_handler handler) {
+    run_request([this, self = self_of(this), offset, buffers = std::move(buffers), h = std::move(handler)]() mutable {
+        std::error_code ec = closed_ ? make_error_code(errc::closed)
+                                     : validate_request(offset, total_size(buffers), header_.image_size);
+        if (ec || buffers.empty()) {
+            complete_later(std::move(h), ec, std::size_t{0});
+            return request_done();
+        }
+        aiocb::start_read(std::move(self), offset, std::move(buffers), std::move(h));
+    });
+}
+
+void qed_image::write(std::uint64_t offset, const_buffers buffers, write_options options, io_handler handler) {
+    run_request([this, self = self_of(this), offset, buffers = std::move(buffers), options,
+                 h = std::move(handler)]() mutable {
+        std::error_code ec = closed_ ? make_error_code(errc::closed)
+                             : options_.read_only
+                                 ? make_error_code(errc::read_only)
+                                 : validate_request(offset, total_size(buffers), header_.image_size);
+        if (ec || buffers.empty()) {
+            complete_later(std::move(h), ec, std::size_t{0});
+            return request_done();
+        }
+        aiocb::start_write(std::move(self), offset, std::move(buffers), options, std::move(h));
+    });
+}
+
+void qed_image::write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options, op_handler handler) {
+    run_request([this, self = self_of(this), offset, length, options, h = std::move(handler)]() mutable {
+        std::error_code ec = closed_                ? make_error_code(errc::closed)
+                             : options_.read_only ? make_error_code(errc::read_only)
+                                                  : validate_request(offset, length, header_.image_size);
+        if (ec || length == 0) {
+            complete_later(std::move(h), ec);
+            return request_done();
+        }
+        aiocb::start_write_zeroes(std::move(self), offset, length, options, std::move(h));
+    });
+}
+
+void qed_image::flush(op_handler handler) {
+    run_request([this, self = self_of(this), h = std::move(handler)]() mutable {
+        if (closed_) {
+            complete_later(std::move(h), make_error_code(errc::closed));
+            return request_done();
+        }
+        file_->async_flush([this, self, h = std::move(h)](std::error_code ec) mutable {
+            complete(std::move(h), ec);
+            request_done();
+        });
+    });
+}
+
+bool qed_image::read_backing(std::uint64_t pos, const mutable_buffers& buffers, op_handler handler) {
+    const std::uint64_t len = total_size(buffers);
+    if (!backing_) {
+        if (header_.has(feature_backing_file)) {
+            // Opened without its backing file (metadata-only use): we can't
+            // know these bytes, so don't make them up.
+            boost::asio::post(ex_, [h = std::move(handler)]() mutable {
+                std::move(h)(make_error_code(errc::backing_file_missing));
+            });
+            return true;
+        }
+        for (const auto& b : buffers) std::memset(b.data(), 0, b.size());
+        return false;
+    }
+    // The backing file may be shorter than this image: zeros past its end.
+    const std::uint64_t bsize = backing_->size();
+    const std::uint64_t n = pos >= bsize ? 0 : std::min(len, bsize - pos);
+    if (n < len) {
+        const auto tail = slice(buffers, static_cast<std::size_t>(n), static_cast<std::size_t>(len - n));
+        for (const auto& b : tail) std::memset(b.data(), 0, b.size());
+    }
+    if (n == 0) return false;
+    backing_->read(pos, slice(buffers, 0, static_cast<std::size_t>(n)),
+                   [h = std::move(handler)](std::error_code ec, std::size_t) mutable { std::move(h)(ec); });
+    return true;
+}
+
+// ---------------------------------------------------------------------------
+// Header updates and the need-check bit
+// ---------------------------------------------------------------------------
+
+void qed_image::write_header(const header& h, op_handler handler) {
+    // Only the 64-byte struct changes; the rest of the block (backing name,
+    // unknown extensions) is written back as read.
+    auto block = std::make_shared<aligned_bytes>(allocate_aligned(io_align_, false));
+    std::memcpy(block->get(), header_block_.get(), io_align_);
+    const auto bytes = encode(h);
+    std::memcpy(block->get(), bytes.data(), bytes.size());
+    const boost::asio::const_buffer buf(block->get(), io_align_);
+    file_->async_write_at(0, {&buf, 1},
+                          [this, block, h, handler = std::move(handler)](std::error_code ec, std::size_t) mutable {
+                              if (!ec) {
+                                  header_block_ = std::move(*block);
+                                  header_ = h;
+                              }
+                              std::move(handler)(ec);
+                          });
+}
+
+boost::asio::awaitable<std::error_code> qed_image::write_header_co(const header& h) {
+    co_return co_await co::op([this, h](op_handler done) { write_header(h, std::move(done)); });
+}
+
+void qed_image::mark_dirty(op_handler handler) {
+    header h = header_;
+    h.features |= feature_need_check;
+    // Write the bit, then flush, so it is on disk before any L2 entry that
+    // could point at a cluster whose data did not land.
+    write_header(h, [this, handler = std::move(handler)](std::error_code ec) mutable {
+        if (ec) return std::move(handler)(ec);
+        file_->async_flush(std::move(handler));
+    });
+}
+
+void qed_image::start_need_check_timer() {
+    if (closing_ || closed_ || options_.read_only || corrupt_ || !header_.has(feature_need_check)) return;
+    timer_armed_ = true;
+    need_check_timer_.expires_after(options_.need_check_timeout);
+    std::weak_ptr<device> weak = weak_from_this();
+    need_check_timer_.async_wait([weak](boost::system::error_code ec) {
+        if (ec) return;  // cancelled
+        if (auto self = weak.lock()) static_cast<qed_image&>(*self).on_need_check_timer();
+    });
+}
+
+void qed_image::cancel_need_check_timer() {
+    if (!timer_armed_) return;
+    timer_armed_ = false;
+    need_check_timer_.cancel();
+}
+
+void qed_image::on_need_check_timer() {
+    timer_armed_ = false;
+    if (closing_ || closed_ || !alloc_queue_.idle() || !header_.has(feature_need_check)) return;
+    run_request([this, self = self_of(this)] {
+        if (closed_ || !alloc_queue_.idle() || !header_.has(feature_need_check)) return request_done();
+        alloc_queue_.plug();  // no allocation may start while the bit goes away
+        co::run(ex_, clear_need_check(), [this, self](std::error_code ec) {
+            if (ec) log(filename_ + ": could not clear the need-check bit: " + ec.message());
+            alloc_queue_.unplug();
+            request_done();
+        });
+    });
+}
+
+boost::asio::awaitable<std::error_code> qed_image::clear_need_check() {
+    // Every L2/L1 update so far must be durable before the image says it is clean.
+    if (auto ec = co_await co::flush(*file_)) co_return ec;
+    header h = header_;
+    h.features &= ~std::uint64_t{feature_need_check};
+    if (auto ec = co_await write_header_co(h)) co_return ec;
+    co_return co_await co::flush(*file_);
+}
+
+// ---------------------------------------------------------------------------
+// Maintenance operations (exclusive)
+// ---------------------------------------------------------------------------
+
+void qed_image::grow(std::uint64_t new_size, op_handler handler) {
+    run_exclusive([this, self = self_of(this), new_size, h = std::move(handler)]() mutable {
+        co::run(ex_, do_grow(new_size), [this, self, h = std::move(h)](std::error_code ec) mutable {
+            complete(std::move(h), ec);
+            exclusive_done();
+        });
+    });
+}
+
+boost::asio::awaitable<std::error_code> qed_image::do_grow(std::uint64_t new_size) {
+    {
+        {
+            if (closed_) co_return errc::closed;
+            if (options_.read_only) co_return errc::read_only;
+            if (new_size < header_.image_size) co_return errc::shrink_not_supported;
+            if (new_size % sector_size) co_return errc::image_size_unaligned;
+            if (new_size > max_image_size(header_.cluster_size, header_.table_size)) co_return errc::image_too_large;
+            if (new_size == header_.image_size) co_return std::error_code{};
+            header hd = header_;
+            hd.image_size = new_size;
+            if (auto ec = co_await write_header_co(hd)) co_return ec;
+            co_return co_await co::flush(*file_);
+        }
+    }
+}
+
+void qed_image::change_backing_file(std::string name, std::optional<image_format> format, op_handler handler) {
+    run_exclusive([this, self = self_of(this), name = std::move(name), format, h = std::move(handler)]() mutable {
+        co::run(ex_, do_change_backing_file(std::move(name), format),
+                [this, self, h = std::move(h)](std::error_code ec) mutable {
+                    complete(std::move(h), ec);
+                    exclusive_done();
+                });
+    });
+}
+
+boost::asio::awaitable<std::error_code> qed_image::do_change_backing_file(std::string name,
+                                                                          std::optional<image_format> format) {
+    {
+        {
+            if (closed_) co_return errc::closed;
+            if (options_.read_only) co_return errc::read_only;
+            // Unknown compat features may own the bytes after the header.
+            if (!name.empty() && (header_.compat_features & ~known_compat_features))
+                co_return errc::unsupported_compat_features;
+            const std::uint64_t end = header_struct_size + name.size();
+            if (end > geo_.header_bytes) co_return errc::backing_name_too_long;
+
+            // Open the new chain first: a missing or looping backing file is
+            // refused before anything on disk changes.
+            std::shared_ptr<device> new_backing;
+            const std::string full = name.empty() ? std::string{} : resolve_backing_path(filename_, name);
+            if (!name.empty() && options_.open_backing) {
+                std::vector<file_identity> chain{file_->identity()};
+                device_result r = co_await open_backing_chain(ex_, full, format, options_, 1, std::move(chain));
+                if (r.first) co_return r.first;
+                new_backing = std::move(r.second);
+            }
+
+            header hd = header_;
+            hd.features &= ~std::uint64_t{feature_backing_file | feature_backing_format_no_probe};
+            hd.backing_filename_offset = 0;
+            hd.backing_filename_size = 0;
+            if (!name.empty()) {
+                hd.features |= feature_backing_file;
+                if (format == image_format::raw) hd.features |= feature_backing_format_no_probe;
+                hd.backing_filename_offset = header_struct_size;
+                hd.backing_filename_size = static_cast<std::uint32_t>(name.size());
+            }
+            // Rewrite whole blocks: read what is there, lay header and name over it.
+            const std::size_t len = (end + io_align_ - 1) / io_align_ * io_align_;
+            auto block = allocate_aligned(len, false);
+            if (auto ec = co_await co::read(*file_, 0, block.get(), len)) co_return ec;
+            const auto bytes = encode(hd);
+            std::memcpy(block.get(), bytes.data(), bytes.size());
+            std::memcpy(block.get() + header_struct_size, name.data(), name.size());
+            if (auto ec = co_await co::write(*file_, 0, block.get(), len)) co_return ec;
+            if (auto ec = co_await co::flush(*file_)) co_return ec;
+
+            std::memcpy(header_block_.get(), block.get(), std::min(len, io_align_));
+            header_ = hd;
+            auto old = std::move(backing_);
+            backing_ = std::move(new_backing);
+            backing_name_ = name;
+            backing_full_ = full;
+            backing_format_ = name.empty() ? std::nullopt
+                                           : (format ? format : std::optional<image_format>{});
+            if (old) co_await co::op([old](op_handler done) { old->close(std::move(done)); });
+            co_return std::error_code{};
+        }
+    }
+}
+
+void qed_image::make_empty(op_handler handler) {
+    run_exclusive([this, self = self_of(this), h = std::move(handler)]() mutable {
+        co::run(ex_, do_make_empty(), [this, self, h = std::move(h)](std::error_code ec) mutable {
+            complete(std::move(h), ec);
+            exclusive_done();
+        });
+    });
+}
+
+boost::asio::awaitable<std::error_code> qed_image::do_make_empty() {
+    {
+        {
+            if (closed_) co_return errc::closed;
+            if (options_.read_only) co_return errc::read_only;
+            // Unlink everything (L1 all zeros, durable), then drop the space.
+            // A crash between the two leaves leaks, never dangling entries.
+            table empty(geo_.table_entries);
+            if (auto ec = co_await co::write_table(*file_, header_.l1_table_offset, empty, 0, geo_.table_entries,
+                                                   io_align_))
+                co_return ec;
+            if (auto ec = co_await co::flush(*file_)) co_return ec;
+            std::fill(l1_->data(), l1_->data() + l1_->size(), 0);
+            cache_.clear_unused();
+            const std::uint64_t end = std::max(geo_.header_bytes, header_.l1_table_offset + geo_.table_bytes);
+            if (auto ec = co_await co::resize(*file_, end)) co_return ec;
+            file_end_ = end;
+            physical_size_ = end;
+            tail_garbage_ = false;
+            co_return co_await co::flush(*file_);
+        }
+    }
+}
+
+void qed_image::close(op_handler handler) {
+    if (closing_ || closed_) {
+        complete_later(std::move(handler), make_error_code(errc::closed));
+        return;
+    }
+    closing_ = true;
+    run_exclusive([this, self = self_of(this), h = std::move(handler)]() mutable {
+        co::run(ex_, do_close(), [this, self, h = std::move(h)](std::error_code ec) mutable {
+            complete(std::move(h), ec);
+            exclusive_done();
+        });
+    });
+}
+
+boost::asio::awaitable<std::error_code> qed_image::do_close() {
+    cancel_need_check_timer();
+    std::error_code first;
+    auto keep = [&first](std::error_code ec) {
+        if (ec && !first) first = ec;
+        return ec;
+    };
+    if (!options_.read_only) {
+        if (!keep(co_await co::flush(*file_))) {
+            // Drop what failed allocations left past the last cluster.
+            if (tail_garbage_ && physical_size_ > file_end_ && !keep(co_await co::resize(*file_, file_end_)))
+                physical_size_ = file_end_;
+            // Clean shutdown: no check needed next time -- unless a check
+            // found corruption it could not repair.
+            if (header_.has(feature_need_check) && !corrupt_) {
+                header h = header_;
+                h.features &= ~std::uint64_t{feature_need_check};
+                if (!keep(co_await write_header_co(h))) keep(co_await co::flush(*file_));
+            }
+        }
+    }
+    if (backing_) {
+        auto b = backing_;
+        keep(co_await co::op([b](op_handler done) { b->close(std::move(done)); }));
+    }
+    closed_ = true;
+    cache_.clear_unused();
+    co_return first;
+}
+
+// ---------------------------------------------------------------------------
+// Info
+// ---------------------------------------------------------------------------
+
+image_info qed_image::info() const {
+    image_info i;
+    i.filename = filename_;
+    i.format = image_format::qed;
+    i.virtual_size = header_.image_size;
+    std::error_code ec;
+    i.file_size = file_ ? file_->size(ec) : 0;
+    i.read_only = options_.read_only;
+    i.backend = file_ ? file_->backend_name() : "";
+    i.cluster_size = header_.cluster_size;
+    i.table_size = header_.table_size;
+    i.header_size = header_.header_size;
+    i.l1_table_offset = header_.l1_table_offset;
+    i.features = header_.features;
+    i.compat_features = header_.compat_features;
+    i.autoclear_features = header_.autoclear_features;
+    i.need_check = header_.has(feature_need_check);
+    i.backing_file = backing_name_;
+    i.backing_file_full = backing_full_;
+    i.backing_format = backing_format_;
+    for (auto b = backing_; b; b = b->backing()) ++i.chain_depth;
+    return i;
+}
+
+}  // namespace qed::detail

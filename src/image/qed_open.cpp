@@ -1,0 +1,87 @@
+// Opening a QED image: header, backing name, L1 table, autoclear bits,
+// backing chain, and check + repair of a dirty image.
+#include "check/check.hpp"
+#include "image/backing.hpp"
+#include "image/co_io.hpp"
+#include "image/qed_image.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace qed::detail {
+
+boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vector<file_identity> chain) {
+    auto fail = [this](std::error_code ec, const std::string& detail) {
+        log(filename_ + ": " + (detail.empty() ? ec.message() : detail));
+        return ec;
+    };
+
+    std::error_code ec;
+    const std::uint64_t size = file_->size(ec);
+    if (ec) co_return fail(ec, "");
+    if (size < header_struct_size) co_return fail(errc::file_too_small, "");
+
+    io_align_ = std::max<std::size_t>(sector_size, file_->alignment());
+    header_block_ = allocate_aligned(io_align_, true);
+    if ((ec = co_await co::read(*file_, 0, header_block_.get(), io_align_))) co_return fail(ec, "");
+    header_ = decode(std::span<const std::byte, header_struct_size>(header_block_.get(), header_struct_size));
+    std::string detail;
+    if ((ec = validate(header_, size, &detail))) co_return fail(ec, detail);
+    geo_ = geometry(header_);
+
+    if (header_.has(feature_backing_file)) {
+        if (header_.backing_filename_size == 0)
+            co_return fail(errc::backing_name_out_of_range, "backing file flag set but the name is empty");
+        // Any length that fits in the header clusters: no fixed-size buffer.
+        backing_name_.resize(header_.backing_filename_size);
+        std::vector<std::byte> buf(header_.backing_filename_size);
+        if ((ec = co_await co::read(*file_, header_.backing_filename_offset, buf.data(), buf.size())))
+            co_return fail(ec, "");
+        std::memcpy(backing_name_.data(), buf.data(), buf.size());
+        if (backing_name_.find('\0') != std::string::npos)
+            co_return fail(errc::backing_name_out_of_range, "backing file name contains a NUL byte");
+        backing_full_ = resolve_backing_path(filename_, backing_name_);
+        if (header_.has(feature_backing_format_no_probe)) backing_format_ = image_format::raw;
+    }
+
+    l1_ = std::make_unique<table>(geo_.table_entries);
+    if ((ec = co_await co::read_table(*file_, header_.l1_table_offset, *l1_))) co_return fail(ec, "");
+    file_end_ = geo_.start_of_cluster(size);
+    physical_size_ = size;
+
+    // Unknown autoclear bits describe data this program does not maintain:
+    // clear them so a newer program knows not to trust it.
+    if (!options_.read_only && (header_.autoclear_features & ~known_autoclear_features)) {
+        header h = header_;
+        h.autoclear_features &= known_autoclear_features;
+        if ((ec = co_await write_header_co(h))) co_return fail(ec, "");
+        if ((ec = co_await co::flush(*file_))) co_return fail(ec, "");
+    }
+
+    if (header_.has(feature_backing_file) && options_.open_backing) {
+        chain.push_back(file_->identity());
+        auto [bec, dev] =
+            co_await open_backing_chain(ex_, backing_full_, backing_format_, options_, depth + 1, std::move(chain));
+        if (bec) co_return fail(bec, "cannot open backing file " + backing_full_ + ": " + bec.message());
+        backing_ = std::move(dev);
+    }
+
+    // A dirty image may have dangling entries from an interrupted allocation.
+    // Read-only opens skip this so a damaged image can still be read.
+    if (header_.has(feature_need_check) && !options_.read_only && options_.repair_on_open) {
+        check_result r;
+        if ((ec = co_await run_check(*this, check_options::repair::all, r))) co_return fail(ec, "");
+        if (r.check_errors) co_return fail(std::make_error_code(std::errc::io_error), "check could not complete");
+        if (r.corruptions) {
+            for (const auto& m : r.messages) log(filename_ + ": " + m);
+            co_return fail(errc::corrupt_image, "image has " + std::to_string(r.corruptions) +
+                                                     " corruptions that repair cannot fix; open it read-only to "
+                                                     "recover data");
+        }
+        if (r.corruptions_fixed)
+            log(filename_ + ": repaired " + std::to_string(r.corruptions_fixed) + " invalid table entries");
+    }
+    co_return std::error_code{};
+}
+
+}  // namespace qed::detail

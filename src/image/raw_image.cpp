@@ -1,0 +1,140 @@
+#include "image/raw_image.hpp"
+
+#include "table/table.hpp"
+
+#include <algorithm>
+
+namespace qed::detail {
+
+raw_image::raw_image(boost::asio::any_io_executor ex, std::shared_ptr<block_file> file, std::string filename,
+                     open_options options)
+    : device(std::move(ex)), file_(std::move(file)), filename_(std::move(filename)), options_(std::move(options)) {}
+
+std::error_code raw_image::open() {
+    std::error_code ec;
+    const std::uint64_t bytes = file_->size(ec);
+    if (ec) {
+        if (options_.log) options_.log(filename_ + ": " + ec.message());
+        return ec;
+    }
+    // A file whose size is not a multiple of 512 reads as zeros up to the
+    // next sector boundary (as QEMU does).
+    size_ = (bytes + sector_size - 1) / sector_size * sector_size;
+    return {};
+}
+
+image_info raw_image::info() const {
+    image_info i;
+    i.filename = filename_;
+    i.format = image_format::raw;
+    i.virtual_size = size_;
+    std::error_code ec;
+    i.file_size = file_->size(ec);
+    i.read_only = options_.read_only;
+    i.backend = file_->backend_name();
+    return i;
+}
+
+std::error_code raw_image::check_io(std::uint64_t offset, std::uint64_t length, bool writing) const {
+    if (closed_) return errc::closed;
+    if (writing && options_.read_only) return errc::read_only;
+    return validate_request(offset, length, size_);
+}
+
+void raw_image::read(std::uint64_t offset, mutable_buffers buffers, io_handler handler) {
+    if (auto ec = check_io(offset, total_size(buffers), false)) return complete_later(std::move(handler), ec, std::size_t{0});
+    auto self = shared_from_this();
+    file_->async_read_at(offset, buffers, [this, self, h = std::move(handler)](std::error_code ec, std::size_t n) mutable {
+        complete(std::move(h), ec, ec ? std::size_t{0} : n);
+    });
+}
+
+void raw_image::write(std::uint64_t offset, const_buffers buffers, write_options options, io_handler handler) {
+    if (auto ec = check_io(offset, total_size(buffers), true))
+        return complete_later(std::move(handler), ec, std::size_t{0});
+    auto self = shared_from_this();
+    file_->async_write_at(offset, buffers,
+                          [this, self, fua = options.fua, h = std::move(handler)](std::error_code ec, std::size_t n) mutable {
+                              if (ec || !fua) return complete(std::move(h), ec, ec ? std::size_t{0} : n);
+                              file_->async_flush([this, self, n, h = std::move(h)](std::error_code fec) mutable {
+                                  complete(std::move(h), fec, fec ? std::size_t{0} : n);
+                              });
+                          });
+}
+
+void raw_image::write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options, op_handler handler) {
+    if (auto ec = check_io(offset, length, true)) return complete_later(std::move(handler), ec);
+    if (length == 0) return complete_later(std::move(handler), std::error_code{});
+    zero_step(offset, offset + length, options.fua, std::move(handler));
+}
+
+// Zeros in pieces of at most 64 MiB (64 iovecs of the shared zero block).
+void raw_image::zero_step(std::uint64_t offset, std::uint64_t end, bool fua, op_handler handler) {
+    const auto z = zero_block();
+    const std::uint64_t n = std::min<std::uint64_t>(end - offset, 64 * z.size());
+    const_buffers bufs;
+    for (std::uint64_t left = n; left;) {
+        const std::size_t k = static_cast<std::size_t>(std::min<std::uint64_t>(left, z.size()));
+        bufs.emplace_back(z.data(), k);
+        left -= k;
+    }
+    auto self = shared_from_this();
+    file_->async_write_at(offset, bufs, [this, self, offset, n, end, fua, h = std::move(handler)](std::error_code ec,
+                                                                                                 std::size_t) mutable {
+        if (ec) return complete(std::move(h), ec);
+        if (offset + n < end) return zero_step(offset + n, end, fua, std::move(h));
+        if (!fua) return complete(std::move(h), std::error_code{});
+        file_->async_flush([this, self, h = std::move(h)](std::error_code fec) mutable { complete(std::move(h), fec); });
+    });
+}
+
+void raw_image::flush(op_handler handler) {
+    if (closed_) return complete_later(std::move(handler), make_error_code(errc::closed));
+    auto self = shared_from_this();
+    file_->async_flush([this, self, h = std::move(handler)](std::error_code ec) mutable { complete(std::move(h), ec); });
+}
+
+void raw_image::block_status(std::uint64_t offset, std::uint64_t length, unsigned depth, status_handler handler) {
+    if (auto ec = check_io(offset, length, false)) return complete_later(std::move(handler), ec, std::vector<extent>{});
+    // Every byte of a raw file is "present"; holes read as zeros.
+    std::vector<extent> out;
+    std::uint64_t pos = offset;
+    const std::uint64_t end = offset + length;
+    while (pos < end) {
+        bool data = true;
+        std::uint64_t run = end - pos;
+        if (auto ec = file_->allocation(pos, end - pos, data, run)) {
+            data = true;
+            run = end - pos;
+        }
+        run = std::max<std::uint64_t>(std::min(run, end - pos), 1);
+        extent e{pos, run, depth, true, !data, data, pos};
+        if (!out.empty() && out.back().data == e.data && out.back().offset + out.back().length == pos)
+            out.back().length += run;
+        else
+            out.push_back(e);
+        pos += run;
+    }
+    complete_later(std::move(handler), std::error_code{}, std::move(out));
+}
+
+void raw_image::grow(std::uint64_t new_size, op_handler handler) {
+    if (closed_) return complete_later(std::move(handler), make_error_code(errc::closed));
+    if (options_.read_only) return complete_later(std::move(handler), make_error_code(errc::read_only));
+    if (new_size < size_) return complete_later(std::move(handler), make_error_code(errc::shrink_not_supported));
+    auto self = shared_from_this();
+    file_->async_resize(new_size, [this, self, new_size, h = std::move(handler)](std::error_code ec) mutable {
+        if (!ec) size_ = (new_size + sector_size - 1) / sector_size * sector_size;
+        complete(std::move(h), ec);
+    });
+}
+
+void raw_image::close(op_handler handler) {
+    if (closed_) return complete_later(std::move(handler), make_error_code(errc::closed));
+    closed_ = true;
+    if (options_.read_only) return complete_later(std::move(handler), std::error_code{});
+    auto self = shared_from_this();
+    file_->async_flush([this, self, h = std::move(handler)](std::error_code ec) mutable { complete(std::move(h), ec); });
+}
+
+}  // namespace qed::detail

@@ -1,0 +1,50 @@
+#include "table/l2_cache.hpp"
+
+namespace qed::detail {
+
+l2_ref l2_cache::find(std::uint64_t offset) {
+    auto it = map_.find(offset);
+    if (it == map_.end()) return nullptr;
+    lru_.splice(lru_.end(), lru_, it->second->lru);
+    return it->second;
+}
+
+void l2_cache::insert(const l2_ref& entry) {
+    entry->lru = lru_.insert(lru_.end(), entry->offset);
+    map_.emplace(entry->offset, entry);
+    trim();
+}
+
+void l2_cache::erase(std::uint64_t offset) {
+    auto it = map_.find(offset);
+    if (it == map_.end()) return;
+    lru_.erase(it->second->lru);
+    map_.erase(it);
+}
+
+void l2_cache::trim() {
+    for (auto it = lru_.begin(); map_.size() > capacity_ && it != lru_.end();) {
+        auto m = map_.find(*it);
+        // use_count 1: only the cache holds it, so nobody can be updating it.
+        if (m->second.use_count() == 1 && m->second->loaded) {
+            map_.erase(m);
+            it = lru_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+}
+
+void l2_cache::clear_unused() {
+    for (auto it = lru_.begin(); it != lru_.end();) {
+        auto m = map_.find(*it);
+        if (m->second.use_count() == 1 && m->second->loaded) {
+            map_.erase(m);
+            it = lru_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+}
+
+}  // namespace qed::detail

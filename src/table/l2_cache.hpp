@@ -1,0 +1,56 @@
+// The L2 table cache: write-through, reference-counted, bounded.
+//
+// Every L2 table in memory is in this cache, exactly once: a table a request
+// is using is never evicted (eviction only takes entries nobody else holds),
+// so an update can never be lost to a stale second copy. When every entry is
+// in use the cache holds more than its capacity until requests let go;
+// memory stays bounded by capacity + requests in flight.
+//
+// Two requests that miss on the same table share one load: the second waits
+// on the entry the first created.
+#pragma once
+
+#include "table/table.hpp"
+
+#include <list>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+namespace qed::detail {
+
+struct l2_entry {
+    l2_entry(std::uint64_t off, std::uint32_t entries) : offset(off), t(entries) {}
+    std::uint64_t offset;  ///< file offset of the table
+    table t;
+    bool loaded = false;   ///< false while the first read is in flight
+    std::vector<op_handler> waiters;  ///< requests waiting for the load
+    std::list<std::uint64_t>::iterator lru;
+};
+using l2_ref = std::shared_ptr<l2_entry>;
+
+class l2_cache {
+public:
+    explicit l2_cache(std::size_t capacity) : capacity_(capacity ? capacity : 1) {}
+
+    /// The entry for `offset` (loaded or loading), or null. Marks it recently used.
+    l2_ref find(std::uint64_t offset);
+    /// Insert a new entry (loading or already loaded), evicting unused entries.
+    void insert(const l2_ref& entry);
+    /// Remove an entry (after a failed load).
+    void erase(std::uint64_t offset);
+    /// Drop every entry nobody is using; used entries stay.
+    void clear_unused();
+    /// Bring the cache back within capacity after requests released entries.
+    void trim();
+
+    std::size_t size() const noexcept { return map_.size(); }
+    std::size_t capacity() const noexcept { return capacity_; }
+
+private:
+    std::size_t capacity_;
+    std::unordered_map<std::uint64_t, l2_ref> map_;
+    std::list<std::uint64_t> lru_;  // front = least recently used
+};
+
+}  // namespace qed::detail

@@ -1,0 +1,62 @@
+#include "table/table.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+namespace qed::detail {
+
+aligned_bytes allocate_aligned(std::size_t n, bool zeroed) {
+    const std::size_t rounded = (std::max<std::size_t>(n, 1) + memory_alignment - 1) & ~(memory_alignment - 1);
+    void* p = std::aligned_alloc(memory_alignment, rounded);
+    if (!p) throw std::bad_alloc();
+    if (zeroed) std::memset(p, 0, rounded);
+    return aligned_bytes(static_cast<std::byte*>(p));
+}
+
+std::span<const std::byte> zero_block() noexcept {
+    static constexpr std::size_t size = 1024 * 1024;
+    alignas(memory_alignment) static const std::byte zeros[size] = {};
+    return {zeros, size};
+}
+
+table::table(std::uint32_t entries)
+    : entries_(entries), bytes_(allocate_aligned(std::size_t{entries} * sizeof(std::uint64_t), true)) {}
+
+void table::from_disk() noexcept {
+    if constexpr (std::endian::native == std::endian::big) {
+        for (std::uint32_t i = 0; i < entries_; ++i) data()[i] = __builtin_bswap64(data()[i]);
+    }
+}
+
+void async_read_table(block_file& file, std::uint64_t offset, table& t, op_handler handler) {
+    const boost::asio::mutable_buffer buf(t.raw(), t.byte_size());
+    file.async_read_at(offset, {&buf, 1}, [&t, h = std::move(handler)](std::error_code ec, std::size_t) mutable {
+        if (!ec) t.from_disk();
+        std::move(h)(ec);
+    });
+}
+
+void async_write_table(block_file& file, std::uint64_t offset, const table& t, std::uint32_t first,
+                       std::uint32_t count, std::size_t align, op_handler handler) {
+    const std::size_t begin = (std::size_t{first} * 8) / align * align;
+    const std::size_t end = std::min(t.byte_size(), (std::size_t{first + count} * 8 + align - 1) / align * align);
+    const auto* base = reinterpret_cast<const std::byte*>(t.data());
+    if constexpr (std::endian::native == std::endian::little) {
+        // On-disk and in-memory layouts agree: write straight from the table.
+        const boost::asio::const_buffer buf(base + begin, end - begin);
+        file.async_write_at(offset + begin, {&buf, 1},
+                            [h = std::move(handler)](std::error_code ec, std::size_t) mutable { std::move(h)(ec); });
+    } else {
+        auto copy = std::make_shared<aligned_bytes>(allocate_aligned(end - begin, false));
+        auto* out = reinterpret_cast<std::uint64_t*>(copy->get());
+        for (std::size_t i = begin / 8; i < end / 8; ++i) out[i - begin / 8] = __builtin_bswap64(t[i]);
+        const boost::asio::const_buffer buf(copy->get(), end - begin);
+        file.async_write_at(offset + begin, {&buf, 1},
+                            [copy, h = std::move(handler)](std::error_code ec, std::size_t) mutable {
+                                std::move(h)(ec);
+                            });
+    }
+}
+
+}  // namespace qed::detail

@@ -1,0 +1,61 @@
+// L1 and L2 tables in memory (host byte order), and their I/O.
+//
+// A table is table_size clusters of 64-bit little-endian offsets on disk.
+// Writes of a table update only the 512-byte sectors (or larger O_DIRECT
+// blocks) that hold changed entries.
+#pragma once
+
+#include "qed/block_file.hpp"
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <span>
+
+namespace qed::detail {
+
+/// Memory alignment of every buffer the driver allocates (O_DIRECT-safe).
+inline constexpr std::size_t memory_alignment = 4096;
+
+struct aligned_free {
+    void operator()(void* p) const noexcept { std::free(p); }
+};
+using aligned_bytes = std::unique_ptr<std::byte[], aligned_free>;
+
+/// `n` bytes aligned to memory_alignment (rounded up); throws std::bad_alloc.
+aligned_bytes allocate_aligned(std::size_t n, bool zeroed);
+
+/// A read-only buffer of zeros shared by everything that writes zeros.
+std::span<const std::byte> zero_block() noexcept;
+
+class table {
+public:
+    explicit table(std::uint32_t entries);
+
+    std::uint32_t size() const noexcept { return entries_; }
+    std::uint64_t& operator[](std::size_t i) noexcept { return data()[i]; }
+    std::uint64_t operator[](std::size_t i) const noexcept { return data()[i]; }
+    std::uint64_t* data() noexcept { return reinterpret_cast<std::uint64_t*>(bytes_.get()); }
+    const std::uint64_t* data() const noexcept { return reinterpret_cast<const std::uint64_t*>(bytes_.get()); }
+    std::size_t byte_size() const noexcept { return std::size_t{entries_} * sizeof(std::uint64_t); }
+    std::byte* raw() noexcept { return bytes_.get(); }
+
+    /// Convert entries just read from disk (little-endian) to host order.
+    void from_disk() noexcept;
+
+private:
+    std::uint32_t entries_;
+    aligned_bytes bytes_;
+};
+
+/// Read a whole table at `offset` into `t` (then converted to host order).
+void async_read_table(block_file& file, std::uint64_t offset, table& t, op_handler handler);
+
+/// Write entries [first, first + count) of `t`, widened to whole `align`-byte
+/// blocks, to the table at `offset`. `t` must not change until completion.
+void async_write_table(block_file& file, std::uint64_t offset, const table& t, std::uint32_t first,
+                       std::uint32_t count, std::size_t align, op_handler handler);
+
+}  // namespace qed::detail
