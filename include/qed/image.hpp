@@ -79,6 +79,7 @@ struct image_info {
     std::uint64_t file_size = 0;  ///< bytes of the image file
     bool read_only = false;
     std::string backend;          ///< file backend ("io_uring", "threads", "memory")
+    std::uint32_t request_alignment = sector_size;  ///< offsets and lengths must be multiples of this
     // QED only:
     std::uint32_t cluster_size = 0;
     std::uint32_t table_size = 0;

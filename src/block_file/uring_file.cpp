@@ -61,6 +61,7 @@ public:
             if (!is_aligned(offset, iov, align_)) return buffered_->read(offset, std::move(iov), std::move(handler));
         }
         auto op = std::make_unique<transfer<asio::mutable_buffer>>(offset, buffers, std::move(handler));
+        if (op->total == 0) return complete_later(std::move(op));  // nothing to submit: never complete inline
         step_read(std::move(op));
     }
 
@@ -75,6 +76,7 @@ public:
             if (!is_aligned(offset, iov, align_)) return buffered_->write(offset, std::move(iov), std::move(handler));
         }
         auto op = std::make_unique<transfer<asio::const_buffer>>(offset, buffers, std::move(handler));
+        if (op->total == 0) return complete_later(std::move(op));
         step_write(std::move(op));
     }
 
@@ -142,6 +144,11 @@ private:
             op->consume(n);
             step_write(std::move(op));
         });
+    }
+
+    template <class Op>
+    void complete_later(std::unique_ptr<Op> op) {
+        asio::post(get_executor(), [op = std::move(op)]() mutable { finish(std::move(op), {}); });
     }
 
     template <class Op>

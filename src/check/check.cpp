@@ -49,6 +49,14 @@ boost::asio::awaitable<std::error_code> run_check(qed_image& img, check_options:
         if (out.messages.size() < max_messages) out.messages.push_back(std::move(line));
     };
 
+    // The check reads tables from disk: first put there what memory holds.
+    if (!img.options_.read_only && img.metadata_dirty()) {
+        if (auto ec = co_await img.write_dirty_metadata()) {
+            ++out.check_errors;
+            note("cannot write pending table updates: " + ec.message());
+            co_return std::error_code{};
+        }
+    }
     img.cache_.clear_unused();  // tables may change under repair; nobody else holds any
     const std::uint64_t end = img.file_end_;
     cluster_bitmap used(end >> g.cluster_bits);
@@ -161,7 +169,6 @@ boost::asio::awaitable<std::error_code> run_check(qed_image& img, check_options:
     if (fix_any && !img.options_.read_only) {
         if (auto ec = co_await co::flush(*img.file_)) co_return ec;
         if (out.corruptions == 0 && out.check_errors == 0) {
-            img.corrupt_ = false;
             if (img.header_.has(feature_need_check)) {
                 header h = img.header_;
                 h.features &= ~std::uint64_t{feature_need_check};
@@ -171,8 +178,13 @@ boost::asio::awaitable<std::error_code> run_check(qed_image& img, check_options:
             }
         }
     }
-    // Whatever the mode, known corruption means NEED_CHECK must survive close.
+    // Whatever the mode, known corruption means NEED_CHECK must survive close;
+    // a complete check that found none vouches for the image.
     if (out.corruptions) img.corrupt_ = true;
+    else if (!out.check_errors) {
+        img.corrupt_ = false;
+        img.unchecked_dirty_ = false;
+    }
     co_return std::error_code{};
 }
 

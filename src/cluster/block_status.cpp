@@ -69,8 +69,7 @@ boost::asio::awaitable<std::error_code> qed_image::do_block_status(std::uint64_t
                     const std::uint64_t bsize = backing_ ? backing_->size() : 0;
                     const std::uint64_t in_backing = pos >= bsize ? 0 : std::min(len, bsize - pos);
                     if (in_backing) {
-                        auto b = backing_;
-                        std::vector<extent> below;
+                        device* b = backing_.get();  // backing_ owns it; see co_io.hpp on captures
                         auto [ec, ext] = co_await boost::asio::async_initiate<decltype(co::use_tuple),
                                                                                void(std::error_code, std::vector<extent>)>(
                             [b, pos, in_backing, depth](auto done) {

@@ -95,6 +95,9 @@ geometry::geometry(const header& h) noexcept
       header_bytes(std::uint64_t{h.cluster_size} * h.header_size) {}
 
 std::error_code validate(const header& h, std::uint64_t file_size, std::string* detail) {
+    if (file_size < header_struct_size)
+        return fail(errc::file_too_small, detail,
+                    "file is " + std::to_string(file_size) + " bytes, too small for the 64-byte QED header");
     if (h.magic != magic) return fail(errc::bad_magic, detail, "bad magic " + hex(h.magic) + " (expected 0x444551, \"QED\\0\")");
     if (const std::uint64_t unknown = h.features & ~known_features)
         return fail(errc::unknown_features, detail,

@@ -13,17 +13,25 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <exception>
+#include <type_traits>
 #include <new>
 
 namespace qed::detail::co {
 
 inline constexpr auto use_tuple = boost::asio::as_tuple(boost::asio::use_awaitable);
 
+// GCC 12 destroys a lambda temporary inside a co_await expression twice, so
+// captured shared_ptrs get released twice. Callables handed to these helpers
+// must therefore be trivially destructible (capture references, pointers and
+// numbers only); keep owners alive in named locals. The static_asserts make
+// a violation a compile error instead of a use-after-free.
+
 /// Await any operation started as `start(op_handler)`.
 template <class Start>
 boost::asio::awaitable<std::error_code> op(Start start) {
+    static_assert(std::is_trivially_destructible_v<Start>, "capture only references/pointers (GCC 12 coroutine bug)");
     auto [ec] = co_await boost::asio::async_initiate<decltype(use_tuple), void(std::error_code)>(
-        [](auto handler, Start s) { s(op_handler(std::move(handler))); }, use_tuple, std::move(start));
+        [](auto handler, Start s) { s(op_handler(std::move(handler))); }, use_tuple, start);
     co_return ec;
 }
 

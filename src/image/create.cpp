@@ -36,7 +36,8 @@ boost::asio::awaitable<std::error_code> create_image(boost::asio::any_io_executo
                                               1, {});
         if (ec) co_return ec;
         size = dev->size();
-        co_await co::op([dev = dev](op_handler h) { dev->close(std::move(h)); });
+        device* d = dev.get();
+        co_await co::op([d](op_handler h) { d->close(std::move(h)); });
     }
 
     file_options fo;

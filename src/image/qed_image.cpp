@@ -120,11 +120,62 @@ void qed_image::flush(op_handler handler) {
             complete_later(std::move(h), make_error_code(errc::closed));
             return request_done();
         }
-        file_->async_flush([this, self, h = std::move(h)](std::error_code ec) mutable {
+        if (!metadata_dirty()) {
+            file_->async_flush([this, self, h = std::move(h)](std::error_code ec) mutable {
+                complete(std::move(h), ec);
+                request_done();
+            });
+            return;
+        }
+        co::run(ex_, flush_co(), [this, self, h = std::move(h)](std::error_code ec) mutable {
             complete(std::move(h), ec);
             request_done();
         });
     });
+}
+
+boost::asio::awaitable<std::error_code> qed_image::flush_co() {
+    if (auto ec = co_await write_dirty_metadata()) co_return ec;
+    co_return co_await co::flush(*file_);
+}
+
+void qed_image::mark_table_dirty(const l2_ref& t, std::uint32_t lo, std::uint32_t hi) {
+    if (!t->dirty) {
+        t->dirty = true;
+        t->dirty_lo = lo;
+        t->dirty_hi = hi;
+        dirty_tables_.push_back(t);
+    } else {
+        t->dirty_lo = std::min(t->dirty_lo, lo);
+        t->dirty_hi = std::max(t->dirty_hi, hi);
+    }
+}
+
+void qed_image::mark_l1_dirty(std::uint32_t lo, std::uint32_t hi) {
+    l1_dirty_lo_ = l1_dirty_ ? std::min(l1_dirty_lo_, lo) : lo;
+    l1_dirty_hi_ = l1_dirty_ ? std::max(l1_dirty_hi_, hi) : hi;
+    l1_dirty_ = true;
+}
+
+boost::asio::awaitable<std::error_code> qed_image::write_dirty_metadata() {
+    // Tables first, then L1: L1 must not point at a table before it is whole.
+    while (!dirty_tables_.empty()) {
+        l2_ref t = dirty_tables_.back();
+        const std::uint32_t lo = t->dirty_lo, hi = t->dirty_hi;
+        if (auto ec = co_await co::write_table(*file_, t->offset, t->t, lo, hi - lo + 1, io_align_)) co_return ec;
+        if (t->dirty_lo == lo && t->dirty_hi == hi) {  // nothing new failed meanwhile
+            t->dirty = false;
+            std::erase(dirty_tables_, t);
+        }
+    }
+    if (l1_dirty_) {
+        if (auto ec = co_await co::flush(*file_)) co_return ec;
+        const std::uint32_t lo = l1_dirty_lo_, hi = l1_dirty_hi_;
+        if (auto ec = co_await co::write_table(*file_, header_.l1_table_offset, *l1_, lo, hi - lo + 1, io_align_))
+            co_return ec;
+        if (l1_dirty_lo_ == lo && l1_dirty_hi_ == hi) l1_dirty_ = false;
+    }
+    co_return std::error_code{};
 }
 
 bool qed_image::read_backing(std::uint64_t pos, const mutable_buffers& buffers, op_handler handler) {
@@ -192,7 +243,7 @@ void qed_image::mark_dirty(op_handler handler) {
 }
 
 void qed_image::start_need_check_timer() {
-    if (closing_ || closed_ || options_.read_only || corrupt_ || !header_.has(feature_need_check)) return;
+    if (closing_ || closed_ || !may_clear_need_check() || !header_.has(feature_need_check)) return;
     timer_armed_ = true;
     need_check_timer_.expires_after(options_.need_check_timeout);
     std::weak_ptr<device> weak = weak_from_this();
@@ -210,7 +261,8 @@ void qed_image::cancel_need_check_timer() {
 
 void qed_image::on_need_check_timer() {
     timer_armed_ = false;
-    if (closing_ || closed_ || !alloc_queue_.idle() || !header_.has(feature_need_check)) return;
+    if (closing_ || closed_ || !alloc_queue_.idle() || !header_.has(feature_need_check) || !may_clear_need_check())
+        return;
     run_request([this, self = self_of(this)] {
         if (closed_ || !alloc_queue_.idle() || !header_.has(feature_need_check)) return request_done();
         alloc_queue_.plug();  // no allocation may start while the bit goes away
@@ -224,7 +276,7 @@ void qed_image::on_need_check_timer() {
 
 boost::asio::awaitable<std::error_code> qed_image::clear_need_check() {
     // Every L2/L1 update so far must be durable before the image says it is clean.
-    if (auto ec = co_await co::flush(*file_)) co_return ec;
+    if (auto ec = co_await flush_co()) co_return ec;
     header h = header_;
     h.features &= ~std::uint64_t{feature_need_check};
     if (auto ec = co_await write_header_co(h)) co_return ec;
@@ -322,7 +374,10 @@ boost::asio::awaitable<std::error_code> qed_image::do_change_backing_file(std::s
             backing_full_ = full;
             backing_format_ = name.empty() ? std::nullopt
                                            : (format ? format : std::optional<image_format>{});
-            if (old) co_await co::op([old](op_handler done) { old->close(std::move(done)); });
+            if (old) {
+                device* d = old.get();
+                co_await co::op([d](op_handler done) { d->close(std::move(done)); });
+            }
             co_return std::error_code{};
         }
     }
@@ -350,6 +405,9 @@ boost::asio::awaitable<std::error_code> qed_image::do_make_empty() {
                 co_return ec;
             if (auto ec = co_await co::flush(*file_)) co_return ec;
             std::fill(l1_->data(), l1_->data() + l1_->size(), 0);
+            for (auto& t : dirty_tables_) t->dirty = false;  // nothing references them any more
+            dirty_tables_.clear();
+            l1_dirty_ = false;
             cache_.clear_unused();
             const std::uint64_t end = std::max(geo_.header_bytes, header_.l1_table_offset + geo_.table_bytes);
             if (auto ec = co_await co::resize(*file_, end)) co_return ec;
@@ -383,13 +441,13 @@ boost::asio::awaitable<std::error_code> qed_image::do_close() {
         return ec;
     };
     if (!options_.read_only) {
-        if (!keep(co_await co::flush(*file_))) {
+        if (!keep(co_await flush_co())) {
             // Drop what failed allocations left past the last cluster.
             if (tail_garbage_ && physical_size_ > file_end_ && !keep(co_await co::resize(*file_, file_end_)))
                 physical_size_ = file_end_;
             // Clean shutdown: no check needed next time -- unless a check
             // found corruption it could not repair.
-            if (header_.has(feature_need_check) && !corrupt_) {
+            if (header_.has(feature_need_check) && may_clear_need_check()) {
                 header h = header_;
                 h.features &= ~std::uint64_t{feature_need_check};
                 if (!keep(co_await write_header_co(h))) keep(co_await co::flush(*file_));
@@ -397,8 +455,9 @@ boost::asio::awaitable<std::error_code> qed_image::do_close() {
         }
     }
     if (backing_) {
-        auto b = backing_;
-        keep(co_await co::op([b](op_handler done) { b->close(std::move(done)); }));
+        auto owner = backing_;
+        device* d = owner.get();
+        keep(co_await co::op([d](op_handler done) { d->close(std::move(done)); }));
     }
     closed_ = true;
     cache_.clear_unused();
@@ -426,6 +485,7 @@ image_info qed_image::info() const {
     i.compat_features = header_.compat_features;
     i.autoclear_features = header_.autoclear_features;
     i.need_check = header_.has(feature_need_check);
+    i.request_alignment = sector_size;
     i.backing_file = backing_name_;
     i.backing_file_full = backing_full_;
     i.backing_format = backing_format_;

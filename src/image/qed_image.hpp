@@ -78,6 +78,11 @@ public:
     bool tail_garbage_ = false;
     /// Check found corruption it could not repair: NEED_CHECK must stay set.
     bool corrupt_ = false;
+    /// Opened dirty without a check (repair_on_open off): nobody knows the
+    /// image is consistent, so NEED_CHECK must stay until a check says so.
+    bool unchecked_dirty_ = false;
+    /// NEED_CHECK may be cleared (close, timer): nothing suggests damage.
+    bool may_clear_need_check() const noexcept { return !corrupt_ && !unchecked_dirty_ && !options_.read_only; }
     bool closed_ = false;
     bool closing_ = false;
 
@@ -111,6 +116,14 @@ public:
     void start_need_check_timer();
     void cancel_need_check_timer();
 
+    // ---- metadata that failed to reach the disk -----------------------------
+    // Memory is authoritative: a failed L2/L1 write leaves the range flagged
+    // and every flush (and close) rewrites it first, failing if it can't.
+    void mark_table_dirty(const l2_ref& t, std::uint32_t lo, std::uint32_t hi);
+    void mark_l1_dirty(std::uint32_t lo, std::uint32_t hi);
+    bool metadata_dirty() const noexcept { return !dirty_tables_.empty() || l1_dirty_; }
+    boost::asio::awaitable<std::error_code> write_dirty_metadata();
+
     /// Read `buffers` at guest `pos` from the backing chain (zeros past its
     /// end, or when there is none). Returns false when done at once.
     bool read_backing(std::uint64_t pos, const mutable_buffers& buffers, op_handler handler);
@@ -137,6 +150,11 @@ private:
     boost::asio::awaitable<std::error_code> do_block_status(std::uint64_t offset, std::uint64_t length, unsigned depth,
                                                             std::shared_ptr<std::vector<extent>> out);
 
+    boost::asio::awaitable<std::error_code> flush_co();
+
+    std::vector<l2_ref> dirty_tables_;
+    bool l1_dirty_ = false;
+    std::uint32_t l1_dirty_lo_ = 0, l1_dirty_hi_ = 0;
     boost::asio::steady_timer need_check_timer_;
     bool timer_armed_ = false;
     unsigned in_flight_ = 0;

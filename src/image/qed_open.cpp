@@ -68,6 +68,7 @@ boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vec
 
     // A dirty image may have dangling entries from an interrupted allocation.
     // Read-only opens skip this so a damaged image can still be read.
+    unchecked_dirty_ = header_.has(feature_need_check) && !(options_.repair_on_open && !options_.read_only);
     if (header_.has(feature_need_check) && !options_.read_only && options_.repair_on_open) {
         check_result r;
         if ((ec = co_await run_check(*this, check_options::repair::all, r))) co_return fail(ec, "");

@@ -32,6 +32,7 @@ image_info raw_image::info() const {
     i.file_size = file_->size(ec);
     i.read_only = options_.read_only;
     i.backend = file_->backend_name();
+    i.request_alignment = sector_size;
     return i;
 }
 

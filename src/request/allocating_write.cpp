@@ -154,12 +154,14 @@ bool allocating_write::absorb(aiocb* a) {
     }
     if (!head && (new_data_clusters_ + added) * g.cluster_size > max_batch_bytes) return false;
 
-    if (tit == tables_.end()) tables_.emplace(l1_index, std::move(use));
+    // Record each cluster's current entry (it decides the fill source) before
+    // `use` is moved into the map.
     for (std::uint64_t k = first; k <= last; ++k) {
         if (clusters_.count(k)) continue;
         const std::uint64_t e = tu.existing ? tu.existing->t[k & (g.table_entries - 1)] : 0;
         clusters_.emplace(k, slot{e, zero_clusters});
     }
+    if (tit == tables_.end()) tables_.emplace(l1_index, std::move(use));
     new_data_clusters_ += added;
     claimed_.emplace(c.pos, claimed_range{c.pos + c.len, a});
     members_.push_back(a);
@@ -397,18 +399,26 @@ void allocating_write::issue_updates() {
         l1_lo = std::min(l1_lo, l1_index);
         l1_hi = std::max(l1_hi, l1_index);
     }
+    // A failed write leaves its range flagged: memory is authoritative, and
+    // the next flush or close writes it again.
     pending_ = 1;
     for (auto& [l1_index, tu] : tables_) {
         if (!tu.existing) continue;
         ++pending_;
-        async_write_table(*img_.file_, tu.existing->offset, tu.existing->t, tu.lo, tu.hi - tu.lo + 1,
-                          img_.io_align_, [this](std::error_code ec) { one_done(ec); });
+        async_write_table(*img_.file_, tu.existing->offset, tu.existing->t, tu.lo, tu.hi - tu.lo + 1, img_.io_align_,
+                          [this, t = tu.existing, lo = tu.lo, hi = tu.hi](std::error_code ec) {
+                              if (ec) img_.mark_table_dirty(t, lo, hi);
+                              one_done(ec);
+                          });
     }
     if (l1_lo <= l1_hi) {
+        const auto lo = static_cast<std::uint32_t>(l1_lo), hi = static_cast<std::uint32_t>(l1_hi);
         ++pending_;
-        async_write_table(*img_.file_, img_.header_.l1_table_offset, *img_.l1_, static_cast<std::uint32_t>(l1_lo),
-                          static_cast<std::uint32_t>(l1_hi - l1_lo + 1), img_.io_align_,
-                          [this](std::error_code ec) { one_done(ec); });
+        async_write_table(*img_.file_, img_.header_.l1_table_offset, *img_.l1_, lo, hi - lo + 1, img_.io_align_,
+                          [this, lo, hi](std::error_code ec) {
+                              if (ec) img_.mark_l1_dirty(lo, hi);
+                              one_done(ec);
+                          });
     }
     --pending_;
 }
