@@ -82,3 +82,20 @@ inline std::pair<std::error_code, sync_image> open(boost::asio::io_context& ioc,
 }
 
 }  // namespace qed::test
+
+namespace qed::test {
+
+/// Run `ioc` until `done()` is true; false if it does not happen within
+/// `limit` (a hang: some operation never completed).
+template <class Pred>
+bool run_until(boost::asio::io_context& ioc, Pred done, std::chrono::milliseconds limit = std::chrono::seconds(60)) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    ioc.restart();
+    while (!done()) {
+        if (std::chrono::steady_clock::now() > deadline) return false;
+        if (ioc.run_one_for(std::chrono::milliseconds(100)) == 0 && ioc.stopped()) ioc.restart();
+    }
+    return true;
+}
+
+}  // namespace qed::test

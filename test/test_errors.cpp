@@ -1,0 +1,274 @@
+// Error paths: the file fails the n-th read, write, flush or resize, for
+// every n a workload reaches (so every step of the state machine fails once:
+// header dirty write, prefill reads, data writes, flush before L2, L2 and L1
+// writes, new tables, reads, flush, close). Then:
+//   - the request hit completes with that error, none hangs (watchdog);
+//   - requests after the fault still work and read back correctly;
+//   - the image reopens (repaired if dirty) with no corruption;
+//   - every write that reported success reads back its data, every failed
+//     write leaves each sector with its old or its new contents.
+#include "qed/image.hpp"
+
+#include "support/fault_file.hpp"
+#include "support/memory_fs.hpp"
+#include "support/model.hpp"
+#include "support/sync.hpp"
+
+#include <boost/test/data/monomorphic.hpp>
+#include <boost/test/data/test_case.hpp>
+#include <boost/test/unit_test.hpp>
+
+namespace bdata = boost::unit_test::data;
+using namespace qed;
+using namespace qed::test;
+
+namespace {
+
+constexpr std::uint32_t cs = 4096;
+constexpr std::uint64_t span = 2 * 1024 * 1024;  // one L2 table (4K clusters, table_size 1)
+constexpr std::uint64_t image_size = 8 * span;
+constexpr std::uint64_t backing_tag = 3;
+
+struct op {
+    enum kind { write, zeroes, read } what;
+    std::uint64_t off, len, tag;
+    std::vector<std::uint8_t> buf;
+    std::error_code ec;
+    bool done = false;
+};
+
+// A fixed workload touching every path: new L2 tables, partial clusters,
+// in-place overwrites, zero clusters, reads of data, holes and backing.
+std::vector<op> workload(std::uint64_t first_tag) {
+    std::vector<op> ops;
+    std::uint64_t tag = first_tag;
+    auto w = [&](std::uint64_t off, std::uint64_t len) { ops.push_back({op::write, off, len, tag++, {}, {}, false}); };
+    auto z = [&](std::uint64_t off, std::uint64_t len) { ops.push_back({op::zeroes, off, len, 0, {}, {}, false}); };
+    auto r = [&](std::uint64_t off, std::uint64_t len) { ops.push_back({op::read, off, len, 0, {}, {}, false}); };
+    w(0, 512);                    // partial first cluster: prefill/postfill
+    w(cs + 1024, 2 * cs);         // crosses clusters, unaligned both ends
+    w(span - cs, 2 * cs);         // crosses into a new L2 table
+    w(3 * span + 5 * cs, cs);     // another new table
+    z(4 * span, 4 * cs);          // zero clusters, new table
+    z(16 * cs + 512, 1024);       // partial write-zeroes
+    r(0, 8 * cs);
+    r(6 * span, 2 * cs);          // hole
+    w(40 * cs, 8 * cs);           // a run of clusters
+    r(span - 2 * cs, 4 * cs);
+    return ops;
+}
+
+struct fixture {
+    boost::asio::io_context ioc;
+    memory_fs fs{ioc.get_executor()};
+    std::shared_ptr<fault_plan> plan = std::make_shared<fault_plan>();
+    model m{image_size};
+    bool backing;
+
+    explicit fixture(bool with_backing) : backing(with_backing) {
+        create_options co;
+        co.size = image_size;
+        co.cluster_size = cs;
+        co.table_size = 1;
+        co.opener = fs.opener();
+        if (backing) {
+            auto& st = fs.storage("base.raw");
+            std::vector<std::uint8_t> sec(512);
+            for (std::uint64_t off = 0; off < 5 * span; off += 512) {  // shorter than the image
+                fill_sector(sec.data(), backing_tag, off / 512);
+                st->write(off, {reinterpret_cast<std::byte*>(sec.data()), 512});
+                m.set(off, 512, backing_tag);
+            }
+            co.backing_file = "base.raw";
+            co.backing_format = image_format::raw;
+        }
+        BOOST_REQUIRE(!create(ioc, "img.qed", co));
+        fs.wrap = [this](std::shared_ptr<block_file> f, const std::string&) -> std::shared_ptr<block_file> {
+            return std::make_shared<fault_file>(std::move(f), plan);
+        };
+    }
+
+    open_options options() {
+        open_options o;
+        o.opener = fs.opener();
+        o.need_check_timeout = std::chrono::milliseconds(1);  // the timer's flush + header write fail too
+        return o;
+    }
+
+    // Issue all ops at once; run until all complete (or report a hang).
+    void run(image& img, std::vector<op>& ops) {
+        std::size_t completed = 0;
+        for (auto& o : ops) {
+            o.buf.resize(o.len);
+            if (o.what == op::write)
+                for (std::uint64_t s = 0; s < o.len / 512; ++s) fill_sector(&o.buf[s * 512], o.tag, o.off / 512 + s);
+            auto done = [&o, &completed](std::error_code ec, auto&&...) {
+                o.ec = ec;
+                o.done = true;
+                ++completed;
+            };
+            if (o.what == op::write) img.async_write_at(o.off, boost::asio::buffer(o.buf), done);
+            else if (o.what == op::read) img.async_read_at(o.off, boost::asio::buffer(o.buf), done);
+            else img.async_write_zeroes(o.off, o.len, done);
+        }
+        BOOST_REQUIRE_MESSAGE(run_until(ioc, [&] { return completed == ops.size(); }, std::chrono::seconds(20)),
+                              "hang: " << ops.size() - completed << " requests never completed");
+    }
+
+    // Successful writes are exact; failed ones leave old or new per sector.
+    void check_contents(sync_image& img, const std::vector<op>& ops) {
+        for (const auto& o : ops) {
+            if (o.what == op::read) continue;
+            std::vector<std::uint8_t> got(o.len);
+            const std::error_code rec = img.read(o.off, got.data(), o.len);
+            BOOST_REQUIRE_MESSAGE(!rec, "reading back " << o.off << "+" << o.len << ": " << rec.message());
+            for (std::uint64_t s = 0; s < o.len / 512; ++s) {
+                const std::uint64_t sector = o.off / 512 + s;
+                std::vector<std::uint64_t> ok{o.tag};
+                if (o.ec) ok.push_back(m.tag(sector));
+                if (model::match(&got[s * 512], sector, ok) < 0)  // (describe() is slow: only on failure)
+                    BOOST_FAIL("sector " << sector << " after " << (o.ec ? "failed" : "successful")
+                                         << " write holds neither old nor new data but "
+                                         << model::describe(&got[s * 512], sector, 1200) << "; expected tag " << o.tag
+                                         << " or " << m.tag(sector));
+            }
+        }
+    }
+    void apply(const std::vector<op>& ops, sync_image& img) {
+        // Settle failed writes to whatever they left (old or new, per sector).
+        for (const auto& o : ops) {
+            if (o.what == op::read) continue;
+            if (!o.ec) {
+                m.set(o.off, o.len, o.tag);
+                continue;
+            }
+            std::vector<std::uint8_t> got(o.len);
+            BOOST_REQUIRE(!img.read(o.off, got.data(), o.len));
+            for (std::uint64_t s = 0; s < o.len / 512; ++s) {
+                const std::uint64_t sector = o.off / 512 + s;
+                if (model::match(&got[s * 512], sector, {o.tag}) == 0) m.set(sector * 512, 512, o.tag);
+            }
+        }
+    }
+};
+
+struct fault_case {
+    fault_plan::kind kind;
+    bool backing;
+};
+std::ostream& operator<<(std::ostream& os, const fault_case& c) {
+    return os << fault_plan::name(c.kind) << (c.backing ? " with backing" : "");
+}
+
+// How many operations of each kind the whole scenario performs without faults.
+std::array<long, 4> count_ops(bool backing) {
+    fixture f(backing);
+    auto [ec, img] = open(f.ioc, "img.qed", f.options());
+    BOOST_REQUIRE(!ec);
+    auto ops = workload(100);
+    f.run(img.img, ops);
+    BOOST_REQUIRE(!img.flush());
+    BOOST_REQUIRE(!img.close());
+    return f.plan->count;
+}
+
+const fault_case cases[] = {{fault_plan::read, false},  {fault_plan::write, false}, {fault_plan::flush, false},
+                            {fault_plan::resize, false}, {fault_plan::read, true},   {fault_plan::write, true},
+                            {fault_plan::flush, true},  {fault_plan::resize, true}};
+
+}  // namespace
+
+BOOST_DATA_TEST_CASE(every_io_fails_once, bdata::make(cases), c) {
+    const auto totals = count_ops(c.backing);
+    const long total = totals[c.kind];
+    BOOST_TEST_MESSAGE(fault_plan::name(c.kind) << ": " << total << " operations in the scenario");
+    long failed_points = 0;
+    // Each fault point twice: once the disk recovers right after the
+    // workload (later requests on the same image must work), once it stays
+    // armed through close (close must fail cleanly, the image reopen).
+    for (long n = 0; n <= total; ++n) {
+        for (bool through_close : {false, true}) {
+            BOOST_TEST_CONTEXT("failing " << fault_plan::name(c.kind) << " #" << n
+                                          << (through_close ? " (armed through close)" : "")) {
+                fixture f(c.backing);
+                f.plan->fail_at[c.kind] = n;
+                auto [oec, img] = open(f.ioc, "img.qed", f.options());
+                if (oec) {
+                    // The fault hit the open itself: a clean error, then open works.
+                    BOOST_CHECK(oec == f.plan->error);
+                    BOOST_CHECK_EQUAL(f.plan->failures, 1);
+                    ++failed_points;
+                    f.plan->fail_at = {-1, -1, -1, -1};
+                    auto [again, img2] = open(f.ioc, "img.qed", f.options());
+                    BOOST_REQUIRE_MESSAGE(!again, again.message());
+                    BOOST_REQUIRE(!img2.close());
+                    continue;
+                }
+                auto ops = workload(100);
+                f.run(img.img, ops);
+                const std::error_code flush_ec = img.flush();
+                std::error_code close_ec;
+                if (through_close) close_ec = img.close();
+                const long fired = f.plan->failures;
+                f.plan->fail_at = {-1, -1, -1, -1};  // the disk recovers
+                if (fired) ++failed_points;
+                // Only the injected error may appear, and only if a fault fired.
+                for (const auto& o : ops) BOOST_CHECK(!o.ec || (fired && o.ec == f.plan->error));
+                if (flush_ec || close_ec) BOOST_CHECK(fired);
+
+                if (!through_close) {
+                    f.check_contents(img, ops);
+                    f.apply(ops, img);
+                    // Later requests work on the same image.
+                    auto more = workload(1000);
+                    for (auto& o : more) o.off = (o.off + 5 * span / 2) % (image_size - o.len) / 512 * 512;
+                    f.run(img.img, more);
+                    for (const auto& o : more)
+                        BOOST_REQUIRE_MESSAGE(!o.ec, "request after the fault failed: " << o.ec.message());
+                    f.check_contents(img, more);
+                    f.apply(more, img);
+                    BOOST_REQUIRE(!img.close());
+                }
+
+                // Reopen: repaired if dirty, no corruption, contents intact.
+                auto [rec, re] = open(f.ioc, "img.qed", f.options());
+                BOOST_REQUIRE_MESSAGE(!rec, "reopen: " << rec.message());
+                auto [cec, r] = re.check();
+                BOOST_REQUIRE(!cec);
+                BOOST_CHECK_EQUAL(r.corruptions, 0u);
+                f.check_contents(re, ops);
+                BOOST_REQUIRE(!re.close());
+            }
+        }
+    }
+    BOOST_TEST_MESSAGE(fault_plan::name(c.kind) << ": " << failed_points << " fault points exercised");
+    if (total > 0) BOOST_CHECK(failed_points > 0);
+}
+
+BOOST_AUTO_TEST_CASE(a_dead_disk_fails_everything_cleanly) {
+    fixture f(false);
+    auto [oec, img] = open(f.ioc, "img.qed", f.options());
+    BOOST_REQUIRE(!oec);
+    f.plan->persistent = true;
+    f.plan->fail_at = {0, 0, 0, 0};
+    f.plan->count = {0, 0, 0, 0};
+    auto ops = workload(100);
+    f.run(img.img, ops);
+    for (const auto& o : ops) {
+        // Reads of holes need no I/O; everything else fails with the disk's error.
+        if (o.what != op::read) BOOST_CHECK(o.ec == f.plan->error);
+    }
+    BOOST_CHECK(img.flush() == f.plan->error);
+    BOOST_CHECK(img.close() == f.plan->error);
+    // The disk comes back: the image opens and has nothing half-written.
+    f.plan->persistent = false;
+    f.plan->fail_at = {-1, -1, -1, -1};
+    auto [rec, re] = open(f.ioc, "img.qed", f.options());
+    BOOST_REQUIRE(!rec);
+    auto [cec, r] = re.check();
+    BOOST_CHECK_EQUAL(r.corruptions, 0u);
+    std::vector<std::uint8_t> zero(8 * cs, 0), got(8 * cs);
+    BOOST_REQUIRE(!re.read(0, got.data(), got.size()));
+    BOOST_CHECK(got == zero);
+    BOOST_REQUIRE(!re.close());
+}
