@@ -1,0 +1,278 @@
+// qed-nbd: serve a QED (or raw) image over NBD. The command line follows
+// qemu-nbd's so that one can stand in for the other in scripts.
+#include <fcntl.h>
+#include <getopt.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <iostream>
+#include <limits>
+#include <string>
+
+#include "server/nbd_server.hpp"
+
+#ifndef QED_NBD_VERSION
+#define QED_NBD_VERSION "unknown"
+#endif
+
+namespace {
+
+void usage(std::ostream& out) {
+    out << "Usage: qed-nbd [OPTIONS] FILE\n"
+           "Serve a QED or raw disk image over NBD (options as qemu-nbd's).\n"
+           "\n"
+           "  -p, --port=PORT           TCP port to listen on (default 10809)\n"
+           "  -b, --bind=IFACE          address to bind to (default 127.0.0.1)\n"
+           "  -k, --socket=PATH         listen on a Unix socket instead of TCP\n"
+           "  -x, --export-name=NAME    export name (default \"\")\n"
+           "  -D, --description=TEXT    export description\n"
+           "  -f, --format=FORMAT       image format: qed or raw (default: probe)\n"
+           "  -r, --read-only           export read-only\n"
+           "  -e, --shared=NUM          serve NUM clients at once (default 1; 0: no limit)\n"
+           "  -t, --persistent          keep running after the last client disconnects\n"
+           "      --cache=MODE          none, writeback (default), writethrough, directsync\n"
+           "  -n, --nocache             same as --cache=none\n"
+           "      --aio=MODE            io_uring or threads (default: io_uring if available)\n"
+           "      --allow-backing-dir=DIR\n"
+           "                            backing files must lie in DIR (default: the\n"
+           "                            image's own directory)\n"
+           "      --handshake-limit=N   seconds a client may take to negotiate (default 10)\n"
+           "      --pid-file=PATH       write the server's pid to PATH once it listens\n"
+           "      --fork                run in the background once the server listens\n"
+           "  -v, --verbose             report clients and errors on stderr\n"
+           "  -h, --help                show this help\n"
+           "  -V, --version             show the version\n"
+           "\n"
+           "Without --persistent, qed-nbd exits after the last client disconnects.\n"
+           "SIGINT/SIGTERM: finish requests in flight, flush, close the image, exit 0.\n";
+}
+
+bool parse_unsigned(const char* s, unsigned long max, unsigned long& out) {
+    if (!s || !*s) return false;
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long v = std::strtoul(s, &end, 10);
+    if (errno || *end || s[0] == '-' || v > max) return false;
+    out = v;
+    return true;
+}
+
+enum long_only { opt_cache = 256, opt_aio, opt_allow_backing_dir, opt_pid_file, opt_fork, opt_handshake_limit };
+
+/// Parses argv into `o`; returns -1 to go on, or an exit code.
+int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
+    static const option longs[] = {
+        {"port", required_argument, nullptr, 'p'},
+        {"bind", required_argument, nullptr, 'b'},
+        {"socket", required_argument, nullptr, 'k'},
+        {"export-name", required_argument, nullptr, 'x'},
+        {"description", required_argument, nullptr, 'D'},
+        {"format", required_argument, nullptr, 'f'},
+        {"read-only", no_argument, nullptr, 'r'},
+        {"shared", required_argument, nullptr, 'e'},
+        {"persistent", no_argument, nullptr, 't'},
+        {"nocache", no_argument, nullptr, 'n'},
+        {"cache", required_argument, nullptr, opt_cache},
+        {"aio", required_argument, nullptr, opt_aio},
+        {"allow-backing-dir", required_argument, nullptr, opt_allow_backing_dir},
+        {"pid-file", required_argument, nullptr, opt_pid_file},
+        {"fork", no_argument, nullptr, opt_fork},
+        {"handshake-limit", required_argument, nullptr, opt_handshake_limit},
+        {"verbose", no_argument, nullptr, 'v'},
+        {"help", no_argument, nullptr, 'h'},
+        {"version", no_argument, nullptr, 'V'},
+        {nullptr, 0, nullptr, 0},
+    };
+    auto fail = [](const std::string& msg) {
+        std::cerr << "qed-nbd: " << msg << "\nTry 'qed-nbd --help' for more information.\n";
+        return 1;
+    };
+    bool tcp_given = false;
+    unsigned long n = 0;
+    opterr = 0;
+    for (;;) {
+        const int c = ::getopt_long(argc, argv, ":p:b:k:x:D:f:re:tnvhV", longs, nullptr);
+        if (c == -1) break;
+        switch (c) {
+            case 'p':
+                if (!parse_unsigned(optarg, 65535, n) || n == 0)
+                    return fail(std::string("invalid port '") + optarg + "'");
+                o.port = static_cast<std::uint16_t>(n);
+                tcp_given = true;
+                break;
+            case 'b':
+                o.bind_address = optarg;
+                tcp_given = true;
+                break;
+            case 'k':
+                o.socket_path = optarg;
+                break;
+            case 'x':
+                o.export_name = optarg;
+                break;
+            case 'D':
+                o.description = optarg;
+                break;
+            case 'f': {
+                auto f = qed::parse_format(optarg);
+                if (!f) return fail(std::string("unknown format '") + optarg + "' (qed or raw)");
+                o.format = f;
+                break;
+            }
+            case 'r':
+                o.read_only = true;
+                break;
+            case 'e':
+                if (!parse_unsigned(optarg, std::numeric_limits<unsigned>::max(), n))
+                    return fail(std::string("invalid number of shared clients '") + optarg + "'");
+                o.shared = static_cast<unsigned>(n);
+                break;
+            case 't':
+                o.persistent = true;
+                break;
+            case 'n':
+                o.direct = true;
+                break;
+            case opt_cache: {
+                const std::string m = optarg;
+                if (m == "none") {
+                    o.direct = true;
+                    o.writethrough = false;
+                } else if (m == "writeback") {
+                    o.direct = false;
+                    o.writethrough = false;
+                } else if (m == "writethrough") {
+                    o.direct = false;
+                    o.writethrough = true;
+                } else if (m == "directsync") {
+                    o.direct = true;
+                    o.writethrough = true;
+                } else {
+                    return fail("invalid cache mode '" + m + "' (none, writeback, writethrough, directsync)");
+                }
+                break;
+            }
+            case opt_aio: {
+                const std::string m = optarg;
+                if (m == "io_uring")
+                    o.backend = qed::file_backend::io_uring;
+                else if (m == "threads")
+                    o.backend = qed::file_backend::threads;
+                else
+                    return fail("invalid aio mode '" + m + "' (io_uring or threads)");
+                break;
+            }
+            case opt_allow_backing_dir:
+                o.allowed_backing_dir = optarg;
+                break;
+            case opt_pid_file:
+                o.pid_file = optarg;
+                break;
+            case opt_fork:
+                fork_mode = true;
+                break;
+            case opt_handshake_limit:
+                if (!parse_unsigned(optarg, 86400, n) || n == 0)
+                    return fail(std::string("invalid handshake limit '") + optarg + "'");
+                o.lim.handshake_timeout = std::chrono::seconds(n);
+                break;
+            case 'v':
+                ++o.verbose;
+                break;
+            case 'h':
+                usage(std::cout);
+                return 0;
+            case 'V':
+                std::cout << "qed-nbd " QED_NBD_VERSION "\n";
+                return 0;
+            case ':':
+                return fail(std::string("option '") + argv[optind - 1] + "' needs an argument");
+            default:
+                return fail(std::string("unknown option '") + argv[optind - 1] + "'");
+        }
+    }
+    if (optind + 1 != argc) return fail(optind >= argc ? "no image file given" : "more than one image file given");
+    o.image_path = argv[optind];
+    if (tcp_given && !o.socket_path.empty()) return fail("--socket cannot be combined with --port or --bind");
+    if (o.export_name.size() > qed::nbd::max_string) return fail("export name longer than 4096 bytes");
+    if (o.description.size() > qed::nbd::max_string) return fail("description longer than 4096 bytes");
+    return -1;
+}
+
+/// --fork: the parent waits until the child listens (or fails) and exits
+/// with the matching status. Returns in the child with the pipe to signal on.
+int fork_server(int& ready_fd) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) {
+        std::cerr << "qed-nbd: pipe: " << std::strerror(errno) << "\n";
+        std::exit(1);
+    }
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+        std::cerr << "qed-nbd: fork: " << std::strerror(errno) << "\n";
+        std::exit(1);
+    }
+    if (pid > 0) {
+        ::close(fds[1]);
+        char c = 0;
+        ssize_t got;
+        do got = ::read(fds[0], &c, 1);
+        while (got < 0 && errno == EINTR);
+        if (got == 1) std::exit(0);
+        int status = 0;
+        ::waitpid(pid, &status, 0);
+        std::exit(WIFEXITED(status) && WEXITSTATUS(status) ? WEXITSTATUS(status) : 1);
+    }
+    ::close(fds[0]);
+    ::setsid();
+    ready_fd = fds[1];
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    qed::nbd::server_options options;
+    bool fork_mode = false;
+    if (const int rc = parse(argc, argv, options, fork_mode); rc >= 0) return rc;
+
+    // A client that goes away must not kill the server with SIGPIPE.
+    std::signal(SIGPIPE, SIG_IGN);
+
+    int ready_fd = -1;
+    if (fork_mode) {
+        fork_server(ready_fd);
+        const int verbose = options.verbose;
+        options.ready = [ready_fd, verbose] {
+            const char c = 1;
+            [[maybe_unused]] const ssize_t w = ::write(ready_fd, &c, 1);
+            ::close(ready_fd);
+            const int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+            if (null >= 0) {
+                ::dup2(null, STDIN_FILENO);
+                ::dup2(null, STDOUT_FILENO);
+                if (!verbose) ::dup2(null, STDERR_FILENO);
+                ::close(null);
+            }
+        };
+    }
+
+    boost::asio::io_context ioc(1);
+    qed::nbd::server srv(ioc, std::move(options));
+    try {
+        srv.start();
+        ioc.run();
+    } catch (const std::exception& e) {
+        // Nothing is expected to throw; if something does, the image keeps
+        // its NEED_CHECK bit and is checked when next opened read-write.
+        std::cerr << "qed-nbd: fatal: " << e.what() << std::endl;
+        return 1;
+    }
+    return srv.exit_code();
+}

@@ -1,0 +1,541 @@
+#include "server/nbd_connection.hpp"
+
+#include <algorithm>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+#include <new>
+
+namespace qed::nbd {
+
+namespace {
+
+constexpr std::size_t buffer_alignment = 4096;  // O_DIRECT (cache=none) friendly
+constexpr std::uint64_t sector = 512;
+
+struct aligned_delete {
+    void operator()(std::byte* p) const noexcept { ::operator delete[](p, std::align_val_t{buffer_alignment}); }
+};
+using aligned_buffer = std::unique_ptr<std::byte[], aligned_delete>;
+
+/// nullptr when memory is short (the request then fails with ENOMEM).
+aligned_buffer allocate(std::size_t n) {
+    return aligned_buffer(
+        static_cast<std::byte*>(::operator new[](n, std::align_val_t{buffer_alignment}, std::nothrow)));
+}
+
+void append32(std::vector<std::byte>& out, std::uint32_t v) {
+    std::byte b[4];
+    put32(b, v);
+    out.insert(out.end(), b, b + 4);
+}
+
+bool is_write(std::uint16_t type) noexcept {
+    return type == cmd_write || type == cmd_write_zeroes;
+}
+
+}  // namespace
+
+/// One request from its header to its reply.
+struct connection::transaction {
+    request req;
+    aligned_buffer data;      ///< READ result / WRITE payload
+    std::size_t charged = 0;  ///< bytes counted in buffered_
+    std::array<std::byte, simple_reply_size + structured_header_size> head{};
+    std::size_t head_size = 0;
+    bool send_data = false;       ///< the reply carries `data` after `head`
+    std::vector<std::byte> tail;  ///< further reply bytes (error chunk payload, block status chunks)
+    std::uint32_t refused = 0;    ///< error decided before the payload was read
+};
+
+connection::connection(socket_type socket, export_context& ctx, std::uint64_t id, closed_handler closed)
+    : socket_(std::move(socket)),
+      ctx_(ctx),
+      id_(id),
+      closed_(std::move(closed)),
+      handshake_timer_(socket_.get_executor()) {}
+
+connection::~connection() = default;
+
+void connection::log(std::string_view what) const {
+    if (ctx_.log) ctx_.log("client " + std::to_string(id_) + ": " + std::string(what));
+}
+
+void connection::warn(std::string_view what) const {
+    if (ctx_.warn) ctx_.warn("client " + std::to_string(id_) + ": " + std::string(what));
+}
+
+// ---------------------------------------------------------------------------
+// Handshake
+// ---------------------------------------------------------------------------
+
+void connection::start() {
+    boost::system::error_code ignored;
+    socket_.set_option(boost::asio::ip::tcp::no_delay(true), ignored);  // fails harmlessly on unix sockets
+    handshake_timer_.expires_after(ctx_.lim.handshake_timeout);
+    handshake_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+        if (ec || self->reading_ != reader::handshake) return;
+        self->log("handshake timed out");
+        boost::system::error_code ignore;
+        self->socket_.close(ignore);
+    });
+    async_handshake(socket_, ctx_.info,
+                    [self = shared_from_this()](std::error_code ec, session s) { self->on_handshake(ec, s); });
+}
+
+void connection::on_handshake(std::error_code ec, const session& s) {
+    handshake_timer_.cancel();
+    if (ec) {
+        if (ec != errc::aborted) log("handshake failed: " + ec.message());
+        broken_ = true;
+        return reader_done();
+    }
+    session_ = s;
+    log(std::string("handshake done") + (s.structured ? ", structured replies" : ""));
+    read_next();
+}
+
+// ---------------------------------------------------------------------------
+// Reading requests
+// ---------------------------------------------------------------------------
+
+void connection::read_next() {
+    if (stopping_ || broken_) return reader_done();
+    // Room for one more request of any size: bounded count and memory.
+    if (in_flight_ >= ctx_.lim.max_in_flight || buffered_ + ctx_.lim.max_payload > ctx_.lim.max_buffered) {
+        reading_ = reader::paused;
+        return;
+    }
+    reading_ = reader::header;
+    boost::asio::async_read(
+        socket_, boost::asio::buffer(header_),
+        [self = shared_from_this()](boost::system::error_code ec, std::size_t) { self->on_header(ec); });
+}
+
+void connection::on_header(boost::system::error_code ec) {
+    if (ec || stopping_) {
+        if (ec && ec != boost::asio::error::eof && ec != boost::asio::error::operation_aborted)
+            log("read failed: " + ec.message());
+        return reader_done();
+    }
+    auto t = std::make_unique<transaction>();
+    t->req = decode_request(header_.data());
+    if (t->req.magic != request_magic) {
+        log("bad request magic; closing");
+        abort();
+        return reader_done();
+    }
+    if (t->req.type == cmd_disc) {
+        log("disconnect requested");
+        return reader_done();  // answer what is in flight, then close
+    }
+    ++in_flight_;
+    if (t->req.type == cmd_write) return read_payload(std::move(t));
+    start_request(std::move(t));
+    read_next();
+}
+
+void connection::read_payload(transaction_ptr t) {
+    const std::uint32_t len = t->req.length;
+    if (len > ctx_.lim.max_payload) {
+        // The payload still follows the header: skip it to stay in step.
+        t->refused = err_overflow;
+        return discard_payload(std::move(t), len);
+    }
+    if (len == 0) {
+        start_request(std::move(t));
+        return read_next();
+    }
+    t->data = allocate(len);
+    if (!t->data) {
+        t->refused = err_nomem;
+        return discard_payload(std::move(t), len);
+    }
+    t->charged = len;
+    buffered_ += len;
+    reading_ = reader::payload;
+    auto* p = t->data.get();
+    boost::asio::async_read(
+        socket_, boost::asio::buffer(p, len),
+        [self = shared_from_this(), t = std::move(t)](boost::system::error_code ec, std::size_t) mutable {
+            if (ec) {
+                self->release(std::move(t));
+                return self->reader_done();
+            }
+            // Started even if a stop came meanwhile: the client sent it whole.
+            self->start_request(std::move(t));
+            self->read_next();
+        });
+}
+
+void connection::discard_payload(transaction_ptr t, std::uint64_t left) {
+    if (left == 0) {
+        const std::uint32_t err = t->refused;
+        reply_error(std::move(t), err,
+                    err == err_overflow ? "request larger than the maximum payload" : "out of memory");
+        return read_next();
+    }
+    scratch_.resize(64 * 1024);
+    reading_ = reader::discard;
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, scratch_.size()));
+    boost::asio::async_read(
+        socket_, boost::asio::buffer(scratch_.data(), n),
+        [self = shared_from_this(), t = std::move(t), left](boost::system::error_code ec, std::size_t got) mutable {
+            if (ec) {
+                self->release(std::move(t));
+                return self->reader_done();
+            }
+            self->discard_payload(std::move(t), left - got);
+        });
+}
+
+void connection::reader_done() {
+    reading_ = reader::done;
+    check_done();
+}
+
+// ---------------------------------------------------------------------------
+// Starting requests on the image
+// ---------------------------------------------------------------------------
+
+std::uint32_t connection::validate(const transaction& t, std::string& why) const {
+    const request& r = t.req;
+    const std::uint64_t size = ctx_.info.size;
+    const bool read_only = (session_.flags & flag_read_only) != 0;
+
+    std::uint16_t allowed = cmd_flag_fua;  // accepted (and ignored where meaningless) on every command
+    switch (r.type) {
+        case cmd_read:
+            if (session_.structured) allowed |= cmd_flag_df;
+            break;
+        case cmd_write:
+        case cmd_flush:
+            break;
+        case cmd_write_zeroes:
+            allowed |= cmd_flag_no_hole;
+            break;
+        case cmd_block_status:
+            allowed |= cmd_flag_req_one;
+            break;
+        default:
+            // TRIM is not advertised (the driver has no discard), nor CACHE/RESIZE.
+            why = "unsupported command " + std::string(command_name(r.type)) + " (" + std::to_string(r.type) + ")";
+            return err_inval;
+    }
+    if (r.flags & ~allowed) {
+        why = "unsupported flags for " + std::string(command_name(r.type));
+        return err_inval;
+    }
+    if (r.type == cmd_flush) return 0;
+    if (read_only && is_write(r.type)) {
+        why = "export is read-only";
+        return err_perm;
+    }
+    if (r.type == cmd_read && r.length > ctx_.lim.max_payload) {
+        why = "request larger than the maximum payload";
+        return err_overflow;
+    }
+    if (r.type == cmd_block_status) {
+        if (!session_.base_allocation && !session_.allocation_depth) {
+            why = "no metadata context negotiated";
+            return err_inval;
+        }
+        if (r.length == 0) {
+            why = "zero-length block status";
+            return err_inval;
+        }
+        // Block status is lenient about alignment: it only reads metadata.
+    } else if (r.offset % sector || r.length % sector) {
+        why = "offset and length must be multiples of 512";
+        return err_inval;
+    }
+    if (r.offset > size || r.length > size - r.offset) {
+        why = "request beyond the end of the export";
+        return is_write(r.type) ? err_nospc : err_inval;
+    }
+    return 0;
+}
+
+void connection::start_request(transaction_ptr t) {
+    std::string why;
+    if (const std::uint32_t err = validate(*t, why)) return reply_error(std::move(t), err, why);
+
+    const request& r = t->req;
+    const bool fua = ctx_.writethrough || (r.flags & cmd_flag_fua);
+    auto self = shared_from_this();
+    switch (r.type) {
+        case cmd_read: {
+            if (r.length == 0) return reply_ok(std::move(t));
+            t->data = allocate(r.length);
+            if (!t->data) return reply_error(std::move(t), err_nomem, "out of memory");
+            t->charged = r.length;
+            buffered_ += r.length;
+            auto* p = t->data.get();
+            ctx_.image.async_read_at(
+                r.offset, boost::asio::buffer(p, r.length),
+                [self, t = std::move(t)](std::error_code ec, std::size_t) mutable { self->on_read(std::move(t), ec); });
+            return;
+        }
+        case cmd_write: {
+            if (r.length == 0) return reply_ok(std::move(t));
+            const auto* p = t->data.get();
+            ctx_.image.async_write_at(
+                r.offset, boost::asio::buffer(p, r.length), write_options{fua},
+                [self, t = std::move(t)](std::error_code ec, std::size_t) mutable { self->on_done(std::move(t), ec); });
+            return;
+        }
+        case cmd_write_zeroes: {
+            zero_options o;
+            o.may_unmap = (r.flags & cmd_flag_no_hole) == 0;
+            o.fua = fua;
+            ctx_.image.async_write_zeroes(r.offset, r.length, o, [self, t = std::move(t)](std::error_code ec) mutable {
+                self->on_done(std::move(t), ec);
+            });
+            return;
+        }
+        case cmd_flush:
+            ctx_.image.async_flush(
+                [self, t = std::move(t)](std::error_code ec) mutable { self->on_done(std::move(t), ec); });
+            return;
+        case cmd_block_status: {
+            // Ask the driver about the enclosing 512-byte aligned range; the
+            // descriptors are clipped back to what was asked.
+            const std::uint64_t first = r.offset / sector * sector;
+            const std::uint64_t end = std::min(ctx_.info.size, (r.offset + r.length + sector - 1) / sector * sector);
+            ctx_.image.async_block_status(first, end - first,
+                                          [self, t = std::move(t)](std::error_code ec, std::vector<extent> v) mutable {
+                                              self->on_block_status(std::move(t), ec, v);
+                                          });
+            return;
+        }
+        default:
+            return reply_error(std::move(t), err_inval, "unsupported command");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Replies
+// ---------------------------------------------------------------------------
+
+void connection::on_read(transaction_ptr t, std::error_code ec) {
+    if (ec) {
+        warn("read at " + std::to_string(t->req.offset) + " failed: " + ec.message());
+        return reply_error(std::move(t), to_nbd_error(ec, false), ec.message());
+    }
+    const request& r = t->req;
+    if (session_.structured) {
+        // One OFFSET_DATA chunk, final: the whole result is in hand, so no
+        // error can follow it (and NBD_CMD_FLAG_DF holds trivially).
+        encode_structured_header(t->head.data(), reply_flag_done, reply_type_offset_data, r.cookie, r.length + 8);
+        put64(t->head.data() + structured_header_size, r.offset);
+        t->head_size = structured_header_size + 8;
+    } else {
+        encode_simple_reply(t->head.data(), 0, r.cookie);
+        t->head_size = simple_reply_size;
+    }
+    t->send_data = true;
+    queue_reply(std::move(t));
+}
+
+void connection::on_done(transaction_ptr t, std::error_code ec) {
+    if (ec) {
+        warn(std::string(command_name(t->req.type)) + " at " + std::to_string(t->req.offset) +
+             " failed: " + ec.message());
+        const std::uint32_t err = to_nbd_error(ec, is_write(t->req.type));
+        return reply_error(std::move(t), err, ec.message());
+    }
+    reply_ok(std::move(t));
+}
+
+void connection::on_block_status(transaction_ptr t, std::error_code ec, const std::vector<extent>& extents) {
+    if (ec) return reply_error(std::move(t), to_nbd_error(ec, false), ec.message());
+    const request& r = t->req;
+    const std::uint64_t begin = r.offset;
+    const std::uint64_t end = r.offset + r.length;
+    const bool one = (r.flags & cmd_flag_req_one) != 0;
+
+    struct wanted {
+        bool on;
+        std::uint32_t id;
+        bool depth;
+    };
+    const wanted contexts[] = {{session_.base_allocation, base_allocation_id, false},
+                               {session_.allocation_depth, allocation_depth_id, true}};
+    std::size_t last = 0;
+    for (std::size_t i = 0; i < 2; ++i)
+        if (contexts[i].on) last = i;
+
+    for (std::size_t i = 0; i < 2; ++i) {
+        const wanted& c = contexts[i];
+        if (!c.on) continue;
+        // Descriptors: (length, flags); neighbours with equal flags merge.
+        std::vector<std::pair<std::uint32_t, std::uint32_t>> desc;
+        for (const extent& e : extents) {
+            const std::uint64_t s = std::max(e.offset, begin);
+            const std::uint64_t n = std::min(e.offset + e.length, end);
+            if (s >= n) continue;
+            const std::uint32_t flags =
+                c.depth ? (e.present ? e.depth + 1 : 0) : ((e.data ? 0 : state_hole) | (e.zero ? state_zero : 0));
+            // Lengths fit: together they never exceed the 32-bit request length.
+            const auto len = static_cast<std::uint32_t>(n - s);
+            if (!desc.empty() && desc.back().second == flags) {
+                desc.back().first += len;
+            } else {
+                if (!desc.empty() && (one || desc.size() >= ctx_.lim.max_descriptors)) break;
+                desc.emplace_back(len, flags);
+            }
+        }
+        if (desc.empty()) return reply_error(std::move(t), err_io, "no block status from the driver");
+        const std::size_t payload = 4 + 8 * desc.size();
+        const std::size_t at = t->tail.size();
+        t->tail.resize(at + structured_header_size);
+        encode_structured_header(t->tail.data() + at, i == last ? reply_flag_done : 0, reply_type_block_status,
+                                 r.cookie, static_cast<std::uint32_t>(payload));
+        append32(t->tail, c.id);
+        for (const auto& [len, flags] : desc) {
+            append32(t->tail, len);
+            append32(t->tail, flags);
+        }
+    }
+    // Large replies count against the memory bound like data buffers.
+    t->charged += t->tail.size();
+    buffered_ += t->tail.size();
+    queue_reply(std::move(t));
+}
+
+void connection::reply_ok(transaction_ptr t) {
+    const request& r = t->req;
+    if (session_.structured && r.type == cmd_read) {
+        // A read must be answered with structured chunks; empty read: NONE.
+        encode_structured_header(t->head.data(), reply_flag_done, reply_type_none, r.cookie, 0);
+        t->head_size = structured_header_size;
+    } else {
+        encode_simple_reply(t->head.data(), 0, r.cookie);
+        t->head_size = simple_reply_size;
+    }
+    queue_reply(std::move(t));
+}
+
+void connection::reply_error(transaction_ptr t, std::uint32_t error, std::string_view message) {
+    const request& r = t->req;
+    if (session_.structured) {
+        const std::string_view msg = message.substr(0, max_string);
+        encode_structured_header(t->head.data(), reply_flag_done, reply_type_error, r.cookie,
+                                 static_cast<std::uint32_t>(6 + msg.size()));
+        t->head_size = structured_header_size;
+        t->tail.resize(6);
+        put32(t->tail.data(), error);
+        put16(t->tail.data() + 4, static_cast<std::uint16_t>(msg.size()));
+        const auto* p = reinterpret_cast<const std::byte*>(msg.data());
+        t->tail.insert(t->tail.end(), p, p + msg.size());
+    } else {
+        encode_simple_reply(t->head.data(), error, r.cookie);
+        t->head_size = simple_reply_size;
+    }
+    t->send_data = false;
+    queue_reply(std::move(t));
+}
+
+void connection::queue_reply(transaction_ptr t) {
+    if (broken_) {
+        release(std::move(t));
+        return check_done();
+    }
+    replies_.push_back(std::move(t));
+    if (!writing_) write_replies();
+}
+
+void connection::write_replies() {
+    // Everything that is ready goes out in one gathered write (bounded so a
+    // burst of small replies doesn't build an endless iovec).
+    constexpr std::size_t max_batch = 32;
+    batch_buffers_.clear();
+    while (!replies_.empty() && batch_.size() < max_batch) {
+        transaction_ptr t = std::move(replies_.front());
+        replies_.pop_front();
+        batch_buffers_.emplace_back(t->head.data(), t->head_size);
+        if (t->send_data) batch_buffers_.emplace_back(t->data.get(), t->req.length);
+        if (!t->tail.empty()) batch_buffers_.emplace_back(t->tail.data(), t->tail.size());
+        batch_.push_back(std::move(t));
+    }
+    writing_ = true;
+    boost::asio::async_write(
+        socket_, batch_buffers_,
+        [self = shared_from_this()](boost::system::error_code ec, std::size_t) { self->on_written(ec); });
+}
+
+void connection::on_written(std::error_code ec) {
+    writing_ = false;
+    for (auto& t : batch_) release(std::move(t));
+    batch_.clear();
+    if (ec) {
+        if (!broken_) log("write failed: " + ec.message());
+        abort();
+    }
+    if (!replies_.empty() && !broken_) write_replies();
+    if (reading_ == reader::paused) read_next();
+    check_done();
+}
+
+void connection::release(transaction_ptr t) {
+    --in_flight_;
+    buffered_ -= t->charged;
+}
+
+// ---------------------------------------------------------------------------
+// Ending
+// ---------------------------------------------------------------------------
+
+void connection::stop() {
+    stopping_ = true;
+    switch (reading_) {
+        case reader::handshake:
+            abort();
+            break;
+        case reader::header: {
+            // Wake the pending header read (it sees end of stream); replies can
+            // still be written.
+            boost::system::error_code ignored;
+            socket_.shutdown(socket_type::shutdown_receive, ignored);
+            break;
+        }
+        case reader::paused:
+            reader_done();
+            break;
+        case reader::payload:
+        case reader::discard:
+        case reader::done:
+            break;  // the reader stops after the current payload
+    }
+}
+
+void connection::abort() {
+    broken_ = true;
+    boost::system::error_code ignored;
+    socket_.close(ignored);  // pending socket operations complete with operation_aborted
+    while (!replies_.empty()) {
+        release(std::move(replies_.front()));
+        replies_.pop_front();
+    }
+    if (reading_ == reader::paused) reading_ = reader::done;
+    check_done();
+}
+
+void connection::check_done() {
+    if (finished_ || reading_ != reader::done || in_flight_ != 0 || writing_) return;
+    finished_ = true;
+    handshake_timer_.cancel();
+    boost::system::error_code ignored;
+    if (socket_.is_open()) {
+        socket_.shutdown(socket_type::shutdown_both, ignored);
+        socket_.close(ignored);
+    }
+    log("closed");
+    // Tell the server from a fresh handler: it may be iterating over its
+    // connections (stop(), abort()) when this runs.
+    if (closed_) boost::asio::post(socket_.get_executor(), [self = shared_from_this()] { self->closed_(*self); });
+}
+
+}  // namespace qed::nbd

@@ -1,0 +1,128 @@
+// One NBD client connection: the handshake, then the transmission phase.
+//
+// Threading: everything runs on the io_context shared with the image (one
+// thread); no locks. Requests are read one after another and started on the
+// image at once, so many are in flight and their replies go out in the
+// order they complete. A reply writer batches whatever is ready into one
+// gathered write.
+//
+// Lifetime: the server owns connections through shared_ptr; every pending
+// operation holds one too, so a connection lives until its socket
+// operations and image requests have all completed. It then calls the
+// server's `closed` callback once.
+#pragma once
+
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "qed/image.hpp"
+#include "server/nbd_handshake.hpp"
+
+namespace qed::nbd {
+
+/// Bounds on what one connection may make the server hold.
+struct limits {
+    std::uint32_t max_payload = 32u << 20;   ///< largest READ/WRITE (NBD_INFO_BLOCK_SIZE maximum)
+    std::size_t max_in_flight = 64;          ///< requests started and not yet answered
+    std::size_t max_buffered = 64u << 20;    ///< bytes of READ/WRITE buffers held
+    std::size_t max_descriptors = 1u << 16;  ///< block status descriptors per context and reply
+    std::chrono::milliseconds handshake_timeout{10000};
+};
+
+/// What all connections of a server share: the export and how to serve it.
+struct export_context {
+    qed::image image;
+    export_info info;
+    limits lim;
+    bool writethrough = false;  ///< every write is FUA (cache=writethrough/directsync)
+    /// Diagnostics about clients (connects, protocol violations); may be empty.
+    std::function<void(std::string_view)> log;
+    /// Failures of the image itself (I/O errors); may be empty.
+    std::function<void(std::string_view)> warn;
+};
+
+class connection : public std::enable_shared_from_this<connection> {
+public:
+    using closed_handler = std::function<void(connection&)>;
+
+    connection(socket_type socket, export_context& ctx, std::uint64_t id, closed_handler closed);
+    connection(const connection&) = delete;
+    connection& operator=(const connection&) = delete;
+    ~connection();
+
+    /// Begin the handshake.
+    void start();
+    /// Graceful end (server shutdown): read no new requests, answer the ones
+    /// in flight, then close.
+    void stop();
+    /// Hard end: close the socket now. Image requests in flight still run to
+    /// completion (their buffers live until then); their replies are dropped.
+    void abort();
+
+    std::uint64_t id() const noexcept { return id_; }
+
+private:
+    struct transaction;
+    using transaction_ptr = std::unique_ptr<transaction>;
+
+    /// What the request reader is doing.
+    enum class reader {
+        handshake,  ///< negotiating
+        header,     ///< waiting for a request header
+        payload,    ///< reading a WRITE payload
+        discard,    ///< skipping the payload of a refused WRITE
+        paused,     ///< at a limit: resumes when a reply has been written
+        done,       ///< no more requests will be read
+    };
+
+    void on_handshake(std::error_code ec, const session& s);
+    void read_next();
+    void on_header(boost::system::error_code ec);
+    void read_payload(transaction_ptr t);
+    void discard_payload(transaction_ptr t, std::uint64_t left);
+    void start_request(transaction_ptr t);
+    std::uint32_t validate(const transaction& t, std::string& why) const;
+    void reader_done();
+
+    void on_read(transaction_ptr t, std::error_code ec);
+    void on_done(transaction_ptr t, std::error_code ec);
+    void on_block_status(transaction_ptr t, std::error_code ec, const std::vector<extent>& extents);
+
+    void reply_ok(transaction_ptr t);
+    void reply_error(transaction_ptr t, std::uint32_t error, std::string_view message);
+    void queue_reply(transaction_ptr t);
+    void write_replies();
+    void on_written(std::error_code ec);
+    void release(transaction_ptr t);
+    void check_done();
+    void log(std::string_view what) const;
+    void warn(std::string_view what) const;
+
+    socket_type socket_;
+    export_context& ctx_;
+    std::uint64_t id_;
+    closed_handler closed_;
+    boost::asio::steady_timer handshake_timer_;
+    session session_;
+    reader reading_ = reader::handshake;
+    bool stopping_ = false;
+    bool broken_ = false;  ///< socket unusable: replies are dropped
+    bool writing_ = false;
+    bool finished_ = false;
+    std::size_t in_flight_ = 0;  ///< requests read and not yet answered (or dropped)
+    std::size_t buffered_ = 0;   ///< bytes of request buffers held
+    std::array<std::byte, request_size> header_{};
+    std::vector<std::byte> scratch_;       ///< discarded payloads land here
+    std::deque<transaction_ptr> replies_;  ///< ready, not yet being written
+    std::vector<transaction_ptr> batch_;   ///< being written now
+    std::vector<boost::asio::const_buffer> batch_buffers_;
+};
+
+}  // namespace qed::nbd

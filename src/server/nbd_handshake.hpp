@@ -1,0 +1,123 @@
+// The NBD handshake: fixed newstyle negotiation up to the transmission phase.
+//
+// Two layers: `negotiator` decides what to answer to each option (no I/O,
+// so it can be reasoned about and tested on its own), and async_handshake()
+// is the composed operation that moves bytes between it and a socket.
+#pragma once
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "server/nbd_protocol.hpp"
+
+namespace qed::nbd {
+
+/// Why a connection ended before or outside the normal flow.
+enum class errc {
+    aborted = 1,         ///< the client sent NBD_OPT_ABORT (a soft disconnect)
+    bad_client_flags,    ///< unknown client flags: the spec says drop the connection
+    bad_magic,           ///< option or request magic wrong: can't resynchronise
+    not_fixed_newstyle,  ///< plain newstyle client sent something other than EXPORT_NAME
+    unknown_export,      ///< EXPORT_NAME for an export we don't have (cannot be answered)
+    handshake_timeout,   ///< the handshake took longer than allowed
+};
+
+const std::error_category& category() noexcept;
+inline std::error_code make_error_code(errc e) noexcept {
+    return {static_cast<int>(e), category()};
+}
+
+/// What the server tells clients about its one export.
+struct export_info {
+    std::string name;         ///< the export name clients must ask for ("" by default)
+    std::string description;  ///< NBD_INFO_DESCRIPTION / NBD_OPT_LIST details; may be empty
+    std::uint64_t size = 0;
+    /// Transmission flags except NBD_FLAG_SEND_DF, which follows structured replies.
+    std::uint16_t flags = flag_has_flags;
+    std::uint32_t min_block = 512;
+    std::uint32_t preferred_block = 4096;
+    std::uint32_t max_payload = 32u << 20;
+    bool allocation_depth = true;  ///< offer qemu:allocation-depth besides base:allocation
+};
+
+/// Metadata context ids handed out by SET_META_CONTEXT (0: not selected).
+inline constexpr std::uint32_t base_allocation_id = 1;
+inline constexpr std::uint32_t allocation_depth_id = 2;
+
+/// What the handshake settled for the transmission phase.
+struct session {
+    bool structured = false;  ///< NBD_OPT_STRUCTURED_REPLY acknowledged
+    bool base_allocation = false;
+    bool allocation_depth = false;
+    std::uint16_t flags = 0;  ///< transmission flags as sent to the client
+};
+
+/// Option haggling without I/O: one call per option received.
+class negotiator {
+public:
+    enum class next {
+        more_options,  ///< send the reply, read the next option
+        transmission,  ///< send the reply, enter the transmission phase
+        abort,         ///< send the reply, then close (soft disconnect)
+        drop,          ///< close at once without a reply (hard disconnect)
+    };
+
+    negotiator(const export_info& info, bool fixed_newstyle, bool no_zeroes)
+        : info_(info), fixed_(fixed_newstyle), no_zeroes_(no_zeroes) {}
+
+    /// Handle `option` with its `data`; append the bytes to send to `out`.
+    next handle(std::uint32_t option, std::span<const std::byte> data, std::vector<std::byte>& out);
+    /// Handle an option whose data was too long to keep (it was discarded).
+    next handle_oversized(std::uint32_t option, std::vector<std::byte>& out);
+
+    const session& result() const noexcept { return session_; }
+    /// Why handle() returned next::drop.
+    std::error_code drop_reason() const noexcept { return drop_reason_; }
+
+private:
+    next export_name(std::span<const std::byte> data, std::vector<std::byte>& out);
+    next info_or_go(std::uint32_t option, std::span<const std::byte> data, std::vector<std::byte>& out);
+    next list(std::span<const std::byte> data, std::vector<std::byte>& out);
+    next meta_context(std::uint32_t option, std::span<const std::byte> data, std::vector<std::byte>& out);
+    next error(std::uint32_t option, std::uint32_t type, std::string_view message, std::vector<std::byte>& out);
+    std::uint16_t transmission_flags() const noexcept;
+
+    const export_info& info_;
+    bool fixed_;
+    bool no_zeroes_;
+    session session_;
+    std::error_code drop_reason_;
+};
+
+/// Append one option reply (header and payload) to `out`.
+void append_option_reply(std::vector<std::byte>& out, std::uint32_t option, std::uint32_t type,
+                         std::span<const std::byte> payload = {});
+
+/// Longest option data kept in memory; longer data is read and discarded.
+inline constexpr std::size_t max_option_length = 256 * 1024;
+
+using handshake_handler = boost::asio::any_completion_handler<void(std::error_code, session)>;
+using socket_type = boost::asio::generic::stream_protocol::socket;
+
+void initiate_handshake(socket_type& socket, const export_info& info, handshake_handler handler);
+
+/// Run the server side of the handshake on `socket`: greeting, client
+/// flags, options until NBD_OPT_GO or NBD_OPT_EXPORT_NAME. `info` must
+/// outlive the operation. Signature: void(std::error_code, session).
+template <class Token>
+auto async_handshake(socket_type& socket, const export_info& info, Token&& token) {
+    return boost::asio::async_initiate<Token, void(std::error_code, session)>(
+        [](auto handler, socket_type* s, const export_info* i) { initiate_handshake(*s, *i, std::move(handler)); },
+        token, &socket, &info);
+}
+
+}  // namespace qed::nbd
+
+template <>
+struct std::is_error_code_enum<qed::nbd::errc> : std::true_type {};

@@ -1,0 +1,338 @@
+#include "server/nbd_server.hpp"
+
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ip/v6_only.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+namespace qed::nbd {
+
+namespace {
+
+std::string directory_of(const std::string& path) {
+    const auto slash = path.rfind('/');
+    if (slash == std::string::npos) return ".";
+    if (slash == 0) return "/";
+    return path.substr(0, slash);
+}
+
+}  // namespace
+
+server::server(boost::asio::io_context& ioc, server_options options)
+    : ioc_(ioc),
+      options_(std::move(options)),
+      signals_(ioc, SIGINT, SIGTERM, SIGHUP),
+      drain_timer_(ioc),
+      retry_timer_(ioc) {}
+
+server::~server() = default;
+
+void server::error(const std::string& message) const {
+    std::cerr << "qed-nbd: " << message << std::endl;
+}
+
+void server::note(const std::string& message) const {
+    if (options_.verbose) error(message);
+}
+
+// ---------------------------------------------------------------------------
+// Opening
+// ---------------------------------------------------------------------------
+
+void server::start() {
+    phase_ = phase::opening;
+    wait_for_signal();
+    open_options o;
+    o.read_only = options_.read_only;
+    o.format = options_.format;
+    o.backend = options_.backend;
+    o.direct = options_.direct;
+    // Backing files must stay inside a directory: clients must not be able
+    // to make the server open arbitrary files through a crafted image.
+    o.allowed_backing_dir =
+        options_.allowed_backing_dir ? *options_.allowed_backing_dir : directory_of(options_.image_path);
+    o.log = [this](std::string_view line) { error(std::string(line)); };
+    image::async_open(ioc_.get_executor(), options_.image_path, std::move(o),
+                      [this](std::error_code ec, image img) { on_open(ec, std::move(img)); });
+}
+
+void server::wait_for_signal() {
+    signals_.async_wait([this](boost::system::error_code ec, int signo) {
+        if (ec) return;  // cancelled at the end
+        note("signal " + std::to_string(signo) + ": shutting down");
+        shutdown();
+        wait_for_signal();
+    });
+}
+
+void server::on_open(std::error_code ec, image img) {
+    if (ec) {
+        error("failed to open '" + options_.image_path + "': " + ec.message());
+        exit_code_ = 1;
+        return finish();
+    }
+    ctx_.image = std::move(img);
+    if (stop_requested_) {
+        phase_ = phase::draining;
+        return maybe_close_image();
+    }
+
+    export_info& info = ctx_.info;
+    info.name = options_.export_name;
+    info.description = options_.description;
+    info.size = ctx_.image.size();
+    info.max_payload = options_.lim.max_payload;
+    info.flags = flag_has_flags | flag_send_flush;
+    if (options_.read_only)
+        info.flags |= flag_read_only;
+    else
+        info.flags |= flag_send_fua | flag_send_write_zeroes;
+    // Multi-conn: every connection goes to the same in-process image (one
+    // cache, one file), and a flush flushes the file, so it covers writes
+    // completed on any connection. Advertised only when more than one client
+    // may connect: otherwise a client opening several connections would wait
+    // for ever on the second one.
+    if (options_.shared != 1) info.flags |= flag_can_multi_conn;
+    ctx_.lim = options_.lim;
+    ctx_.writethrough = options_.writethrough;
+    if (options_.verbose) ctx_.log = [this](std::string_view line) { error(std::string(line)); };
+    ctx_.warn = [this](std::string_view line) { error(std::string(line)); };
+
+    std::string what;
+    if (auto lec = listen(what)) {
+        error(what + ": " + lec.message());
+        exit_code_ = 1;
+        phase_ = phase::draining;
+        return maybe_close_image();
+    }
+    phase_ = phase::serving;
+    if (!options_.pid_file.empty()) {
+        std::ofstream f(options_.pid_file, std::ios::trunc);
+        f << ::getpid() << '\n';
+        f.close();
+        if (!f) {
+            error("cannot write pid file '" + options_.pid_file + "'");
+            exit_code_ = 1;
+            phase_ = phase::draining;
+            return maybe_close_image();
+        }
+        wrote_pid_file_ = true;
+    }
+    const image_info ii = ctx_.image.info();
+    note("serving '" + options_.image_path + "' (" + std::string(to_string(ii.format)) + ", " +
+         std::to_string(info.size) + " bytes, " + ii.backend + (options_.direct ? ", O_DIRECT" : "") +
+         (options_.read_only ? ", read-only" : "") + ") on " + what);
+    if (options_.ready) options_.ready();
+    for (auto& l : listeners_) accept(*l);
+}
+
+// ---------------------------------------------------------------------------
+// Listening and accepting
+// ---------------------------------------------------------------------------
+
+namespace {
+
+/// Open, bind and listen; false with `ec` set at the first failure.
+template <class Acceptor, class Endpoint>
+bool open_listener(Acceptor& a, const Endpoint& ep, bool tcp, bool v6_only, boost::system::error_code& ec) {
+    a.open(ep.protocol(), ec);
+    if (ec) return false;
+    if (tcp) {
+        boost::system::error_code ignored;
+        a.set_option(boost::asio::socket_base::reuse_address(true), ignored);
+        if (v6_only) a.set_option(boost::asio::ip::v6_only(true), ignored);
+    }
+    a.bind(ep, ec);
+    if (!ec) a.listen(boost::asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+        boost::system::error_code ignored;
+        a.close(ignored);
+        return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+std::error_code server::listen(std::string& what) {
+    boost::system::error_code ec;
+    if (!options_.socket_path.empty()) {
+        const std::string& path = options_.socket_path;
+        what = "unix socket '" + path + "'";
+        if (path.size() >= sizeof(sockaddr_un::sun_path)) return std::make_error_code(std::errc::filename_too_long);
+        // A stale socket from an earlier run would make bind fail; anything
+        // that is not a socket is left alone.
+        struct stat st {};
+        if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
+        auto l = std::make_unique<listener>(ioc_);
+        const boost::asio::generic::stream_protocol::endpoint ep{boost::asio::local::stream_protocol::endpoint(path)};
+        if (!open_listener(l->acceptor, ep, false, false, ec)) return ec;
+        listeners_.push_back(std::move(l));
+        return {};
+    }
+
+    what = options_.bind_address + ":" + std::to_string(options_.port);
+    boost::asio::ip::tcp::resolver resolver(ioc_);
+    const auto results =
+        resolver.resolve(options_.bind_address, std::to_string(options_.port),
+                         boost::asio::ip::resolver_base::passive | boost::asio::ip::resolver_base::numeric_service, ec);
+    if (ec) return ec;
+    boost::system::error_code first;
+    for (const auto& r : results) {
+        auto l = std::make_unique<listener>(ioc_);
+        const auto tcp_ep = r.endpoint();
+        const boost::asio::generic::stream_protocol::endpoint ep{tcp_ep};
+        if (!open_listener(l->acceptor, ep, true, tcp_ep.address().is_v6() && results.size() > 1, ec)) {
+            if (!first) first = ec;
+            continue;
+        }
+        listeners_.push_back(std::move(l));
+    }
+    if (listeners_.empty())
+        return first ? std::error_code(first) : std::make_error_code(std::errc::address_not_available);
+    return {};
+}
+
+bool server::room() const noexcept {
+    return options_.shared == 0 || connections_.size() < options_.shared;
+}
+
+void server::accept(listener& l) {
+    l.accepting = true;
+    l.acceptor.async_accept(
+        [this, &l](boost::system::error_code ec, socket_type socket) { on_accept(l, ec, std::move(socket)); });
+}
+
+void server::on_accept(listener& l, boost::system::error_code ec, socket_type socket) {
+    l.accepting = false;
+    if (phase_ != phase::serving) return;  // closing: the socket just goes away
+    if (ec) {
+        if (ec == boost::asio::error::operation_aborted) return;
+        // Out of descriptors and the like: try again shortly, don't spin.
+        error("accept failed: " + ec.message());
+        retry_timer_.expires_after(std::chrono::milliseconds(100));
+        retry_timer_.async_wait([this](boost::system::error_code tec) {
+            if (!tec) resume_accepting();
+        });
+        return;
+    }
+    if (room() && parked_.empty())
+        start_connection(std::move(socket));
+    else
+        parked_.push_back(std::move(socket));  // several listeners raced past the limit
+    if (room() && parked_.empty()) accept(l);
+    // Otherwise further clients wait in the listen backlog, as with qemu-nbd.
+}
+
+void server::start_connection(socket_type socket) {
+    served_any_ = true;
+    auto c = std::make_shared<connection>(std::move(socket), ctx_, next_id_++,
+                                          [this](connection& done) { on_closed(done); });
+    connections_.push_back(c);
+    if (ctx_.log) ctx_.log("client " + std::to_string(c->id()) + ": connected");
+    c->start();
+}
+
+void server::resume_accepting() {
+    if (phase_ != phase::serving) return;
+    while (!parked_.empty() && room()) {
+        socket_type s = std::move(parked_.front());
+        parked_.erase(parked_.begin());
+        start_connection(std::move(s));
+    }
+    if (!room() || !parked_.empty()) return;
+    for (auto& l : listeners_)
+        if (!l->accepting) accept(*l);
+}
+
+void server::on_closed(connection& c) {
+    connections_.erase(std::remove_if(connections_.begin(), connections_.end(),
+                                      [&c](const std::shared_ptr<connection>& p) { return p.get() == &c; }),
+                       connections_.end());
+    if (phase_ == phase::serving) {
+        // Like qemu-nbd: without --persistent, leave after the last client.
+        if (!options_.persistent && served_any_ && connections_.empty() && parked_.empty()) {
+            note("last client left: shutting down");
+            return shutdown();
+        }
+        return resume_accepting();
+    }
+    maybe_close_image();
+}
+
+// ---------------------------------------------------------------------------
+// Shutting down
+// ---------------------------------------------------------------------------
+
+void server::shutdown() {
+    switch (phase_) {
+        case phase::idle:
+        case phase::opening:
+            stop_requested_ = true;
+            return;
+        case phase::serving:
+            break;
+        case phase::draining: {
+            // Asked again: stop waiting for slow clients.
+            auto all = connections_;
+            for (auto& c : all) c->abort();
+            return;
+        }
+        case phase::closing:
+        case phase::stopped:
+            return;
+    }
+    phase_ = phase::draining;
+    boost::system::error_code ignored;
+    for (auto& l : listeners_) l->acceptor.close(ignored);
+    retry_timer_.cancel();
+    parked_.clear();
+    // stop() may finish a connection at once; its removal is posted, so
+    // iterating over a copy is enough.
+    auto all = connections_;
+    for (auto& c : all) c->stop();
+    drain_timer_.expires_after(options_.drain_timeout);
+    drain_timer_.async_wait([this](boost::system::error_code ec) {
+        if (ec || phase_ != phase::draining) return;
+        error("clients did not finish in time; closing their connections");
+        auto left = connections_;
+        for (auto& c : left) c->abort();
+    });
+    maybe_close_image();
+}
+
+void server::maybe_close_image() {
+    if (phase_ != phase::draining || !connections_.empty()) return;
+    phase_ = phase::closing;
+    drain_timer_.cancel();
+    if (!ctx_.image.is_open()) return finish();
+    // Close finishes what is in flight, flushes and clears NEED_CHECK.
+    ctx_.image.async_close([this](std::error_code ec) {
+        if (ec) {
+            error("closing '" + options_.image_path + "' failed: " + ec.message());
+            exit_code_ = 1;
+        }
+        finish();
+    });
+}
+
+void server::finish() {
+    phase_ = phase::stopped;
+    boost::system::error_code ignored;
+    signals_.cancel(ignored);
+    drain_timer_.cancel();
+    retry_timer_.cancel();
+    for (auto& l : listeners_) l->acceptor.close(ignored);
+    if (!options_.socket_path.empty() && !listeners_.empty()) ::unlink(options_.socket_path.c_str());
+    if (wrote_pid_file_) ::unlink(options_.pid_file.c_str());
+    note("stopped");
+}
+
+}  // namespace qed::nbd

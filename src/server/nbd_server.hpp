@@ -1,0 +1,116 @@
+// The NBD server: opens the image, listens on TCP or a Unix socket, runs
+// connections, and shuts down cleanly (finish requests in flight, flush,
+// close the image so NEED_CHECK is cleared).
+//
+// Threading: one io_context, one thread, shared by the image and every
+// connection. Construct, start(), then run the io_context; run() returns
+// once the server has stopped and the image is closed.
+#pragma once
+
+#include <boost/asio/basic_socket_acceptor.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "qed/image.hpp"
+#include "server/nbd_connection.hpp"
+
+namespace qed::nbd {
+
+struct server_options {
+    std::string image_path;
+    std::optional<image_format> format;  ///< nullopt: probe
+    bool read_only = false;
+    bool direct = false;        ///< cache=none / directsync
+    bool writethrough = false;  ///< cache=writethrough / directsync
+    file_backend backend = file_backend::automatic;
+    std::optional<std::string> allowed_backing_dir;
+    std::string export_name;
+    std::string description;
+    std::string bind_address = "127.0.0.1";
+    std::uint16_t port = 10809;
+    std::string socket_path;  ///< non-empty: listen on this Unix socket instead of TCP
+    unsigned shared = 1;      ///< simultaneous clients; 0: no limit
+    bool persistent = false;  ///< keep running after the last client leaves
+    std::string pid_file;
+    int verbose = 0;
+    limits lim;
+    /// How long a shutdown waits for connections to drain before closing them.
+    std::chrono::milliseconds drain_timeout{10000};
+    /// Called once, when the server listens (for --fork).
+    std::function<void()> ready;
+};
+
+class server {
+public:
+    server(boost::asio::io_context& ioc, server_options options);
+    ~server();
+    server(const server&) = delete;
+    server& operator=(const server&) = delete;
+
+    /// Open the image, then listen and accept. Returns at once.
+    void start();
+    /// What SIGINT/SIGTERM do: stop accepting, finish requests in flight,
+    /// flush and close the image. A second call while draining closes the
+    /// remaining connections without waiting.
+    void shutdown();
+    /// 0 after a clean run, 1 when something failed.
+    int exit_code() const noexcept { return exit_code_; }
+
+private:
+    using acceptor_type = boost::asio::basic_socket_acceptor<boost::asio::generic::stream_protocol>;
+
+    /// Where the server is in its life.
+    enum class phase {
+        idle,      ///< constructed
+        opening,   ///< opening the image
+        serving,   ///< accepting clients
+        draining,  ///< no new clients; waiting for connections to finish
+        closing,   ///< closing the image
+        stopped,   ///< done: the io_context runs out of work
+    };
+
+    struct listener {
+        explicit listener(boost::asio::io_context& ioc) : acceptor(ioc) {}
+        acceptor_type acceptor;
+        bool accepting = false;
+    };
+
+    void wait_for_signal();
+    void on_open(std::error_code ec, image img);
+    std::error_code listen(std::string& what);
+    void accept(listener& l);
+    void on_accept(listener& l, boost::system::error_code ec, socket_type socket);
+    void start_connection(socket_type socket);
+    void on_closed(connection& c);
+    bool room() const noexcept;
+    void resume_accepting();
+    void maybe_close_image();
+    void finish();
+    void error(const std::string& message) const;
+    void note(const std::string& message) const;
+
+    boost::asio::io_context& ioc_;
+    server_options options_;
+    phase phase_ = phase::idle;
+    bool stop_requested_ = false;  ///< a signal came while the image was opening
+    int exit_code_ = 0;
+    export_context ctx_;
+    boost::asio::signal_set signals_;
+    boost::asio::steady_timer drain_timer_;
+    boost::asio::steady_timer retry_timer_;
+    std::vector<std::unique_ptr<listener>> listeners_;
+    std::vector<std::shared_ptr<connection>> connections_;
+    std::vector<socket_type> parked_;  ///< accepted while full; served when a slot frees
+    std::uint64_t next_id_ = 1;
+    bool served_any_ = false;
+    bool wrote_pid_file_ = false;
+};
+
+}  // namespace qed::nbd
