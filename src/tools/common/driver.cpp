@@ -1,0 +1,187 @@
+#include "common/driver.hpp"
+
+#include <cstdio>
+
+namespace qed::tools {
+
+std::string program_name = "qed";
+
+void report(std::string_view line) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s: %.*s\n", program_name.c_str(), static_cast<int>(line.size()), line.data());
+    std::fflush(stderr);
+}
+
+bool driver::run_until(const std::function<bool()>& done) {
+    while (!done()) {
+        if (ioc_.stopped()) ioc_.restart();
+        if (ioc_.run_one() == 0) {
+            ioc_.restart();
+            return done();
+        }
+    }
+    return true;
+}
+
+std::error_code never_completed() {
+    return std::make_error_code(std::errc::state_not_recoverable);
+}
+
+// ---- log collection --------------------------------------------------------
+
+log_sink log_collector::sink() {
+    return [s = state_](std::string_view line) {
+        if (s->pass_through)
+            report(line);
+        else
+            s->lines.emplace_back(line);
+    };
+}
+
+void log_collector::pass_through() {
+    state_->pass_through = true;
+    for (const auto& l : state_->lines) report(l);
+    state_->lines.clear();
+}
+
+std::vector<std::string> log_collector::lines() const {
+    return state_->lines;
+}
+
+std::string describe(const std::string& path, std::error_code ec) {
+    if (ec == never_completed()) return path + ": internal error: an operation never completed";
+    return path + ": " + ec.message();
+}
+
+open_result open_image(driver& d, const std::string& path, open_options options) {
+    log_collector logs;
+    options.log = logs.sink();
+    auto r = await<std::error_code, image>(
+        d, [&](auto h) { image::async_open(d.executor(), path, std::move(options), std::move(h)); });
+    open_result out;
+    if (!r) {
+        out.ec = never_completed();
+        out.error = describe(path, out.ec);
+        return out;
+    }
+    out.ec = std::get<0>(*r);
+    if (out.ec) {
+        const auto lines = logs.lines();
+        out.error = lines.empty() ? describe(path, out.ec) : lines.back();
+        return out;
+    }
+    out.img = std::move(std::get<1>(*r));
+    logs.pass_through();
+    return out;
+}
+
+// ---- synchronous operations --------------------------------------------------
+
+namespace {
+
+template <class Start>
+std::error_code await_ec(driver& d, Start start) {
+    auto r = await<std::error_code>(d, std::move(start));
+    return r ? std::get<0>(*r) : never_completed();
+}
+
+template <class Start>
+std::error_code await_io(driver& d, Start start) {
+    auto r = await<std::error_code, std::size_t>(d, std::move(start));
+    return r ? std::get<0>(*r) : never_completed();
+}
+
+}  // namespace
+
+std::error_code create_image(driver& d, const std::string& path, create_options options) {
+    return await_ec(d, [&](auto h) { image::async_create(d.executor(), path, std::move(options), std::move(h)); });
+}
+
+std::error_code close_image(driver& d, image& img) {
+    if (!img) return {};
+    auto ec = await_ec(d, [&](auto h) { img.async_close(std::move(h)); });
+    img = image();
+    return ec;
+}
+
+std::error_code read(driver& d, image& img, std::uint64_t offset, void* data, std::size_t length) {
+    return await_io(d, [&](auto h) { img.async_read_at(offset, boost::asio::buffer(data, length), std::move(h)); });
+}
+
+std::error_code write(driver& d, image& img, std::uint64_t offset, const void* data, std::size_t length) {
+    return await_io(d, [&](auto h) { img.async_write_at(offset, boost::asio::buffer(data, length), std::move(h)); });
+}
+
+std::error_code write_zeroes(driver& d, image& img, std::uint64_t offset, std::uint64_t length, zero_options options) {
+    return await_ec(d, [&](auto h) { img.async_write_zeroes(offset, length, options, std::move(h)); });
+}
+
+std::error_code flush(driver& d, image& img) {
+    return await_ec(d, [&](auto h) { img.async_flush(std::move(h)); });
+}
+
+std::error_code grow(driver& d, image& img, std::uint64_t new_size) {
+    return await_ec(d, [&](auto h) { img.async_grow(new_size, std::move(h)); });
+}
+
+std::error_code change_backing_file(driver& d, image& img, const std::string& name,
+                                    std::optional<image_format> format) {
+    return await_ec(d, [&](auto h) { img.async_change_backing_file(name, format, std::move(h)); });
+}
+
+std::error_code make_empty(driver& d, image& img) {
+    return await_ec(d, [&](auto h) { img.async_make_empty(std::move(h)); });
+}
+
+std::error_code check(driver& d, image& img, check_options options, check_result& out) {
+    auto r = await<std::error_code, check_result>(d, [&](auto h) { img.async_check(options, std::move(h)); });
+    if (!r) return never_completed();
+    out = std::move(std::get<1>(*r));
+    return std::get<0>(*r);
+}
+
+void append_merged(std::vector<extent>& out, const extent& e) {
+    if (e.length == 0) return;
+    if (!out.empty()) {
+        extent& last = out.back();
+        const bool same = last.depth == e.depth && last.present == e.present && last.zero == e.zero &&
+                          last.data == e.data && last.offset + last.length == e.offset &&
+                          last.host_offset.has_value() == e.host_offset.has_value() &&
+                          (!e.host_offset || *last.host_offset + last.length == *e.host_offset);
+        if (same) {
+            last.length += e.length;
+            return;
+        }
+    }
+    out.push_back(e);
+}
+
+std::error_code block_status(driver& d, image& img, std::uint64_t offset, std::uint64_t length,
+                             std::vector<extent>& out) {
+    constexpr std::uint64_t piece = std::uint64_t{8} << 30;
+    const std::uint64_t end = offset + length;
+    for (std::uint64_t pos = offset; pos < end;) {
+        const std::uint64_t n = std::min(piece, end - pos);
+        auto r = await<std::error_code, std::vector<extent>>(
+            d, [&](auto h) { img.async_block_status(pos, n, std::move(h)); });
+        if (!r) return never_completed();
+        if (auto ec = std::get<0>(*r)) return ec;
+        std::uint64_t covered = 0;
+        for (const auto& e : std::get<1>(*r)) {
+            append_merged(out, e);
+            covered += e.length;
+        }
+        // The library promises extents covering the whole range.
+        if (covered != n) return std::make_error_code(std::errc::io_error);
+        pos += n;
+    }
+    return {};
+}
+
+image chain_member(const image& top, unsigned depth) {
+    image img = top;
+    for (unsigned i = 0; i < depth && img; ++i) img = img.backing();
+    return img;
+}
+
+}  // namespace qed::tools

@@ -1,0 +1,35 @@
+#include "common/files.hpp"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace qed::tools {
+
+std::optional<file_identity> identity_of(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+    return file_identity{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
+}
+
+std::optional<std::uint64_t> allocated_bytes(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+    return static_cast<std::uint64_t>(st.st_blocks) * 512;
+}
+
+bool file_exists(const std::string& path) {
+    struct stat st {};
+    return ::lstat(path.c_str(), &st) == 0;
+}
+
+std::string resolve_backing(const std::string& image_path, const std::string& name) {
+    if (name.empty() || name.front() == '/') return name;
+    const auto slash = image_path.rfind('/');
+    return slash == std::string::npos ? name : image_path.substr(0, slash + 1) + name;
+}
+
+void remove_file(const std::string& path) {
+    ::unlink(path.c_str());
+}
+
+}  // namespace qed::tools

@@ -1,0 +1,75 @@
+// qed-img resize: grow an image. QED images never shrink; asking for a
+// smaller size is refused before anything is written.
+#include <cstdio>
+
+#include "common/driver.hpp"
+#include "common/sizes.hpp"
+#include "qed_img/commands.hpp"
+#include "qed_img/options.hpp"
+
+namespace qed::tools::img {
+
+int run_resize(const words& all_words) {
+    // The size goes last and may start with '-' or '+': take it before the
+    // options are parsed, as qemu-img does, so "-1G" is not an option.
+    if (all_words.empty()) return fail("resize: not enough arguments (see 'qed-img --help')");
+    std::string size_text = all_words.back();
+    words rest(all_words.begin(), all_words.end() - 1);
+    auto args = parse("resize", rest,
+                      {{'f', "format", true},
+                       {'q', "quiet", false},
+                       {0, "shrink", false},
+                       {0, "preallocation", true},
+                       {'U', "force-share", false},
+                       {0, "object", true},
+                       {0, "image-opts", false}});
+    if (!args) return 1;
+    if (args->has("object") || args->has("image-opts"))
+        return fail("resize: --object and --image-opts are not supported");
+    std::optional<image_format> fmt;
+    if (!format_value(args->last("format"), fmt)) return 1;
+    if (!positional_count("resize", *args, 1, 1)) return 1;
+    const std::string path = args->positional[0];
+    if (auto p = args->last("preallocation"); p && *p != "off")
+        return fail(path + ": preallocation mode '" + *p + "' is not supported (only 'off')");
+
+    enum class relative { none, grow, shrink } rel = relative::none;
+    if (!size_text.empty() && (size_text[0] == '+' || size_text[0] == '-')) {
+        rel = size_text[0] == '+' ? relative::grow : relative::shrink;
+        size_text.erase(0, 1);
+    }
+    auto amount = size_value(path, size_text);
+    if (!amount) return 1;
+
+    driver d;
+    open_options o;
+    o.format = fmt;
+    o.open_backing = false;  // the header is all that changes
+    auto opened = open_image(d, path, o);
+    if (opened.ec) return fail(opened.error);
+    image img = opened.img;
+    const std::uint64_t current = img.size();
+
+    auto refuse = [&](const std::string& line) {
+        close_image(d, img);
+        return fail(line);
+    };
+    std::uint64_t target = *amount;
+    if (rel == relative::grow) {
+        if (*amount > max_size_argument - current) return refuse(path + ": the new size is too large");
+        target = current + *amount;
+    } else if (rel == relative::shrink) {
+        target = *amount > current ? 0 : current - *amount;
+    }
+    if (target < current)
+        return refuse(path + ": shrinking is not supported (the image is " + std::to_string(current) + " bytes, " +
+                      std::to_string(target) + " were asked for); QED images can only grow");
+    if (target % sector_size)
+        return refuse(path + ": invalid image size " + std::to_string(target) + ": it must be a multiple of 512");
+    if (auto ec = grow(d, img, target)) return refuse(describe(path, ec));
+    if (auto ec = close_image(d, img)) return fail(describe(path, ec));
+    if (!args->has("quiet")) std::printf("Image resized.\n");
+    return 0;
+}
+
+}  // namespace qed::tools::img
