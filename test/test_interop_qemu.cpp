@@ -196,7 +196,7 @@ void verify_with_library(qed::test::sync_image& img, const chain_model& m, const
 
 qed::create_options make_create(std::uint64_t size, std::uint32_t cs, std::uint32_t ts, backing b) {
     qed::create_options o;
-    o.size = size;
+    if (size != 0 || b == backing::none) o.size = size;  // left out with a backing file: its size
     o.cluster_size = cs;
     o.table_size = ts;
     if (b == backing::raw) {

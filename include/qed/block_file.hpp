@@ -76,6 +76,10 @@ public:
     virtual void async_flush(op_handler handler) = 0;
     /// Set the file size (grow with zeros or truncate).
     virtual void async_resize(std::uint64_t size, op_handler handler) = 0;
+    /// Deallocate [offset, offset + length) without changing the size: it
+    /// reads as zeros afterwards. Files that can't complete with
+    /// errc::not_supported, and the caller writes zeros instead.
+    virtual void async_punch_hole(std::uint64_t offset, std::uint64_t length, op_handler handler);
 
     /// Current size of the file in bytes.
     virtual std::uint64_t size(std::error_code& ec) const = 0;
@@ -117,6 +121,8 @@ public:
     void resize(std::uint64_t size);
     void read(std::uint64_t offset, std::span<std::byte> out) const;
     void write(std::uint64_t offset, std::span<const std::byte> in);
+    /// Zero [offset, offset + length) within the current size, dropping whole pages.
+    void punch(std::uint64_t offset, std::uint64_t length);
     /// Deep copy (for snapshots in tests).
     std::shared_ptr<memory_storage> clone() const;
     /// Data/hole status of the page holding `offset` and the run after it.

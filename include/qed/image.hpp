@@ -45,7 +45,9 @@ using log_sink = std::function<void(std::string_view)>;
 
 struct create_options {
     image_format format = image_format::qed;
-    std::uint64_t size = 0;  ///< guest size; rounded up to 512
+    /// Guest size, rounded up to 512. Left out with a backing file: the
+    /// backing file's size.
+    std::optional<std::uint64_t> size;
     std::uint32_t cluster_size = default_cluster_size;
     std::uint32_t table_size = default_table_size;
     std::string backing_file;                   ///< empty: none

@@ -92,6 +92,22 @@ void memory_storage::write(std::uint64_t offset, std::span<const std::byte> in) 
     impl_->size = std::max<std::uint64_t>(impl_->size, offset + in.size());
 }
 
+void memory_storage::punch(std::uint64_t offset, std::uint64_t length) {
+    std::lock_guard lock(impl_->mutex);
+    const std::uint64_t end = std::min(offset + length, impl_->size);
+    for (std::uint64_t pos = offset; pos < end;) {
+        const std::uint64_t page = pos / page_size;
+        const std::uint64_t in_page = pos % page_size;
+        const std::uint64_t n = std::min(end - pos, page_size - in_page);
+        auto it = impl_->pages.find(page);
+        if (it != impl_->pages.end()) {
+            if (n == page_size) impl_->pages.erase(it);
+            else std::memset(it->second.get() + in_page, 0, n);
+        }
+        pos += n;
+    }
+}
+
 std::shared_ptr<memory_storage> memory_storage::clone() const {
     auto copy = std::make_shared<memory_storage>();
     std::lock_guard lock(impl_->mutex);
@@ -166,6 +182,13 @@ public:
         std::error_code ec;
         if (read_only_) ec = detail::errno_code(EBADF);
         else storage_->resize(size);
+        asio::post(ex_, [h = std::move(handler), ec]() mutable { std::move(h)(ec); });
+    }
+
+    void async_punch_hole(std::uint64_t offset, std::uint64_t length, op_handler handler) override {
+        std::error_code ec;
+        if (read_only_) ec = detail::errno_code(EBADF);
+        else storage_->punch(offset, length);
         asio::post(ex_, [h = std::move(handler), ec]() mutable { std::move(h)(ec); });
     }
 

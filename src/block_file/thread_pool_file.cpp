@@ -1,6 +1,10 @@
 #include "block_file/thread_pool_file.hpp"
 
+#include <fcntl.h>
+#include <linux/falloc.h>
 #include <unistd.h>
+
+#include "qed/error.hpp"
 
 #include <cerrno>
 #include <cstdlib>
@@ -72,6 +76,23 @@ void pool_io::resize(std::uint64_t size, op_handler handler) {
         [h = std::move(handler)](std::error_code ec) mutable { std::move(h)(ec); });
 }
 
+void pool_io::punch_hole(std::uint64_t offset, std::uint64_t length, op_handler handler) {
+    run_blocking(
+        *pool_, ex_,
+        [fd = fd_, offset, length] {
+            std::error_code ec;
+            while (::fallocate(fd->get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                               static_cast<off_t>(length)) != 0) {
+                if (errno == EINTR) continue;
+                ec = (errno == EOPNOTSUPP || errno == ENOSYS) ? make_error_code(errc::not_supported)
+                                                             : errno_code(errno);
+                break;
+            }
+            return ec;
+        },
+        [h = std::move(handler)](std::error_code ec) mutable { std::move(h)(ec); });
+}
+
 namespace {
 
 class thread_pool_file final : public block_file {
@@ -106,6 +127,10 @@ public:
 
     void async_flush(op_handler handler) override { io_.flush(std::move(handler)); }
     void async_resize(std::uint64_t size, op_handler handler) override { io_.resize(size, std::move(handler)); }
+    void async_punch_hole(std::uint64_t offset, std::uint64_t length, op_handler handler) override {
+        if (read_only_) return block_file::async_punch_hole(offset, length, std::move(handler));
+        io_.punch_hole(offset, length, std::move(handler));
+    }
     std::uint64_t size(std::error_code& ec) const override { return file_size(io_.fd(), ec); }
     std::size_t alignment() const noexcept override { return align_; }
     std::error_code allocation(std::uint64_t offset, std::uint64_t length, bool& data,

@@ -18,6 +18,7 @@ public:
     void write(std::uint64_t offset, iovec_list iov, io_handler handler);
     void flush(op_handler handler);
     void resize(std::uint64_t size, op_handler handler);
+    void punch_hole(std::uint64_t offset, std::uint64_t length, op_handler handler);
     int fd() const noexcept { return fd_->get(); }
     const boost::asio::any_io_executor& executor() const noexcept { return ex_; }
 

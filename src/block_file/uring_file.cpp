@@ -82,6 +82,10 @@ public:
 
     void async_flush(op_handler handler) override { pool_.flush(std::move(handler)); }
     void async_resize(std::uint64_t size, op_handler handler) override { pool_.resize(size, std::move(handler)); }
+    void async_punch_hole(std::uint64_t offset, std::uint64_t length, op_handler handler) override {
+        if (read_only_) return block_file::async_punch_hole(offset, length, std::move(handler));
+        pool_.punch_hole(offset, length, std::move(handler));
+    }
     std::uint64_t size(std::error_code& ec) const override { return file_size(pool_.fd(), ec); }
     std::size_t alignment() const noexcept override { return align_; }
     std::error_code allocation(std::uint64_t offset, std::uint64_t length, bool& data,

@@ -66,6 +66,12 @@ boost::asio::awaitable<std::error_code> qed_image::do_block_status(std::uint64_t
                     break;
                 case cluster_run::kind::unallocated:
                 case cluster_run::kind::no_table: {
+                    // These bytes come from a backing file that was not
+                    // opened: not in this image, contents unknown (not zero).
+                    if (!backing_ && header_.has(feature_backing_file)) {
+                        append_extent(*out, {pos, len, depth + 1, false, false, false, std::nullopt});
+                        break;
+                    }
                     const std::uint64_t bsize = backing_ ? backing_->size() : 0;
                     const std::uint64_t in_backing = pos >= bsize ? 0 : std::min(len, bsize - pos);
                     if (in_backing) {

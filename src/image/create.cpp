@@ -15,8 +15,9 @@ namespace {
 boost::asio::awaitable<std::error_code> create_image(boost::asio::any_io_executor ex, std::string path,
                                                      create_options o) {
     if (!o.opener) o.opener = default_opener(ex);
-    std::uint64_t size = (o.size + sector_size - 1) / sector_size * sector_size;
-    if (o.size > max_addressable_size) co_return errc::image_too_large;
+    if (o.size && *o.size > max_addressable_size) co_return errc::image_too_large;
+    if (!o.size && o.backing_file.empty()) co_return errc::invalid_argument;  // no size to take
+    std::uint64_t size = o.size ? (*o.size + sector_size - 1) / sector_size * sector_size : 0;
 
     if (o.format == image_format::qed) {
         if (!is_valid_cluster_size(o.cluster_size)) co_return errc::invalid_cluster_size;
@@ -27,7 +28,7 @@ boost::asio::awaitable<std::error_code> create_image(boost::asio::any_io_executo
     }
 
     // No size given with a backing file: take the backing file's size.
-    if (size == 0 && !o.backing_file.empty()) {
+    if (!o.size) {
         open_options bo;
         bo.read_only = true;
         bo.opener = o.opener;

@@ -348,7 +348,7 @@ boost::asio::awaitable<std::error_code> qed_image::do_change_backing_file(std::s
 
             header hd = header_;
             hd.features &= ~std::uint64_t{feature_backing_file | feature_backing_format_no_probe};
-            hd.backing_filename_offset = 0;
+            hd.backing_filename_offset = header_struct_size;  // where QEMU leaves it too
             hd.backing_filename_size = 0;
             if (!name.empty()) {
                 hd.features |= feature_backing_file;

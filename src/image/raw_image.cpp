@@ -66,7 +66,16 @@ void raw_image::write(std::uint64_t offset, const_buffers buffers, write_options
 void raw_image::write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options, op_handler handler) {
     if (auto ec = check_io(offset, length, true)) return complete_later(std::move(handler), ec);
     if (length == 0) return complete_later(std::move(handler), std::error_code{});
-    zero_step(offset, offset + length, options.fua, std::move(handler));
+    if (!options.may_unmap) return zero_step(offset, offset + length, options.fua, std::move(handler));
+    // May unmap: punch a hole (the file keeps its size); write zeros where
+    // holes aren't supported.
+    auto self = shared_from_this();
+    file_->async_punch_hole(offset, length, [this, self, offset, length, fua = options.fua,
+                                             h = std::move(handler)](std::error_code ec) mutable {
+        if (ec == make_error_code(errc::not_supported)) return zero_step(offset, offset + length, fua, std::move(h));
+        if (ec || !fua) return complete(std::move(h), ec);
+        file_->async_flush([this, self, h = std::move(h)](std::error_code fec) mutable { complete(std::move(h), fec); });
+    });
 }
 
 // Zeros in pieces of at most 64 MiB (64 iovecs of the shared zero block).

@@ -125,8 +125,19 @@ bool aiocb::do_write_zeroes(const cluster_run& run) {
     switch (run.what) {
     case cluster_run::kind::data: {
         cur_len_ = std::min(cur_len_, max_zero_run);
-        img_->file_->async_write_at(run.host_offset, zero_buffers(cur_len_),
-                                    [this](std::error_code ec, std::size_t) { run_done(ec); });
+        const std::uint64_t host = run.host_offset;
+        if (!may_unmap_) {
+            img_->file_->async_write_at(host, zero_buffers(cur_len_),
+                                        [this](std::error_code ec, std::size_t) { run_done(ec); });
+            return true;
+        }
+        // The cluster stays allocated; its storage is given back to the
+        // filesystem. Where holes can't be punched, zeros are written.
+        img_->file_->async_punch_hole(host, cur_len_, [this, host](std::error_code ec) {
+            if (ec != make_error_code(errc::not_supported)) return run_done(ec);
+            img_->file_->async_write_at(host, zero_buffers(cur_len_),
+                                        [this](std::error_code wec, std::size_t) { run_done(wec); });
+        });
         return true;
     }
     case cluster_run::kind::zero:

@@ -138,10 +138,6 @@ int run_create(const words& words) {
         if (!r.size) r.size = b.img.size();
         close_image(d, b.img);
     }
-    if (*r.size == 0 && !r.backing.empty())
-        return fail(r.path +
-                    ": a size of 0 with a backing file is not supported (leave SIZE out to use the backing "
-                    "file's size)");
     if (r.format == image_format::qed &&
         *r.size > max_image_size(static_cast<std::uint32_t>(cluster), static_cast<std::uint32_t>(table)))
         return fail(
