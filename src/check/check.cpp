@@ -50,8 +50,8 @@ boost::asio::awaitable<std::error_code> run_check(qed_image& img, check_options:
     };
 
     // The check reads tables from disk: first put there what memory holds.
-    if (!img.options_.read_only && img.metadata_dirty()) {
-        if (auto ec = co_await img.write_dirty_metadata()) {
+    if (!img.options_.read_only) {
+        if (auto ec = co_await img.sync_co(false)) {
             ++out.check_errors;
             note("cannot write pending table updates: " + ec.message());
             co_return std::error_code{};

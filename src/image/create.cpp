@@ -41,6 +41,10 @@ boost::asio::awaitable<std::error_code> create_image(boost::asio::any_io_executo
         co_await co::op([d](op_handler h) { d->close(std::move(h)); });
     }
 
+    // Everything is validated before the file is created (or truncated):
+    // a refused create leaves an existing file alone.
+    if (o.format == image_format::qed && size > max_image_size(o.cluster_size, o.table_size))
+        co_return errc::image_too_large;
     file_options fo;
     fo.read_only = false;
     fo.create = true;
@@ -54,7 +58,6 @@ boost::asio::awaitable<std::error_code> create_image(boost::asio::any_io_executo
         co_return co_await co::flush(*file);
     }
 
-    if (size > max_image_size(o.cluster_size, o.table_size)) co_return errc::image_too_large;
     header h;
     h.cluster_size = o.cluster_size;
     h.table_size = o.table_size;

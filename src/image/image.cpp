@@ -33,14 +33,16 @@ namespace detail {
 
 // ---- defaults for formats without the operation ---------------------------
 
+// (Closed first: an operation on a closed image always says so.)
 void device::check(check_options, check_handler handler) {
-    complete_later(std::move(handler), make_error_code(errc::not_supported), check_result{});
+    complete_later(std::move(handler), make_error_code(is_open() ? errc::not_supported : errc::closed),
+                   check_result{});
 }
 void device::change_backing_file(std::string, std::optional<image_format>, op_handler handler) {
-    complete_later(std::move(handler), make_error_code(errc::not_supported));
+    complete_later(std::move(handler), make_error_code(is_open() ? errc::not_supported : errc::closed));
 }
 void device::make_empty(op_handler handler) {
-    complete_later(std::move(handler), make_error_code(errc::not_supported));
+    complete_later(std::move(handler), make_error_code(is_open() ? errc::not_supported : errc::closed));
 }
 
 // ---- entry points -----------------------------------------------------------

@@ -19,6 +19,7 @@ qed_image::qed_image(boost::asio::any_io_executor ex, std::shared_ptr<block_file
       options_(std::move(options)),
       cache_(options_.l2_cache_size),
       alloc_queue_(*this),
+      writeback_(ex),
       need_check_timer_(ex) {}
 
 qed_image::~qed_image() = default;
@@ -120,62 +121,15 @@ void qed_image::flush(op_handler handler) {
             complete_later(std::move(h), make_error_code(errc::closed));
             return request_done();
         }
-        if (!metadata_dirty()) {
-            file_->async_flush([this, self, h = std::move(h)](std::error_code ec) mutable {
-                complete(std::move(h), ec);
-                request_done();
-            });
-            return;
-        }
-        co::run(ex_, flush_co(), [this, self, h = std::move(h)](std::error_code ec) mutable {
+        sync([this, self, h = std::move(h)](std::error_code ec) mutable {
             complete(std::move(h), ec);
             request_done();
         });
     });
 }
 
-boost::asio::awaitable<std::error_code> qed_image::flush_co() {
-    if (auto ec = co_await write_dirty_metadata()) co_return ec;
-    co_return co_await co::flush(*file_);
-}
-
-void qed_image::mark_table_dirty(const l2_ref& t, std::uint32_t lo, std::uint32_t hi) {
-    if (!t->dirty) {
-        t->dirty = true;
-        t->dirty_lo = lo;
-        t->dirty_hi = hi;
-        dirty_tables_.push_back(t);
-    } else {
-        t->dirty_lo = std::min(t->dirty_lo, lo);
-        t->dirty_hi = std::max(t->dirty_hi, hi);
-    }
-}
-
-void qed_image::mark_l1_dirty(std::uint32_t lo, std::uint32_t hi) {
-    l1_dirty_lo_ = l1_dirty_ ? std::min(l1_dirty_lo_, lo) : lo;
-    l1_dirty_hi_ = l1_dirty_ ? std::max(l1_dirty_hi_, hi) : hi;
-    l1_dirty_ = true;
-}
-
-boost::asio::awaitable<std::error_code> qed_image::write_dirty_metadata() {
-    // Tables first, then L1: L1 must not point at a table before it is whole.
-    while (!dirty_tables_.empty()) {
-        l2_ref t = dirty_tables_.back();
-        const std::uint32_t lo = t->dirty_lo, hi = t->dirty_hi;
-        if (auto ec = co_await co::write_table(*file_, t->offset, t->t, lo, hi - lo + 1, io_align_)) co_return ec;
-        if (t->dirty_lo == lo && t->dirty_hi == hi) {  // nothing new failed meanwhile
-            t->dirty = false;
-            std::erase(dirty_tables_, t);
-        }
-    }
-    if (l1_dirty_) {
-        if (auto ec = co_await co::flush(*file_)) co_return ec;
-        const std::uint32_t lo = l1_dirty_lo_, hi = l1_dirty_hi_;
-        if (auto ec = co_await co::write_table(*file_, header_.l1_table_offset, *l1_, lo, hi - lo + 1, io_align_))
-            co_return ec;
-        if (l1_dirty_lo_ == lo && l1_dirty_hi_ == hi) l1_dirty_ = false;
-    }
-    co_return std::error_code{};
+boost::asio::awaitable<std::error_code> qed_image::sync_co(bool durable) {
+    co_return co_await co::op([this, durable](op_handler h) { writeback_.sync(durable, std::move(h)); });
 }
 
 bool qed_image::read_backing(std::uint64_t pos, const mutable_buffers& buffers, op_handler handler) {
@@ -276,7 +230,7 @@ void qed_image::on_need_check_timer() {
 
 boost::asio::awaitable<std::error_code> qed_image::clear_need_check() {
     // Every L2/L1 update so far must be durable before the image says it is clean.
-    if (auto ec = co_await flush_co()) co_return ec;
+    if (auto ec = co_await sync_co(true)) co_return ec;
     header h = header_;
     h.features &= ~std::uint64_t{feature_need_check};
     if (auto ec = co_await write_header_co(h)) co_return ec;
@@ -305,6 +259,37 @@ boost::asio::awaitable<std::error_code> qed_image::do_grow(std::uint64_t new_siz
             if (new_size % sector_size) co_return errc::image_size_unaligned;
             if (new_size > max_image_size(header_.cluster_size, header_.table_size)) co_return errc::image_too_large;
             if (new_size == header_.image_size) co_return std::error_code{};
+            // A backing file longer than the image must not show through the
+            // new space: guest bytes past the old end were never there, so
+            // they read as zeros (QEMU >= 5.1 does the same).
+            const std::uint64_t old_size = header_.image_size;
+            if (header_.has(feature_backing_file)) {
+                std::uint64_t backing_size = 0;
+                if (backing_) {
+                    backing_size = backing_->size();
+                } else {  // opened without it (metadata tools): learn its size
+                    std::vector<file_identity> chain{file_->identity()};
+                    device_result r =
+                        co_await open_backing_chain(ex_, backing_full_, backing_format_, options_, 1, std::move(chain));
+                    if (r.first) co_return r.first;
+                    backing_size = r.second->size();
+                    device* d = r.second.get();
+                    co_await co::op([d](op_handler h) { d->close(std::move(h)); });
+                }
+                const std::uint64_t end = std::min(new_size, backing_size);
+                if (end > old_size) {
+                    header_.image_size = new_size;  // in memory only, so the zeroing is in range
+                    qed_image* self = this;
+                    const std::uint64_t off = old_size, len = end - old_size;
+                    const std::error_code ec = co_await co::op([self, off, len](op_handler h) {
+                        ++self->in_flight_;  // an internal request inside this exclusive operation
+                        aiocb::start_write_zeroes(self_of(self), off, len, zero_options{}, std::move(h));
+                    });
+                    header_.image_size = old_size;
+                    if (ec) co_return ec;
+                    if (auto sec = co_await sync_co(true)) co_return sec;  // zeros durable before the size grows
+                }
+            }
             header hd = header_;
             hd.image_size = new_size;
             if (auto ec = co_await write_header_co(hd)) co_return ec;
@@ -399,15 +384,14 @@ boost::asio::awaitable<std::error_code> qed_image::do_make_empty() {
             if (options_.read_only) co_return errc::read_only;
             // Unlink everything (L1 all zeros, durable), then drop the space.
             // A crash between the two leaves leaks, never dangling entries.
+            co_await sync_co(false);  // no round may write a table while we drop them
+            writeback_.discard();
             table empty(geo_.table_entries);
             if (auto ec = co_await co::write_table(*file_, header_.l1_table_offset, empty, 0, geo_.table_entries,
                                                    io_align_))
                 co_return ec;
             if (auto ec = co_await co::flush(*file_)) co_return ec;
             std::fill(l1_->data(), l1_->data() + l1_->size(), 0);
-            for (auto& t : dirty_tables_) t->dirty = false;  // nothing references them any more
-            dirty_tables_.clear();
-            l1_dirty_ = false;
             cache_.clear_unused();
             const std::uint64_t end = std::max(geo_.header_bytes, header_.l1_table_offset + geo_.table_bytes);
             if (auto ec = co_await co::resize(*file_, end)) co_return ec;
@@ -441,7 +425,7 @@ boost::asio::awaitable<std::error_code> qed_image::do_close() {
         return ec;
     };
     if (!options_.read_only) {
-        if (!keep(co_await flush_co())) {
+        if (!keep(co_await sync_co(true))) {
             // Drop what failed allocations left past the last cluster.
             if (tail_garbage_ && physical_size_ > file_end_ && !keep(co_await co::resize(*file_, file_end_)))
                 physical_size_ = file_end_;

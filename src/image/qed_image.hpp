@@ -11,6 +11,7 @@
 #include "image/device.hpp"
 #include "request/allocating_write.hpp"
 #include "table/l2_cache.hpp"
+#include "table/writeback.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -116,13 +117,11 @@ public:
     void start_need_check_timer();
     void cancel_need_check_timer();
 
-    // ---- metadata that failed to reach the disk -----------------------------
-    // Memory is authoritative: a failed L2/L1 write leaves the range flagged
-    // and every flush (and close) rewrites it first, failing if it can't.
-    void mark_table_dirty(const l2_ref& t, std::uint32_t lo, std::uint32_t hi);
-    void mark_l1_dirty(std::uint32_t lo, std::uint32_t hi);
-    bool metadata_dirty() const noexcept { return !dirty_tables_.empty() || l1_dirty_; }
-    boost::asio::awaitable<std::error_code> write_dirty_metadata();
+    // ---- table updates not yet on disk (see table/writeback.hpp) ----------
+    table_writeback writeback_;
+    /// Everything changed so far written and flushed (a full flush).
+    void sync(op_handler handler) { writeback_.sync(true, std::move(handler)); }
+    boost::asio::awaitable<std::error_code> sync_co(bool durable);
 
     /// Read `buffers` at guest `pos` from the backing chain (zeros past its
     /// end, or when there is none). Returns false when done at once.
@@ -150,11 +149,6 @@ private:
     boost::asio::awaitable<std::error_code> do_block_status(std::uint64_t offset, std::uint64_t length, unsigned depth,
                                                             std::shared_ptr<std::vector<extent>> out);
 
-    boost::asio::awaitable<std::error_code> flush_co();
-
-    std::vector<l2_ref> dirty_tables_;
-    bool l1_dirty_ = false;
-    std::uint32_t l1_dirty_lo_ = 0, l1_dirty_hi_ = 0;
     boost::asio::steady_timer need_check_timer_;
     bool timer_armed_ = false;
     unsigned in_flight_ = 0;

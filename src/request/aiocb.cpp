@@ -185,7 +185,7 @@ void aiocb::finish(std::error_code ec) {
         // Force unit access: the data is durable before we report success.
         fua_ = false;
         went_async_ = true;
-        img_->file_->async_flush([this](std::error_code e) { finish(e); });
+        img_->sync([this](std::error_code e) { finish(e); });  // data and the table updates linking it
         return;
     }
     std::shared_ptr<qed_image> img = std::move(img_);

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 
+#include <boost/asio/post.hpp>
+
 namespace qed::detail {
 namespace {
 
@@ -212,35 +214,30 @@ void allocating_write::step() {
             if (pending_) return;
             break;
         case state::write:
-            state_ = state::flush;
+            state_ = state::update;
             issue_writes();
             if (pending_) return;
             break;
-        case state::flush: {
-            state_ = state::update;
-            bool fresh_tables = false;
-            for (const auto& [i, tu] : tables_) fresh_tables |= static_cast<bool>(tu.fresh);
-            // Backing file: data (with its prefill) must be durable before an
-            // L2 entry exposes it. New tables: durable before L1 points at them.
-            if ((new_data_clusters_ && img_.header_.has(feature_backing_file)) || fresh_tables) {
-                start(1);
-                img_.file_->async_flush([this](std::error_code ec) { one_done(ec); });
-                return;
-            }
-            break;
-        }
         case state::update:
             state_ = state::done;
             issue_updates();
             if (pending_) return;
             break;
         case state::done:
+            // A batch with no I/O at all (zero clusters in a cached table)
+            // still completes later: its members are inside enqueue() now.
+            if (!went_async_) {
+                went_async_ = true;
+                boost::asio::post(img_.get_executor(), [this] { finish(); });
+                return;
+            }
             return finish();
         }
     }
 }
 
 void allocating_write::one_done(std::error_code ec) {
+    went_async_ = true;
     if (ec && !error_) error_ = ec;
     if (--pending_ != 0) return;
     if (error_) return finish();
@@ -388,8 +385,7 @@ void allocating_write::issue_updates() {
         if (!tu.existing) continue;
         const std::uint32_t i = static_cast<std::uint32_t>(k & (g.table_entries - 1));
         tu.existing->t[i] = s.zero_cluster ? zero_cluster_entry : s.host;
-        tu.lo = std::min(tu.lo, i);
-        tu.hi = std::max(tu.hi, i);
+        img_.writeback_.mark(tu.existing, i, 1);  // only the sectors that changed get written
     }
     for (auto& [l1_index, tu] : tables_) {
         if (!tu.fresh) continue;
@@ -399,28 +395,12 @@ void allocating_write::issue_updates() {
         l1_lo = std::min(l1_lo, l1_index);
         l1_hi = std::max(l1_hi, l1_index);
     }
-    // A failed write leaves its range flagged: memory is authoritative, and
-    // the next flush or close writes it again.
-    pending_ = 1;
-    for (auto& [l1_index, tu] : tables_) {
-        if (!tu.existing) continue;
-        ++pending_;
-        async_write_table(*img_.file_, tu.existing->offset, tu.existing->t, tu.lo, tu.hi - tu.lo + 1, img_.io_align_,
-                          [this, t = tu.existing, lo = tu.lo, hi = tu.hi](std::error_code ec) {
-                              if (ec) img_.mark_table_dirty(t, lo, hi);
-                              one_done(ec);
-                          });
-    }
-    if (l1_lo <= l1_hi) {
-        const auto lo = static_cast<std::uint32_t>(l1_lo), hi = static_cast<std::uint32_t>(l1_hi);
-        ++pending_;
-        async_write_table(*img_.file_, img_.header_.l1_table_offset, *img_.l1_, lo, hi - lo + 1, img_.io_align_,
-                          [this, lo, hi](std::error_code ec) {
-                              if (ec) img_.mark_l1_dirty(lo, hi);
-                              one_done(ec);
-                          });
-    }
-    --pending_;
+    // The disk gets these in the background (table/writeback.hpp); this
+    // batch's requests are complete now that their data is written and
+    // linked in memory. A flush makes both durable, in QED's order.
+    if (l1_lo <= l1_hi)
+        img_.writeback_.mark_l1(static_cast<std::uint32_t>(l1_lo), static_cast<std::uint32_t>(l1_hi - l1_lo + 1));
+    img_.writeback_.kick();
 }
 
 void allocating_write::finish() {

@@ -10,10 +10,13 @@
 //   -> read prefill/postfill data from the backing file
 //   -> write data and new L2 tables (in parallel; zero fill is skipped where
 //      the file has never held bytes, so it reads as zeros anyway)
-//   -> flush (backing file: data before L2; new L2 tables before L1)
-//   -> update L2 entries in memory, write the changed sectors; link new
-//      tables into L1 and write those L1 sectors
+//   -> update L2 entries (and L1 entries of new tables) in memory: readers
+//      see the new clusters now that their data is in place
 //   -> every member goes on with its next run.
+// The changed table sectors reach the disk in write-back rounds
+// (table/writeback.hpp), which keep QED's order: with a backing file, data
+// flushed before any L2 entry to it; new tables flushed before L1 points at
+// them. A flush waits for a round covering everything completed before it.
 //
 // When the batch ends, waiting requests whose clusters are now allocated
 // continue at once as in-place writes; the first one still needing
@@ -23,12 +26,14 @@
 //   - after "mark dirty": NEED_CHECK set, nothing else changed. Harmless.
 //   - during data writes: new clusters lie past every L2 entry's reach, so
 //     any mix of them landing is invisible (leaked space at worst).
-//   - during L2/L1 writes: without a backing file, an entry may point at a
+//   - after completion, before a flush: the L2/L1 sectors may or may not be
+//     on disk (write-back). Without a backing file an entry may point at a
 //     cluster whose data never landed (reads as zeros: the old contents) or
 //     past the end of the file; NEED_CHECK is set, so the next read-write
-//     open repairs it. With a backing file the data was flushed first, so an
-//     entry never exposes a cluster missing its backing prefill.
+//     open repairs it. With a backing file the round flushed the data first,
+//     so an entry never exposes a cluster missing its backing prefill.
 //   - a new L2 table is complete and flushed before L1 points at it.
+//   - after a completed flush: everything completed before it is durable.
 #pragma once
 
 #include "qed/block_file.hpp"
@@ -82,7 +87,7 @@ public:
     void run();
 
 private:
-    enum class state { mark_dirty, prefill, write, flush, update, done };
+    enum class state { mark_dirty, prefill, write, update, done };
 
     struct slot {                  // one guest cluster in the batch
         std::uint64_t old_entry;   // 0 (unallocated) or 1 (zero cluster)
@@ -92,7 +97,6 @@ private:
     struct table_use {             // one L2 table the batch touches
         l2_ref existing;           // loaded table, or
         l2_ref fresh;              // a new table (L1 entry was 0)
-        std::uint32_t lo = ~0u, hi = 0;  // changed entry range
     };
     struct piece {                 // part of a new cluster run, in guest order
         std::uint64_t pos, len;
@@ -129,6 +133,7 @@ private:
     std::vector<aligned_bytes> backing_buffers_;
     std::vector<std::pair<std::uint64_t, const_buffers>> writes_;
     bool tables_touched_ = false;  // L1/L2 updated in memory: no rollback
+    bool went_async_ = false;      // some I/O completed (so we are not inside enqueue())
     unsigned pending_ = 0;
     std::error_code error_;
 };

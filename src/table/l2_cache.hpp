@@ -24,11 +24,10 @@ struct l2_entry {
     std::uint64_t offset;  ///< file offset of the table
     table t;
     bool loaded = false;   ///< false while the first read is in flight
-    /// Entries [dirty_lo, dirty_hi] differ from disk because a write of them
-    /// failed; the image keeps a reference (so it can't be evicted) and
-    /// rewrites them before the next flush completes.
+    /// Sectors that differ from disk (see writeback.hpp); while any is set
+    /// the write-back holds a reference, so the entry can't be evicted.
+    std::vector<std::uint64_t> dirty_bits;
     bool dirty = false;
-    std::uint32_t dirty_lo = 0, dirty_hi = 0;
     std::vector<op_handler> waiters;  ///< requests waiting for the load
     std::list<std::uint64_t>::iterator lru;
 };

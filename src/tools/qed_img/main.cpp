@@ -32,7 +32,9 @@ const command commands[] = {
     {"rebase", run_rebase,
      "rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename"},
     {"resize", run_resize, "resize [-f fmt] [-q] [--shrink] filename [+ | -]size"},
-    // {"bench", run_bench, "bench ..."},  -- the benchmark issue
+    {"bench", run_bench,
+     "bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] "
+     "[-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename"},
 };
 
 void print_help() {
