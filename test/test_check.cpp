@@ -685,10 +685,14 @@ BOOST_DATA_TEST_CASE(need_check_reaches_the_disk_before_the_first_allocation, da
     write_pattern(img, c + 512, 1024, 1);  // allocating: data cluster and a new L2 table
     BOOST_TEST(e.need_check_on_disk("img.qed"), "NEED_CHECK must be on disk right after the first allocation");
     BOOST_TEST(img.img.info().need_check);
-    // In issue order: header write with the bit, a flush, then anything
-    // past the L1 table (data, L2).
+    // Order: the header write with the bit comes before the allocation; and
+    // a flush makes it durable before the write that links the new clusters
+    // (here the L1 entry of the new L2 table). Data and the new table itself
+    // may land earlier: nothing points at them yet.
+    BOOST_TEST(!img.flush());  // table entries reach the disk by write-back
     const std::uint64_t fresh = l.fresh_file_size();
-    std::optional<std::size_t> header_at, flush_at, first_alloc_at;
+    const std::uint64_t l1_begin = c, l1_end = c + c * l.ts;
+    std::optional<std::size_t> header_at, flush_at, first_alloc_at, first_link_at;
     for (std::size_t i = 0; i < log->size(); ++i) {
         const auto& r = (*log)[i];
         if (r.what == io_record::write && r.offset == 0 && !header_at) {
@@ -700,12 +704,15 @@ BOOST_DATA_TEST_CASE(need_check_reaches_the_disk_before_the_first_allocation, da
         } else if (r.what == io_record::write && r.offset >= fresh && !first_alloc_at) {
             first_alloc_at = i;
         }
+        if (r.what == io_record::write && r.offset >= l1_begin && r.offset < l1_end && !first_link_at)
+            first_link_at = i;
     }
     BOOST_TEST_REQUIRE(header_at.has_value(), "the header was never written");
     BOOST_TEST_REQUIRE(first_alloc_at.has_value());
     BOOST_TEST(*header_at < *first_alloc_at, "NEED_CHECK must be written before the allocation");
+    BOOST_TEST_REQUIRE(first_link_at.has_value(), "the L1 entry was never written");
     BOOST_TEST_REQUIRE(flush_at.has_value());
-    BOOST_TEST(*flush_at < *first_alloc_at, "and flushed before it");
+    BOOST_TEST(*flush_at < *first_link_at, "and flushed before anything links the new clusters");
 
     // Later allocations don't rewrite the header.
     log->clear();
@@ -946,8 +953,11 @@ BOOST_AUTO_TEST_CASE(need_check_is_set_whenever_tables_are_updated) {
     next(0);
     BOOST_TEST_REQUIRE(run_until(
         e.ioc, [&] { return done == n; }, std::chrono::seconds(30)));
+    BOOST_TEST(!img.flush());  // the last table updates are written back by now
     BOOST_TEST(failed == 0u);
-    BOOST_TEST(updates >= n);
+    // Write-back may merge neighbouring updates into one round; most writes
+    // still get their own, or the test would not see the timer interleave.
+    BOOST_TEST(updates >= n / 2);
     BOOST_TEST(unguarded == 0u,
                unguarded << " of " << updates << " table updates were written while NEED_CHECK was clear");
     unsigned header_writes = 0;

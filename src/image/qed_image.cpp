@@ -188,11 +188,12 @@ boost::asio::awaitable<std::error_code> qed_image::write_header_co(const header&
 void qed_image::mark_dirty(op_handler handler) {
     header h = header_;
     h.features |= feature_need_check;
-    // Write the bit, then flush, so it is on disk before any L2 entry that
-    // could point at a cluster whose data did not land.
+    // The bit must be durable before any L2 entry that could point at a
+    // cluster whose data did not land. Table entries reach the disk only
+    // through write-back rounds, and the next round flushes first.
     write_header(h, [this, handler = std::move(handler)](std::error_code ec) mutable {
-        if (ec) return std::move(handler)(ec);
-        file_->async_flush(std::move(handler));
+        if (!ec) need_check_unflushed_ = true;
+        std::move(handler)(ec);
     });
 }
 

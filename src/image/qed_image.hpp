@@ -111,7 +111,10 @@ public:
     /// state is only committed by the caller on success.
     void write_header(const header& h, op_handler handler);
     boost::asio::awaitable<std::error_code> write_header_co(const header& h);
-    /// Set NEED_CHECK on disk (write + flush) before the first allocation.
+    /// NEED_CHECK is written but not yet flushed: the next write-back round
+    /// flushes before it writes any table entry.
+    bool need_check_unflushed_ = false;
+    /// Set NEED_CHECK on disk before the first allocation.
     void mark_dirty(op_handler handler);
     /// Called by the allocating-write queue when it drains.
     void start_need_check_timer();

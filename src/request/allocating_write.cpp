@@ -199,8 +199,9 @@ void allocating_write::step() {
         switch (state_) {
         case state::mark_dirty:
             state_ = state::prefill;
-            // Without a backing file nothing is flushed before the L2 update,
-            // so the image must say "check me" before any cluster is linked.
+            // Without a backing file, data is not flushed before its L2 entry
+            // is written, so the image must say "check me" before any cluster
+            // is linked (the write-back flushes the bit before table writes).
             if (new_data_clusters_ && !img_.header_.has(feature_backing_file) &&
                 !img_.header_.has(feature_need_check)) {
                 start(1);

@@ -6,7 +6,8 @@
 // neighbouring clusters, other L2 tables) and allocates for all of them with
 // one set of I/Os:
 //
-//   mark dirty (NEED_CHECK + flush, once, no backing file)
+//   mark dirty (NEED_CHECK written once, no backing file; the write-back
+//   flushes it before the first table entry)
 //   -> read prefill/postfill data from the backing file
 //   -> write data and new L2 tables (in parallel; zero fill is skipped where
 //      the file has never held bytes, so it reads as zeros anyway)
@@ -23,7 +24,8 @@
 // allocation becomes the next head.
 //
 // Crash reasoning (what the file holds if power fails after each step):
-//   - after "mark dirty": NEED_CHECK set, nothing else changed. Harmless.
+//   - after "mark dirty": NEED_CHECK set (or not yet durable), nothing else
+//     changed. Harmless.
 //   - during data writes: new clusters lie past every L2 entry's reach, so
 //     any mix of them landing is invisible (leaked space at worst).
 //   - after completion, before a flush: the L2/L1 sectors may or may not be

@@ -29,7 +29,14 @@ public:
             case step::flush_data:
                 at_ = step::tables;
                 // Data (and backing prefill) durable before any L2 entry to it.
-                if (!l2_.empty() && w_.target_.flush_before_l2 && w_.target_.flush_before_l2()) return flush();
+                if (!l2_.empty() && w_.target_.flush_before_l2 && w_.target_.flush_before_l2()) {
+                    pending_ = 1;
+                    w_.target_.file->async_flush([this](std::error_code ec) {
+                        if (!ec && w_.target_.flushed) w_.target_.flushed();
+                        one_done(ec);
+                    });
+                    return;
+                }
                 break;
             case step::tables:
                 at_ = step::flush_tables;

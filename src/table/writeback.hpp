@@ -11,7 +11,8 @@
 // wait for the next round, whose flush covers their data) and keeps QED's
 // on-disk ordering:
 //   1. flush first when the image has a backing file, so no L2 entry reaches
-//      the disk before the data (and backing prefill) it points to;
+//      the disk before the data (and backing prefill) it points to; or when
+//      NEED_CHECK was just set, so it is durable before any new entry is;
 //   2. write the dirty sectors of every dirty L2 table (in parallel);
 //   3. if L1 entries changed: flush (new tables, written whole by their batch,
 //      must be durable before L1 points at them), then write the L1 sectors;
@@ -38,7 +39,11 @@ public:
         std::size_t align = 512;      ///< sector size of table writes
         table* l1 = nullptr;
         std::uint64_t l1_offset = 0;
-        std::function<bool()> flush_before_l2;  ///< true while the image has a backing file
+        /// True when L2 entries must wait for a flush: the image has a backing
+        /// file, or NEED_CHECK was set and may not be durable yet.
+        std::function<bool()> flush_before_l2;
+        /// Called after that flush succeeded.
+        std::function<void()> flushed;
         /// Keeps the owner alive while a round is in flight (the owner may
         /// be dropped by its users while its metadata is still being written).
         std::function<std::shared_ptr<void>()> keep_alive;
