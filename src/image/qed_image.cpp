@@ -311,62 +311,83 @@ void qed_image::change_backing_file(std::string name, std::optional<image_format
 
 boost::asio::awaitable<std::error_code> qed_image::do_change_backing_file(std::string name,
                                                                           std::optional<image_format> format) {
-    {
-        {
-            if (closed_) co_return errc::closed;
-            if (options_.read_only) co_return errc::read_only;
-            // Unknown compat features may own the bytes after the header.
-            if (!name.empty() && (header_.compat_features & ~known_compat_features))
-                co_return errc::unsupported_compat_features;
-            const std::uint64_t end = header_struct_size + name.size();
-            if (end > geo_.header_bytes) co_return errc::backing_name_too_long;
+    if (closed_) co_return errc::closed;
+    if (options_.read_only) co_return errc::read_only;
+    // Unknown compat features may own the bytes after the header.
+    if (!name.empty() && (header_.compat_features & ~known_compat_features)) co_return errc::unsupported_compat_features;
+    if (header_struct_size + name.size() > geo_.header_bytes) co_return errc::backing_name_too_long;
 
-            // Open the new chain first: a missing or looping backing file is
-            // refused before anything on disk changes.
-            std::shared_ptr<device> new_backing;
-            const std::string full = name.empty() ? std::string{} : resolve_backing_path(filename_, name);
-            if (!name.empty() && options_.open_backing) {
-                std::vector<file_identity> chain{file_->identity()};
-                device_result r = co_await open_backing_chain(ex_, full, format, options_, 1, std::move(chain));
-                if (r.first) co_return r.first;
-                new_backing = std::move(r.second);
-            }
-
-            header hd = header_;
-            hd.features &= ~std::uint64_t{feature_backing_file | feature_backing_format_no_probe};
-            hd.backing_filename_offset = header_struct_size;  // where QEMU leaves it too
-            hd.backing_filename_size = 0;
-            if (!name.empty()) {
-                hd.features |= feature_backing_file;
-                if (format == image_format::raw) hd.features |= feature_backing_format_no_probe;
-                hd.backing_filename_offset = header_struct_size;
-                hd.backing_filename_size = static_cast<std::uint32_t>(name.size());
-            }
-            // Rewrite whole blocks: read what is there, lay header and name over it.
-            const std::size_t len = (end + io_align_ - 1) / io_align_ * io_align_;
-            auto block = allocate_aligned(len, false);
-            if (auto ec = co_await co::read(*file_, 0, block.get(), len)) co_return ec;
-            const auto bytes = encode(hd);
-            std::memcpy(block.get(), bytes.data(), bytes.size());
-            std::memcpy(block.get() + header_struct_size, name.data(), name.size());
-            if (auto ec = co_await co::write(*file_, 0, block.get(), len)) co_return ec;
-            if (auto ec = co_await co::flush(*file_)) co_return ec;
-
-            std::memcpy(header_block_.get(), block.get(), std::min(len, io_align_));
-            header_ = hd;
-            auto old = std::move(backing_);
-            backing_ = std::move(new_backing);
-            backing_name_ = name;
-            backing_full_ = full;
-            backing_format_ = name.empty() ? std::nullopt
-                                           : (format ? format : std::optional<image_format>{});
-            if (old) {
-                device* d = old.get();
-                co_await co::op([d](op_handler done) { d->close(std::move(done)); });
-            }
-            co_return std::error_code{};
-        }
+    // Open the new chain first: a missing or looping backing file is
+    // refused before anything on disk changes.
+    std::shared_ptr<device> new_backing;
+    const std::string full = name.empty() ? std::string{} : resolve_backing_path(filename_, name);
+    if (!name.empty() && options_.open_backing) {
+        std::vector<file_identity> chain{file_->identity()};
+        device_result r = co_await open_backing_chain(ex_, full, format, options_, 1, std::move(chain));
+        if (r.first) co_return r.first;
+        new_backing = std::move(r.second);
     }
+
+    header hd = header_;
+    hd.features &= ~std::uint64_t{feature_backing_file | feature_backing_format_no_probe};
+    hd.backing_filename_offset = header_struct_size;  // where QEMU leaves it too
+    hd.backing_filename_size = 0;
+    if (!name.empty()) {
+        hd.features |= feature_backing_file;
+        if (format == image_format::raw) hd.features |= feature_backing_format_no_probe;
+        hd.backing_filename_size = static_cast<std::uint32_t>(name.size());
+    }
+
+    // The switch must be atomic: the header's first block is written in one
+    // piece. A name that fits there goes right after the header struct (as
+    // QEMU puts it). A longer name first goes, whole, to blocks that don't
+    // overlap the old name, is flushed, and only then does the first block
+    // point at it: power failing at any moment leaves the old header with
+    // its intact old name, or the new header with its intact new name.
+    const std::size_t block = io_align_;
+    if (!name.empty() && header_struct_size + name.size() > block) {
+        const std::uint64_t old_end =
+            header_.has(feature_backing_file)
+                ? std::uint64_t{header_.backing_filename_offset} + header_.backing_filename_size
+                : header_struct_size;
+        std::uint64_t at = (std::max<std::uint64_t>(old_end, block) + block - 1) / block * block;
+        if (at + name.size() > geo_.header_bytes) {
+            // No room after the old name: use the space before it, if the
+            // old name starts late enough; else there is no safe place.
+            const std::uint64_t old_start = header_.has(feature_backing_file) ? header_.backing_filename_offset : 0;
+            if (block + name.size() > old_start || !header_.has(feature_backing_file))
+                co_return errc::backing_name_too_long;
+            at = block;
+        }
+        hd.backing_filename_offset = static_cast<std::uint32_t>(at);
+        const std::size_t len = (name.size() + block - 1) / block * block;
+        auto area = allocate_aligned(len, true);
+        if (auto ec = co_await co::read(*file_, at, area.get(), len)) co_return ec;
+        std::memcpy(area.get(), name.data(), name.size());
+        if (auto ec = co_await co::write(*file_, at, area.get(), len)) co_return ec;
+        if (auto ec = co_await co::flush(*file_)) co_return ec;
+    }
+    auto first = allocate_aligned(block, false);
+    std::memcpy(first.get(), header_block_.get(), block);
+    const auto bytes = encode(hd);
+    std::memcpy(first.get(), bytes.data(), bytes.size());
+    if (hd.backing_filename_offset == header_struct_size)
+        std::memcpy(first.get() + header_struct_size, name.data(), name.size());
+    if (auto ec = co_await co::write(*file_, 0, first.get(), block)) co_return ec;
+    if (auto ec = co_await co::flush(*file_)) co_return ec;
+
+    std::memcpy(header_block_.get(), first.get(), block);
+    header_ = hd;
+    auto old = std::move(backing_);
+    backing_ = std::move(new_backing);
+    backing_name_ = name;
+    backing_full_ = full;
+    backing_format_ = name.empty() ? std::nullopt : (format ? format : std::optional<image_format>{});
+    if (old) {
+        device* d = old.get();
+        co_await co::op([d](op_handler done) { d->close(std::move(done)); });
+    }
+    co_return std::error_code{};
 }
 
 void qed_image::make_empty(op_handler handler) {
