@@ -986,7 +986,10 @@ BOOST_DATA_TEST_CASE(name_must_fit_in_the_header_cluster, data::make(all_layouts
     co.backing_format = image_format::raw;
     e.create("top.qed", co);
     auto img = e.open("top.qed");
-    const std::string longest(l.cs - 64, 'n');  // exactly fills the header cluster
+    // The longest name that can be switched to atomically: everything after
+    // the header's first (512-byte) block. Longer ones would have to be
+    // written over the live name, so they are refused.
+    const std::string longest(l.cs - 512, 'n');
     e.make_raw(longest, MiB, 3);
     const std::string too_long(l.cs - 63, 'n');
     e.make_raw(too_long, MiB, 4);
@@ -998,7 +1001,11 @@ BOOST_DATA_TEST_CASE(name_must_fit_in_the_header_cluster, data::make(all_layouts
 
     BOOST_TEST_REQUIRE(!img.change_backing_file(longest, image_format::raw));
     expect_pattern(img, 0, 4096, 3, "the longest name");
-    BOOST_TEST(e.hdr("top.qed").backing_filename_size == l.cs - 64);
+    BOOST_TEST(e.hdr("top.qed").backing_filename_size == l.cs - 512);
+    const std::string unsafe(l.cs - 64, 'n');  // fits, but only over the live name
+    e.make_raw(unsafe, MiB, 5);
+    BOOST_TEST((img.change_backing_file(unsafe, image_format::raw) == errc::backing_name_too_long));
+    expect_pattern(img, 0, 4096, 3, "the longest name is still in place");
     BOOST_TEST_REQUIRE(!img.close());
     auto again = e.open("top.qed");
     BOOST_TEST(again.img.info().backing_file == longest);
@@ -1310,6 +1317,48 @@ BOOST_AUTO_TEST_CASE(requests_started_before_close_finish_and_later_ones_fail) {
     BOOST_TEST(!e.need_check_on_disk("img.qed"), "close must leave the image clean");
     auto again = e.open("img.qed");
     expect_pattern(again, 8192, 8192, 3, "the write finished before close");
+    BOOST_TEST_REQUIRE(!again.close());
+}
+
+BOOST_AUTO_TEST_CASE(requests_and_exclusive_operations_take_effect_in_issue_order) {
+    // A write in flight holds back the grow issued after it; a write issued
+    // after the grow (beyond the old size) must run after the grow and
+    // before the close issued after it -- not behind both.
+    mem_env e;
+    e.create("img.qed", e.create_opts(MiB, {4096, 1}));
+    auto img = e.open("img.qed");
+    const auto first = pattern(0, 4096, 4);
+    const auto beyond = pattern(MiB + 4096, 4096, 5);
+    std::error_code w1 = errc::invalid_argument, gec = errc::invalid_argument, w2 = errc::invalid_argument,
+                    cec = errc::invalid_argument;
+    std::vector<int> order;
+    img.img.async_write_at(0, boost::asio::buffer(first), [&](std::error_code ec, std::size_t) {
+        w1 = ec;
+        order.push_back(1);
+    });
+    img.img.async_grow(2 * MiB, [&](std::error_code ec) {
+        gec = ec;
+        order.push_back(2);
+    });
+    img.img.async_write_at(MiB + 4096, boost::asio::buffer(beyond), [&](std::error_code ec, std::size_t) {
+        w2 = ec;
+        order.push_back(3);
+    });
+    img.img.async_close([&](std::error_code ec) {
+        cec = ec;
+        order.push_back(4);
+    });
+    BOOST_TEST_REQUIRE(run_until(
+        e.ioc, [&] { return order.size() == 4; }, std::chrono::seconds(10)));
+    BOOST_TEST(!w1, w1.message());
+    BOOST_TEST(!gec, gec.message());
+    BOOST_TEST(!w2, "the write issued after grow and before close: " << w2.message());
+    BOOST_TEST(!cec, cec.message());
+    BOOST_TEST((order == std::vector<int>{1, 2, 3, 4}));
+    auto again = e.open("img.qed");
+    BOOST_TEST(again.img.size() == 2 * MiB);
+    expect_pattern(again, 0, 4096, 4, "the first write");
+    expect_pattern(again, MiB + 4096, 4096, 5, "the write after grow");
     BOOST_TEST_REQUIRE(!again.close());
 }
 

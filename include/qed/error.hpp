@@ -23,6 +23,7 @@ enum class errc {
     invalid_l1_offset,            ///< misaligned or inside the header
     l1_table_past_eof,            ///< L1 table runs past the end of the file
     backing_name_out_of_range,    ///< backing name outside the header clusters
+    bad_backing_name,             ///< backing name empty or containing a NUL byte
     // --- table contents ----------------------------------------------------
     invalid_l2_offset,            ///< L1 entry misaligned / in header / past EOF
     invalid_cluster_offset,       ///< L2 entry misaligned / in header / past EOF

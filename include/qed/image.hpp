@@ -213,7 +213,11 @@ public:
     auto async_check(check_options options, Token&& token);
 
     /// Point the image at another backing file (header rewrite only).
-    /// An empty name removes the backing file. Signature: void(std::error_code).
+    /// An empty name removes the backing file. The switch is atomic under
+    /// power loss, so a name longer than the header's first block must fit
+    /// in the header clusters without overlapping the current name (always
+    /// true up to half the header area); else errc::backing_name_too_long.
+    /// Signature: void(std::error_code).
     template <class Token>
     auto async_change_backing_file(std::string name, std::optional<image_format> format, Token&& token);
 

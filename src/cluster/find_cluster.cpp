@@ -18,7 +18,7 @@ lookup find_cluster(qed_image& img, l2_ref& held, std::uint64_t pos, std::uint64
         r.run = {cluster_run::kind::no_table, 0, len};
         return r;
     }
-    if (!g.valid_table_offset(l2_offset, img.file_end_)) {
+    if (!img.valid_l2_offset(l2_offset)) {
         r.ec = errc::invalid_l2_offset;
         return r;
     }
@@ -42,14 +42,14 @@ lookup find_cluster(qed_image& img, l2_ref& held, std::uint64_t pos, std::uint64
         while (count < n && t[first + count] == e0) ++count;
         r.run.what = e0 == 0 ? cluster_run::kind::unallocated : cluster_run::kind::zero;
     } else {
-        if (!g.valid_cluster_offset(e0, img.file_end_)) {
+        if (!img.valid_data_offset(e0)) {
             r.ec = errc::invalid_cluster_offset;
             return r;
         }
         // Contiguous in the file; an invalid entry ends the run (the next
         // lookup reports it).
         while (count < n && t[first + count] == e0 + count * g.cluster_size &&
-               g.valid_cluster_offset(t[first + count], img.file_end_))
+               img.valid_data_offset(t[first + count]))
             ++count;
         r.run.what = cluster_run::kind::data;
         r.run.host_offset = e0 + in_cluster;
@@ -86,7 +86,7 @@ l2_ref cached_table(qed_image& img, std::uint64_t l1_index, bool& missing, bool&
         missing = true;
         return nullptr;
     }
-    if (!img.geo_.valid_table_offset(off, img.file_end_)) {
+    if (!img.valid_l2_offset(off)) {
         invalid = true;
         return nullptr;
     }

@@ -25,6 +25,7 @@ public:
         case errc::l1_table_past_eof: return "L1 table runs past the end of the file";
         case errc::backing_name_out_of_range:
             return "backing file name lies outside the header clusters";
+        case errc::bad_backing_name: return "backing file name is empty or contains a NUL byte";
         case errc::invalid_l2_offset:
             return "L1 entry holds an invalid L2 table offset (image is corrupt)";
         case errc::invalid_cluster_offset:

@@ -4,6 +4,7 @@
 #include "image/qed_image.hpp"
 #include "image/raw_image.hpp"
 
+#include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -154,8 +155,28 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
         // Canonical paths: symlinks and ".." can't lead out of the directory.
         char dir_buf[PATH_MAX];
         char file_buf[PATH_MAX];
-        if (!::realpath(parent.allowed_backing_dir->c_str(), dir_buf) || !::realpath(target.c_str(), file_buf) ||
-            !starts_with_dir(file_buf, dir_buf)) {
+        if (!::realpath(parent.allowed_backing_dir->c_str(), dir_buf)) {
+            const auto ec = std::error_code(errno, std::system_category());
+            log(*parent.allowed_backing_dir + ": allowed backing directory: " + ec.message());
+            co_return device_result{ec, nullptr};
+        }
+        if (!::realpath(target.c_str(), file_buf)) {
+            // It doesn't exist (or can't be resolved): say which, but only if
+            // its directory is inside -- don't reveal what lies outside.
+            const int err = errno;
+            const auto slash = target.rfind('/');
+            const std::string parent_dir = slash == std::string::npos ? "." : target.substr(0, slash == 0 ? 1 : slash);
+            char parent_buf[PATH_MAX];
+            if (::realpath(parent_dir.c_str(), parent_buf) &&
+                (std::string(parent_buf) == dir_buf || starts_with_dir(parent_buf, dir_buf))) {
+                const auto ec = std::error_code(err, std::system_category());
+                log(path + ": cannot open backing file: " + ec.message());
+                co_return device_result{ec, nullptr};
+            }
+            log(path + ": backing file is outside the allowed directory " + *parent.allowed_backing_dir);
+            co_return device_result{errc::backing_not_allowed, nullptr};
+        }
+        if (!starts_with_dir(file_buf, dir_buf)) {
             log(path + ": backing file is outside the allowed directory " + *parent.allowed_backing_dir);
             co_return device_result{errc::backing_not_allowed, nullptr};
         }

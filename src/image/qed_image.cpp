@@ -30,31 +30,32 @@ qed_image::~qed_image() = default;
 
 void qed_image::request_done() {
     --in_flight_;
-    if (in_flight_ == 0 && !exclusive_running_ && !exclusive_waiting_.empty()) start_next_exclusive();
+    if (in_flight_ == 0) pump_gate();
 }
 
 void qed_image::run_exclusive(task t) {
-    exclusive_waiting_.push_back(std::move(t));
-    if (in_flight_ == 0 && !exclusive_running_) start_next_exclusive();
-}
-
-void qed_image::start_next_exclusive() {
-    exclusive_running_ = true;
-    task t = std::move(exclusive_waiting_.front());
-    exclusive_waiting_.pop_front();
-    std::move(t)();
+    gate_waiting_.push_back({true, std::move(t)});
+    pump_gate();
 }
 
 void qed_image::exclusive_done() {
     exclusive_running_ = false;
-    if (!exclusive_waiting_.empty()) {
-        if (in_flight_ == 0) start_next_exclusive();
-        return;
-    }
-    auto waiting = std::move(requests_waiting_);
-    requests_waiting_.clear();
-    for (auto& t : waiting) {
-        ++in_flight_;
+    pump_gate();
+}
+
+void qed_image::pump_gate() {
+    // Each step re-reads the state: a task may finish (and re-enter here)
+    // before it returns.
+    while (!exclusive_running_ && !gate_waiting_.empty()) {
+        gate_entry& front = gate_waiting_.front();
+        if (front.exclusive) {
+            if (in_flight_ != 0) return;  // request_done() resumes it
+            exclusive_running_ = true;
+        } else {
+            ++in_flight_;
+        }
+        task t = std::move(front.run);
+        gate_waiting_.pop_front();
         std::move(t)();
     }
 }
@@ -346,25 +347,32 @@ boost::asio::awaitable<std::error_code> qed_image::do_change_backing_file(std::s
     // its intact old name, or the new header with its intact new name.
     const std::size_t block = io_align_;
     if (!name.empty() && header_struct_size + name.size() > block) {
-        const std::uint64_t old_end =
-            header_.has(feature_backing_file)
-                ? std::uint64_t{header_.backing_filename_offset} + header_.backing_filename_size
-                : header_struct_size;
-        std::uint64_t at = (std::max<std::uint64_t>(old_end, block) + block - 1) / block * block;
-        if (at + name.size() > geo_.header_bytes) {
-            // No room after the old name: use the space before it, if the
-            // old name starts late enough; else there is no safe place.
-            const std::uint64_t old_start = header_.has(feature_backing_file) ? header_.backing_filename_offset : 0;
-            if (block + name.size() > old_start || !header_.has(feature_backing_file))
-                co_return errc::backing_name_too_long;
-            at = block;
-        }
+        // Candidate places past the first block: the end of the header
+        // area, right after the old name, right at the second block. The
+        // first that doesn't overlap the old name wins; with none, the name
+        // is too long to switch to safely.
+        const bool had = header_.has(feature_backing_file);
+        const std::uint64_t old_start = had ? header_.backing_filename_offset : 0;
+        const std::uint64_t old_end = had ? old_start + header_.backing_filename_size : 0;
+        const std::uint64_t len = (name.size() + block - 1) / block * block;
+        auto fits = [&](std::uint64_t at) {
+            return at >= block && at + name.size() <= geo_.header_bytes &&
+                   (!had || at + len <= old_start || at >= old_end);
+        };
+        const std::uint64_t candidates[] = {geo_.header_bytes >= len ? geo_.header_bytes - len : 0,
+                                            (old_end + block - 1) / block * block, block};
+        std::uint64_t at = 0;
+        for (std::uint64_t c : candidates)
+            if (fits(c)) {
+                at = c;
+                break;
+            }
+        if (at == 0) co_return errc::backing_name_too_long;
         hd.backing_filename_offset = static_cast<std::uint32_t>(at);
-        const std::size_t len = (name.size() + block - 1) / block * block;
         auto area = allocate_aligned(len, true);
-        if (auto ec = co_await co::read(*file_, at, area.get(), len)) co_return ec;
+        if (auto ec = co_await co::read(*file_, at, area.get(), static_cast<std::size_t>(len))) co_return ec;
         std::memcpy(area.get(), name.data(), name.size());
-        if (auto ec = co_await co::write(*file_, at, area.get(), len)) co_return ec;
+        if (auto ec = co_await co::write(*file_, at, area.get(), static_cast<std::size_t>(len))) co_return ec;
         if (auto ec = co_await co::flush(*file_)) co_return ec;
     }
     auto first = allocate_aligned(block, false);

@@ -92,11 +92,14 @@ public:
     // ---- the request gate ------------------------------------------------
     // Requests run concurrently; an exclusive operation (check, grow,
     // change backing file, make empty, close) waits until none are in
-    // flight and holds new ones back while it runs.
+    // flight and holds new ones back while it runs. Everything that has to
+    // wait takes effect in issue order: a request issued after an exclusive
+    // operation runs after it and before any exclusive operation issued
+    // later (one FIFO for both kinds).
     template <class F>
     void run_request(F&& f) {
-        if (exclusive_running_ || !exclusive_waiting_.empty()) {
-            requests_waiting_.emplace_back(std::forward<F>(f));
+        if (exclusive_running_ || !gate_waiting_.empty()) {
+            gate_waiting_.push_back({false, task(std::forward<F>(f))});
             return;
         }
         ++in_flight_;
@@ -130,6 +133,21 @@ public:
     /// end, or when there is none). Returns false when done at once.
     bool read_backing(std::uint64_t pos, const mutable_buffers& buffers, op_handler handler);
 
+    /// A data cluster offset is usable: aligned, after the header, inside
+    /// the file, and not inside the L1 table (a guest write there would
+    /// overwrite metadata).
+    bool valid_data_offset(std::uint64_t off) const noexcept {
+        return geo_.valid_cluster_offset(off, file_end_) && !inside_l1(off, geo_.cluster_size);
+    }
+    /// An L2 table offset is usable: the whole table inside the file, clear
+    /// of the header and of the L1 table.
+    bool valid_l2_offset(std::uint64_t off) const noexcept {
+        return geo_.valid_table_offset(off, file_end_) && !inside_l1(off, geo_.table_bytes);
+    }
+    bool inside_l1(std::uint64_t off, std::uint64_t len) const noexcept {
+        return off < header_.l1_table_offset + geo_.table_bytes && header_.l1_table_offset < off + len;
+    }
+
     std::uint64_t new_clusters(std::uint64_t n) {
         const std::uint64_t at = file_end_;
         file_end_ += n * geo_.cluster_size;
@@ -141,7 +159,8 @@ public:
     }
 
 private:
-    void start_next_exclusive();
+    /// Start what waits at the gate, in order, as far as it may start now.
+    void pump_gate();
     void on_need_check_timer();
     boost::asio::awaitable<std::error_code> clear_need_check();
     boost::asio::awaitable<std::error_code> do_close();
@@ -156,8 +175,11 @@ private:
     bool timer_armed_ = false;
     unsigned in_flight_ = 0;
     bool exclusive_running_ = false;
-    std::deque<task> exclusive_waiting_;
-    std::deque<task> requests_waiting_;
+    struct gate_entry {
+        bool exclusive;
+        task run;
+    };
+    std::deque<gate_entry> gate_waiting_;
 };
 
 }  // namespace qed::detail

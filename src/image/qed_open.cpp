@@ -31,7 +31,7 @@ boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vec
 
     if (header_.has(feature_backing_file)) {
         if (header_.backing_filename_size == 0)
-            co_return fail(errc::backing_name_out_of_range, "backing file flag set but the name is empty");
+            co_return fail(errc::bad_backing_name, "backing file flag set but the name is empty");
         // Any length that fits in the header clusters: no fixed-size buffer.
         backing_name_.resize(header_.backing_filename_size);
         std::vector<std::byte> buf(header_.backing_filename_size);
@@ -39,7 +39,7 @@ boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vec
             co_return fail(ec, "");
         std::memcpy(backing_name_.data(), buf.data(), buf.size());
         if (backing_name_.find('\0') != std::string::npos)
-            co_return fail(errc::backing_name_out_of_range, "backing file name contains a NUL byte");
+            co_return fail(errc::bad_backing_name, "backing file name contains a NUL byte");
         backing_full_ = resolve_backing_path(filename_, backing_name_);
         if (header_.has(feature_backing_format_no_probe)) backing_format_ = image_format::raw;
     }

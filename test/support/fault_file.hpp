@@ -52,6 +52,11 @@ public:
         if (plan_->should_fail(fault_plan::flush)) return fail_op(std::move(h));
         inner_->async_flush(std::move(h));
     }
+    // Punching a hole changes contents like a write: counted and failed as one.
+    void async_punch_hole(std::uint64_t off, std::uint64_t len, op_handler h) override {
+        if (plan_->should_fail(fault_plan::write)) return fail_op(std::move(h));
+        inner_->async_punch_hole(off, len, std::move(h));
+    }
     void async_resize(std::uint64_t size, op_handler h) override {
         if (plan_->should_fail(fault_plan::resize)) return fail_op(std::move(h));
         inner_->async_resize(size, std::move(h));
