@@ -845,6 +845,40 @@ BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(handles)
 
+BOOST_AUTO_TEST_CASE(an_empty_handle_fails_on_the_handlers_executor_and_lets_it_go) {
+    // A handle without an image answers errc::closed on the handler's own
+    // executor, keeps that io_context busy until then (run() returns only
+    // after the handler) and holds nothing of it afterwards: destroying the
+    // io_context at once must be safe. (It once released the io_context's
+    // work from a system thread, after the io_context was gone.)
+    for (int i = 0; i < 300; ++i) {
+        auto ioc = std::make_unique<asio::io_context>();
+        image empty;
+        bool called = false, on_ioc = false;
+        std::error_code got;
+        auto ex = ioc->get_executor();
+        empty.async_check(check_options{}, asio::bind_executor(ex, [&](std::error_code ec, check_result) {
+                              called = true;
+                              got = ec;
+                              on_ioc = ex.running_in_this_thread();
+                          }));
+        BOOST_TEST_REQUIRE(!called, "the handler ran inside the initiating call");
+        if (i % 2) {
+            ioc->run();
+            BOOST_TEST_REQUIRE(called, "run() returned before the handler ran");
+        } else {
+            // Like an application that runs its io_context until its own
+            // condition holds, then destroys it.
+            while (!called && ioc->run_one() != 0) {
+            }
+            BOOST_TEST_REQUIRE(called, "run_one() ran out of work before the handler ran");
+        }
+        BOOST_TEST_REQUIRE((got == errc::closed), got.message());
+        BOOST_TEST_REQUIRE(on_ioc);
+        ioc.reset();
+    }
+}
+
 BOOST_AUTO_TEST_CASE(closing_through_one_copy_closes_all) {
     mem_env e;
     e.create("img.qed", e.create_opts(MiB, {4096, 1}));
