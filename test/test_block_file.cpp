@@ -204,7 +204,8 @@ struct backend_env {
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(automatic_backend_choice) {
-    // automatic = io_uring when a ring can be created, else threads.
+    // automatic = buffered: threads; O_DIRECT: io_uring when a ring can be
+    // created, else threads.
     BOOST_TEST_MESSAGE("io_uring available: " << qed::io_uring_available());
     qed::test::tmp_dir d("env");
     BOOST_TEST_MESSAGE("temp dir " << d.path() << ", O_DIRECT supported: " << direct_supported(d.path()));
@@ -215,7 +216,15 @@ BOOST_AUTO_TEST_CASE(automatic_backend_choice) {
     std::error_code ec;
     auto f = qed::open_file(ioc.get_executor(), d / "auto", o, ec);
     BOOST_TEST_REQUIRE(static_cast<bool>(f), ec.message());
-    BOOST_TEST(std::string(f->backend_name()) == (qed::io_uring_available() ? "io_uring" : "threads"));
+    BOOST_TEST(std::string(f->backend_name()) == "threads");
+    if (direct_supported(d.path())) {
+        o.create = false;
+        o.direct = true;
+        auto df = qed::open_file(ioc.get_executor(), d / "auto", o, ec);
+        BOOST_TEST_REQUIRE(static_cast<bool>(df), ec.message());
+        BOOST_TEST(std::string(df->backend_name()) == (qed::io_uring_available() ? "io_uring" : "threads"));
+        o.direct = false;
+    }
     // Asking for io_uring explicitly fails cleanly when it isn't there.
     o.backend = qed::file_backend::io_uring;
     o.create = false;

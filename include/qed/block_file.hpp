@@ -34,7 +34,7 @@ struct file_identity {
 
 /// Which implementation backs a file opened from a path.
 enum class file_backend {
-    automatic,  ///< io_uring when a ring can be created, else threads
+    automatic,  ///< O_DIRECT: io_uring when a ring can be created, else threads; buffered: threads
     io_uring,   ///< boost::asio::random_access_file on io_uring
     threads,    ///< pread/pwrite on a thread pool
 };
