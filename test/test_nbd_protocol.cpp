@@ -24,7 +24,7 @@ using bytes = std::vector<std::byte>;
 
 bytes to_bytes(const std::string& s) {
     bytes b(s.size());
-    std::memcpy(b.data(), s.data(), s.size());
+    if (!s.empty()) std::memcpy(b.data(), s.data(), s.size());  // data() of an empty vector may be null
     return b;
 }
 std::string to_string(const bytes& b) {

@@ -16,14 +16,20 @@ namespace qed::detail {
 std::shared_ptr<boost::asio::thread_pool> blocking_pool();
 
 /// Run `work()` (returning a result) on `pool`, then call `done(result)` on
-/// `ex`. `ex` counts as busy meanwhile, so its io_context does not run out of work.
+/// `ex`. `ex` counts as busy meanwhile, so its io_context does not run out of
+/// work. That outstanding work is released on `ex`, after `done` ran, never
+/// on a pool thread: an application that stops running its io_context once
+/// its own condition holds may destroy it right away.
 template <class Work, class Done>
 void run_blocking(boost::asio::thread_pool& pool, const boost::asio::any_io_executor& ex, Work work, Done done) {
     auto tracked = boost::asio::prefer(ex, boost::asio::execution::outstanding_work.tracked);
     boost::asio::post(pool, [tracked = std::move(tracked), work = std::move(work), done = std::move(done)]() mutable {
         auto result = work();
-        boost::asio::post(tracked, [done = std::move(done), result = std::move(result)]() mutable {
+        const auto target = boost::asio::prefer(tracked, boost::asio::execution::outstanding_work.untracked);
+        boost::asio::post(target, [tracked = std::move(tracked), done = std::move(done),
+                                   result = std::move(result)]() mutable {
             std::move(done)(std::move(result));
+            auto release = std::move(tracked);
         });
     });
 }
