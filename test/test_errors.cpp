@@ -183,14 +183,20 @@ BOOST_DATA_TEST_CASE(every_io_fails_once, bdata::make(cases), c) {
     const long total = totals[c.kind];
     BOOST_TEST_MESSAGE(fault_plan::name(c.kind) << ": " << total << " operations in the scenario");
     long failed_points = 0;
-    // Each fault point twice: once the disk recovers right after the
+    // Each fault point twice per error: once the disk recovers right after the
     // workload (later requests on the same image must work), once it stays
     // armed through close (close must fail cleanly, the image reopen).
+    // Each with EIO (a failing disk) and ENOSPC (a full one).
+    const std::error_code errors[] = {std::make_error_code(std::errc::io_error),
+                                      std::make_error_code(std::errc::no_space_on_device)};
     for (long n = 0; n <= total; ++n) {
-        for (bool through_close : {false, true}) {
-            BOOST_TEST_CONTEXT("failing " << fault_plan::name(c.kind) << " #" << n
+        for (int variant = 0; variant < 4; ++variant) {
+            const bool through_close = variant & 1;
+            const std::error_code injected = errors[variant >> 1];
+            BOOST_TEST_CONTEXT("failing " << fault_plan::name(c.kind) << " #" << n << " with " << injected.message()
                                           << (through_close ? " (armed through close)" : "")) {
                 fixture f(c.backing);
+                f.plan->error = injected;
                 f.plan->fail_at[c.kind] = n;
                 auto [oec, img] = open(f.ioc, "img.qed", f.options());
                 if (oec) {
@@ -241,7 +247,8 @@ BOOST_DATA_TEST_CASE(every_io_fails_once, bdata::make(cases), c) {
             }
         }
     }
-    BOOST_TEST_MESSAGE(fault_plan::name(c.kind) << ": " << failed_points << " fault points exercised");
+    BOOST_TEST_MESSAGE(fault_plan::name(c.kind) << ": " << failed_points
+                                                << " faults injected (each point with EIO and ENOSPC, with and without the fault armed through close)");
     if (total > 0) BOOST_CHECK(failed_points > 0);
 }
 
