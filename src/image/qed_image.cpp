@@ -424,8 +424,14 @@ boost::asio::awaitable<std::error_code> qed_image::do_make_empty() {
             std::fill(l1_->data(), l1_->data() + l1_->size(), 0);
             cache_.clear_unused();
             const std::uint64_t end = std::max(geo_.header_bytes, header_.l1_table_offset + geo_.table_bytes);
-            if (auto ec = co_await co::resize(*file_, end)) co_return ec;
+            // Nothing past `end` is referenced any more: new clusters go there
+            // even if the file can't be cut back now (a failing or full disk);
+            // close tries again. Until the cut succeeds those bytes may hold
+            // old data, so physical_size_ stays and new clusters below it are
+            // written whole (prefill), as over any garbage.
             file_end_ = end;
+            tail_garbage_ = true;
+            if (auto ec = co_await co::resize(*file_, end)) co_return ec;
             physical_size_ = end;
             tail_garbage_ = false;
             co_return co_await co::flush(*file_);
