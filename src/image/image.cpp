@@ -1,4 +1,5 @@
 // The public image handle and the non-template entry points behind it.
+#include "block_file/blocking_pool.hpp"
 #include "image/backing.hpp"
 #include "image/co_io.hpp"
 #include "image/device.hpp"
@@ -50,24 +51,18 @@ void device::make_empty(op_handler handler) {
 namespace {
 
 /// A handle without an image: fail on the handler's own executor, never
-/// inside the initiating call.
-///
-/// The hop goes through the system executor (there is no image executor to
-/// use), and the handler's executor is kept busy meanwhile (tracked work) so
-/// that its io_context doesn't run out of work before the handler arrives.
-/// That tracked work is released on the handler's executor, after the
-/// handler ran -- never on the system thread: Asio's own post() would
-/// release it there whenever that thread got to it, possibly after the
-/// application destroyed the io_context (test_api crashed exactly so).
+/// inside the initiating call. The hop goes through the system executor
+/// (there is no image executor to use); hand_over() keeps the handler's
+/// io_context busy until the handler ran and lets go of it safely (test_api
+/// crashed when Asio's post() released it from the system thread later).
 template <class Handler, class... Args>
 void fail_no_image(Handler h, Args... args) {
     namespace execution = boost::asio::execution;
     auto work = boost::asio::prefer(boost::asio::get_associated_executor(h), execution::outstanding_work.tracked);
     boost::asio::post(boost::asio::system_executor(), [work = std::move(work), h = std::move(h), args...]() mutable {
-        auto target = boost::asio::prefer(work, execution::outstanding_work.untracked);
-        target.execute([work = std::move(work), h = std::move(h), args...]() mutable {
+        const auto target = boost::asio::prefer(work, execution::outstanding_work.untracked);
+        hand_over(target, std::move(work), [h = std::move(h), args...]() mutable {
             std::move(h)(make_error_code(errc::closed), std::move(args)...);
-            auto done = std::move(work);  // released here, on the handler's executor
         });
     });
 }
