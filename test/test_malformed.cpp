@@ -15,6 +15,7 @@
 //     image refuses a read-write open with errc::corrupt_image.
 #include "qed/image.hpp"
 
+#include "support/log_lines.hpp"
 #include "support/memory_fs.hpp"
 #include "support/model.hpp"
 #include "support/qed_inspect.hpp"
@@ -103,7 +104,7 @@ std::vector<std::uint8_t> expected_cluster(std::uint64_t guest, bool data) {
 struct env {
     boost::asio::io_context ioc;
     memory_fs fs{ioc.get_executor()};
-    std::vector<std::string> log;
+    log_lines log;
 
     void put(const std::string& name, const std::vector<std::uint8_t>& b) {
         auto st = std::make_shared<memory_storage>();
@@ -117,23 +118,15 @@ struct env {
         o.repair_on_open = repair;
         o.format = image_format::qed;
         o.opener = fs.opener();
-        o.log = [this](std::string_view l) { log.emplace_back(l); };
+        o.log = log.sink();
         return o;
     }
     std::pair<std::error_code, sync_image> open_image(bool read_only, bool repair = true) {
         log.clear();
         return open(ioc, "img.qed", options(read_only, repair));
     }
-    bool logged(const std::string& word) const {
-        for (const auto& l : log)
-            if (l.find(word) != std::string::npos) return true;
-        return false;
-    }
-    std::string all_log() const {
-        std::string s;
-        for (const auto& l : log) s += "\n    " + l;
-        return s;
-    }
+    bool logged(const std::string& word) const { return log.mentions(word); }
+    std::string all_log() const { return log.all(); }
 };
 
 // ===========================================================================

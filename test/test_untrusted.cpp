@@ -10,6 +10,7 @@
 // what is under test).
 #include "qed/image.hpp"
 
+#include "support/log_lines.hpp"
 #include "support/model.hpp"
 #include "support/sync.hpp"
 #include "support/tmp_dir.hpp"
@@ -39,7 +40,7 @@ struct fixture {
     tmp_dir root{"untrusted"};
     std::string a = root / "A";  // the allowed directory
     std::string b = root / "B";  // somewhere else
-    std::vector<std::string> log;
+    log_lines log;
 
     fixture() {
         fs::create_directories(a);
@@ -65,19 +66,11 @@ struct fixture {
         o.read_only = true;
         o.allowed_backing_dir = std::move(allowed);
         o.max_backing_depth = max_depth;
-        o.log = [this](std::string_view l) { log.emplace_back(l); };
+        o.log = log.sink();
         return open(ioc, path, o);
     }
-    bool logged(const std::string& word) const {
-        for (const auto& l : log)
-            if (l.find(word) != std::string::npos) return true;
-        return false;
-    }
-    std::string all_log() const {
-        std::string s;
-        for (const auto& l : log) s += "\n    " + l;
-        return s;
-    }
+    bool logged(const std::string& word) const { return log.mentions(word); }
+    std::string all_log() const { return log.all(); }
     /// The first sector of the guest: which raw file it came from.
     std::uint64_t first_tag(sync_image& img) {
         std::vector<std::uint8_t> got(512);
@@ -273,7 +266,7 @@ BOOST_AUTO_TEST_CASE(a_read_write_open_of_a_refused_image_changes_nothing) {
     pwrite_file(f.a + "/top.qed", 0, bytes.data(), bytes.size());
     open_options o;
     o.allowed_backing_dir = f.a;
-    o.log = [&f](std::string_view l) { f.log.emplace_back(l); };
+    o.log = f.log.sink();
     auto [ec, img] = open(f.ioc, f.a + "/top.qed", o);
     BOOST_CHECK(ec == errc::backing_not_allowed);
     BOOST_CHECK(read_file(f.a + "/top.qed") == bytes);

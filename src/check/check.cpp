@@ -75,7 +75,7 @@ boost::asio::awaitable<std::error_code> run_check(qed_image& img, check_options:
     for (std::uint32_t i = 0; i < l1.size(); ++i) {
         const std::uint64_t off = l1[i];
         if (off == 0) continue;
-        if (!g.valid_table_offset(off, end) || img.inside_l1(off, g.table_bytes)) {
+        if (!img.valid_l2_offset(off)) {  // (img.file_end_ == end during the walk)
             note("L1 entry " + std::to_string(i) + ": invalid L2 table offset " + hex(off) +
                  (img.inside_l1(off, g.table_bytes) ? " (inside the L1 table)" : "") +
                  (fix_corruptions ? " (cleared)" : ""));
@@ -102,7 +102,7 @@ boost::asio::awaitable<std::error_code> run_check(qed_image& img, check_options:
         for (std::uint32_t j = 0; j < l2.size(); ++j) {
             const std::uint64_t e = l2[j];
             if (e == 0 || e == zero_cluster_entry) continue;
-            if (!g.valid_cluster_offset(e, end) || img.inside_l1(e, g.cluster_size)) {
+            if (!img.valid_data_offset(e)) {
                 note("L2 table at " + hex(off) + " entry " + std::to_string(j) + ": invalid cluster offset " +
                      hex(e) + (img.inside_l1(e, g.cluster_size) ? " (inside the L1 table)" : "") +
                      (fix_corruptions ? " (cleared)" : ""));
