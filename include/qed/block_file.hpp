@@ -9,6 +9,7 @@
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/buffer.hpp>
+#include <boost/system/error_code.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -21,9 +22,9 @@
 namespace qed {
 
 /// Completion of a transfer: error, and bytes transferred (all of them on success).
-using io_handler = boost::asio::any_completion_handler<void(std::error_code, std::size_t)>;
+using io_handler = boost::asio::any_completion_handler<void(boost::system::error_code, std::size_t)>;
 /// Completion of an operation without a byte count.
-using op_handler = boost::asio::any_completion_handler<void(std::error_code)>;
+using op_handler = boost::asio::any_completion_handler<void(boost::system::error_code)>;
 
 /// Identity of the storage behind a file, for backing-chain loop detection.
 struct file_identity {

@@ -1,8 +1,17 @@
 // Error codes of the QED library.
 //
-// Format and state errors are std::error_code values in the `qed` category;
+// Format and state errors are error codes in the `qed` category;
 // operating-system errors keep std::system_category (errno values).
+//
+// Completion handlers receive boost::system::error_code (as Asio's own do, so
+// use_future and use_awaitable throw boost::system::system_error). It holds
+// a std::error_code of the `qed` category unchanged, converts to and from
+// std::error_code, and compares with qed::errc directly:
+// `ec == qed::errc::read_only` holds for either type.
 #pragma once
+
+#include <boost/system/error_code.hpp>
+#include <boost/system/is_error_code_enum.hpp>
 
 #include <string>
 #include <system_error>
@@ -57,3 +66,7 @@ inline std::error_code make_error_code(errc e) noexcept {
 
 template <>
 struct std::is_error_code_enum<qed::errc> : std::true_type {};
+// Lets `boost_ec = qed::errc::x` assign, as construction and comparison
+// already do through std::is_error_code_enum (Boost.System 1.81).
+template <>
+struct boost::system::is_error_code_enum<qed::errc> : std::true_type {};

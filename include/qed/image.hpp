@@ -161,11 +161,11 @@ public:
 
     // ---- creation and opening -------------------------------------------
 
-    /// Create an image file. Signature: void(std::error_code).
+    /// Create an image file. Signature: void(boost::system::error_code).
     template <class Token>
     static auto async_create(const executor_type& ex, std::string path, create_options options, Token&& token);
 
-    /// Open an image file. Signature: void(std::error_code, image).
+    /// Open an image file. Signature: void(boost::system::error_code, image).
     template <class Token>
     static auto async_open(const executor_type& ex, std::string path, open_options options, Token&& token);
 
@@ -176,18 +176,18 @@ public:
 
     // ---- I/O ------------------------------------------------------------
 
-    /// Signature: void(std::error_code, std::size_t bytes).
+    /// Signature: void(boost::system::error_code, std::size_t bytes).
     template <class MutableBufferSequence, class Token>
     auto async_read_at(std::uint64_t offset, const MutableBufferSequence& buffers, Token&& token);
 
-    /// Signature: void(std::error_code, std::size_t bytes).
+    /// Signature: void(boost::system::error_code, std::size_t bytes).
     template <class ConstBufferSequence, class Token>
     auto async_write_at(std::uint64_t offset, const ConstBufferSequence& buffers, Token&& token);
     template <class ConstBufferSequence, class Token>
     auto async_write_at(std::uint64_t offset, const ConstBufferSequence& buffers, write_options options,
                         Token&& token);
 
-    /// Make [offset, offset + length) read as zeros. Signature: void(std::error_code).
+    /// Make [offset, offset + length) read as zeros. Signature: void(boost::system::error_code).
     template <class Token>
     auto async_write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options, Token&& token);
     template <class Token>
@@ -195,12 +195,12 @@ public:
         return async_write_zeroes(offset, length, zero_options{}, std::forward<Token>(token));
     }
 
-    /// Make every completed write durable. Signature: void(std::error_code).
+    /// Make every completed write durable. Signature: void(boost::system::error_code).
     template <class Token>
     auto async_flush(Token&& token);
 
     /// Allocation status of [offset, offset + length), as extents covering
-    /// the whole range. Signature: void(std::error_code, std::vector<extent>).
+    /// the whole range. Signature: void(boost::system::error_code, std::vector<extent>).
     template <class Token>
     auto async_block_status(std::uint64_t offset, std::uint64_t length, Token&& token);
 
@@ -208,7 +208,7 @@ public:
 
     /// Consistency check, with optional repair. Waits for requests in
     /// flight and holds new ones back while it runs.
-    /// Signature: void(std::error_code, check_result).
+    /// Signature: void(boost::system::error_code, check_result).
     template <class Token>
     auto async_check(check_options options, Token&& token);
 
@@ -217,21 +217,21 @@ public:
     /// power loss, so a name longer than the header's first block must fit
     /// in the header clusters without overlapping the current name (always
     /// true up to half the header area); else errc::backing_name_too_long.
-    /// Signature: void(std::error_code).
+    /// Signature: void(boost::system::error_code).
     template <class Token>
     auto async_change_backing_file(std::string name, std::optional<image_format> format, Token&& token);
 
-    /// Grow the guest size (shrinking is refused). Signature: void(std::error_code).
+    /// Grow the guest size (shrinking is refused). Signature: void(boost::system::error_code).
     template <class Token>
     auto async_grow(std::uint64_t new_size, Token&& token);
 
     /// Drop every cluster of the image so it reads from its backing file
-    /// again (used by commit). Signature: void(std::error_code).
+    /// again (used by commit). Signature: void(boost::system::error_code).
     template <class Token>
     auto async_make_empty(Token&& token);
 
     /// Finish requests in flight, flush, mark the image clean, close the
-    /// chain. Signature: void(std::error_code).
+    /// chain. Signature: void(boost::system::error_code).
     template <class Token>
     auto async_close(Token&& token);
 

@@ -77,7 +77,7 @@ boost::asio::awaitable<std::error_code> qed_image::do_block_status(std::uint64_t
                     if (in_backing) {
                         device* b = backing_.get();  // backing_ owns it; see co_io.hpp on captures
                         auto [ec, ext] = co_await boost::asio::async_initiate<decltype(co::use_tuple),
-                                                                               void(std::error_code, std::vector<extent>)>(
+                                                                               void(boost::system::error_code, std::vector<extent>)>(
                             [b, pos, in_backing, depth](auto done) {
                                 b->block_status(pos, in_backing, depth + 1, status_handler(std::move(done)));
                             },

@@ -30,13 +30,13 @@ inline constexpr auto use_tuple = boost::asio::as_tuple(boost::asio::use_awaitab
 template <class Start>
 boost::asio::awaitable<std::error_code> op(Start start) {
     static_assert(std::is_trivially_destructible_v<Start>, "capture only references/pointers (GCC 12 coroutine bug)");
-    auto [ec] = co_await boost::asio::async_initiate<decltype(use_tuple), void(std::error_code)>(
+    auto [ec] = co_await boost::asio::async_initiate<decltype(use_tuple), void(boost::system::error_code)>(
         [](auto handler, Start s) { s(op_handler(std::move(handler))); }, use_tuple, start);
     co_return ec;
 }
 
 inline boost::asio::awaitable<std::error_code> read(block_file& f, std::uint64_t offset, void* data, std::size_t n) {
-    auto [ec, got] = co_await boost::asio::async_initiate<decltype(use_tuple), void(std::error_code, std::size_t)>(
+    auto [ec, got] = co_await boost::asio::async_initiate<decltype(use_tuple), void(boost::system::error_code, std::size_t)>(
         [&f, offset, data, n](auto handler) {
             const boost::asio::mutable_buffer b(data, n);
             f.async_read_at(offset, {&b, 1}, io_handler(std::move(handler)));
@@ -48,7 +48,7 @@ inline boost::asio::awaitable<std::error_code> read(block_file& f, std::uint64_t
 
 inline boost::asio::awaitable<std::error_code> write(block_file& f, std::uint64_t offset, const void* data,
                                                      std::size_t n) {
-    auto [ec, put] = co_await boost::asio::async_initiate<decltype(use_tuple), void(std::error_code, std::size_t)>(
+    auto [ec, put] = co_await boost::asio::async_initiate<decltype(use_tuple), void(boost::system::error_code, std::size_t)>(
         [&f, offset, data, n](auto handler) {
             const boost::asio::const_buffer b(data, n);
             f.async_write_at(offset, {&b, 1}, io_handler(std::move(handler)));
