@@ -13,6 +13,7 @@
 
 #include "common/args.hpp"
 #include "common/driver.hpp"
+#include "qed/version.hpp"
 #include "qed_io/commands.hpp"
 #include "qed_io/session.hpp"
 
@@ -140,7 +141,7 @@ int run(int argc, char** argv) {
         return 0;
     }
     if (args->has("version")) {
-        std::printf("qed-io version 0.1.0\n");
+        std::printf("qed-io version " QED_VERSION "\nCopyright (c) 2026 the qed developers\n");
         return 0;
     }
     if (args->has("object") || args->has("image-opts")) {
