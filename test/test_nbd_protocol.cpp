@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-nbd at the protocol level, with a minimal client on raw sockets:
 // the handshake as the NBD document describes it, the replies to good and
 // bad requests, limits, many requests in flight, clients that misbehave or

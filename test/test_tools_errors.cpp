@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Bad arguments and bad images: qed-img and qed-io must answer with one
 // readable line naming the file and the problem, a non-zero exit status,
 // no crash, no hang, and the image exactly as it was.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The block file seam: the only way the driver touches storage.
 //
 // Backends: io_uring (boost::asio::random_access_file in mixed mode), a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Error codes of the QED library.
 //
 // Format and state errors are std::error_code values in the `qed` category;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The QED on-disk format: constants, the header, and its validation.
 //
 // Everything here is pure computation on bytes and numbers: no I/O.

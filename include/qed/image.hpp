@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The image API: create, open, read, write, write-zeroes, flush, block
 // status, check, change backing file, grow, close.
 //

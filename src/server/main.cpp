@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-nbd: serve a QED (or raw) image over NBD. The command line follows
 // qemu-nbd's so that one can stand in for the other in scripts.
 #include <fcntl.h>

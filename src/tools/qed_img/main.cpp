@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-img: create, inspect, check, convert and modify QED and raw images,
 // with qemu-img's command syntax, outputs and exit statuses.
 #include <cstdio>

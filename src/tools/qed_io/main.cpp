@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-io: exercise an image with qemu-io's commands, given with -c or read
 // from standard input.
 #include <unistd.h>
