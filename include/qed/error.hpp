@@ -56,5 +56,7 @@ inline std::error_code make_error_code(errc e) noexcept {
 
 }  // namespace qed
 
+/// \cond
 template <>
 struct std::is_error_code_enum<qed::errc> : std::true_type {};
+/// \endcond
