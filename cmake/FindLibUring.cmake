@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSL-1.0
 # Finds liburing (Debian: liburing-dev) and defines LibUring::LibUring.
 find_path(LIBURING_INCLUDE_DIR NAMES liburing.h)
 find_library(LIBURING_LIBRARY NAMES uring)

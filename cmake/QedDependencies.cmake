@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSL-1.0
 # Boost 1.81 (header-only: Asio, Container, Test) and liburing, from Debian.
 find_package(Boost 1.81 REQUIRED)
 find_package(Threads REQUIRED)

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The asynchronous API contract: completion tokens (callbacks, use_future,
 // use_awaitable, deferred), handlers never invoked inside the initiating
 // call, handlers on the image's executor (a strand with two threads) or on

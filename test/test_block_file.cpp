@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The block_file contract, for every backend: memory, threads, io_uring (when
 // a ring can be created), and O_DIRECT real files on threads and io_uring.
 #include "qed/block_file.hpp"

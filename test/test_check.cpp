@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Consistency check and repair: the counts it reports, leaks (trailing ones
 // cut off, interior ones only counted), corruptions (invalid L1/L2 offsets
 // cleared by repair=all, double references left alone), NEED_CHECK on open,

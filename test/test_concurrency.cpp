@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Hundreds of requests in flight against a reference model: overlapping
 // allocating writes to the same and neighbouring clusters, reads racing
 // allocations, writes and zeroes crossing L2-table boundaries, with and

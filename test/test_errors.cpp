@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Error paths: the file fails the n-th read, write, flush or resize, for
 // every n a workload reaches (so every step of the state machine fails once:
 // header dirty write, prefill reads, data writes, flush before L2, L2 and L1

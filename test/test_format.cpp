@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The QED on-disk format: header encoding, constants, validation, the
 // maximum image size and the geometry helpers (pure computation, no I/O).
 #include "qed/format.hpp"

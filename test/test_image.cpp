@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The image API, operation by operation: create options, opening (read-only,
 // read-write, the backing chain), read / write / write-zeroes / flush /
 // close semantics, block status, info(), change backing file, grow,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Interoperability with QEMU 7.2 (qemu-img, qemu-io), both ways:
 //  (a) our async_create writes exactly what `qemu-img create -f qed` writes;
 //  (b) images created and written by qemu-io read back correctly through us;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The L2 table cache: bounded LRU of unused entries, entries in use never
 // evicted; and, at image level, many L2 tables through a one-entry cache
 // with many requests in flight (QEMU bug 9: an in-use entry evicted lost

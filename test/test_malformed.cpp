@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Malformed images: one case per way an image can be wrong.
 //
 // Images are crafted byte by byte (header, L1, L2 tables, data clusters at

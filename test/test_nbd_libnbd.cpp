@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-nbd with libnbd's clients: nbdinfo (export information, --list,
 // --map for holes and zero clusters) and nbdcopy in both directions, with
 // one connection and with multi-conn, over TCP and a Unix socket.

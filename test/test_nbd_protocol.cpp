@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-nbd at the protocol level, with a minimal client on raw sockets:
 // the handshake as the NBD document describes it, the replies to good and
 // bad requests, limits, many requests in flight, clients that misbehave or
@@ -8,6 +9,7 @@
 
 #include <map>
 
+#include "qed/version.hpp"
 #include "server/nbd_protocol.hpp"
 #include "test_nbd_support.hpp"
 
@@ -843,7 +845,9 @@ BOOST_AUTO_TEST_CASE(command_line_errors) {
     const auto help = run({server_binary(), "--help"}, dir.path());
     BOOST_CHECK_EQUAL(help.status, 0);
     BOOST_CHECK(help.out.find("--persistent") != std::string::npos);
-    BOOST_CHECK_EQUAL(run({server_binary(), "-V"}, dir.path()).status, 0);
+    const auto version = run({server_binary(), "-V"}, dir.path());
+    BOOST_CHECK_EQUAL(version.status, 0);
+    BOOST_CHECK_EQUAL(version.out.substr(0, version.out.find('\n')), "qed-nbd " QED_VERSION);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

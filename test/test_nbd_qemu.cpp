@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-nbd with QEMU's NBD client: qemu-img convert/compare/map and qemu-io
 // over nbd://127.0.0.1:PORT, several clients at once, a client killed in
 // the middle of a transfer; afterwards QEMU's own QED driver checks and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Helpers shared by the qed-nbd tests: temporary directories, child
 // processes with time limits (the server, qemu-img, nbdcopy...), and a
 // server fixture that always kills what it started.

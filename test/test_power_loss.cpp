@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Power loss at every I/O.
 //
 // crash_at_every_io: a workload (several streams of guest requests running

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // One regression test per QEMU QED bug in shared/REFERENCE.md that applies
 // to a library. Each test fails under QEMU's behaviour.
 #include "qed/image.hpp"

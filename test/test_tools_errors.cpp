@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Bad arguments and bad images: qed-img and qed-io must answer with one
 // readable line naming the file and the problem, a non-zero exit status,
 // no crash, no hang, and the image exactly as it was.
@@ -6,6 +7,7 @@
 #include <boost/test/unit_test.hpp>
 #include <map>
 
+#include "qed/version.hpp"
 #include "test_tools_support.hpp"
 
 namespace data = boost::unit_test::data;
@@ -171,6 +173,20 @@ BOOST_AUTO_TEST_CASE(help_and_version) {
     BOOST_CHECK(h.out.find("aio_write") != std::string::npos);
     // "bench" belongs to another issue; until then it is an unknown command.
     BOOST_CHECK_EQUAL(s.img({"bench", "x"}).status, 1);
+}
+
+// The version comes from project(VERSION) through qed/version.hpp, in the
+// shape of qemu-img's and qemu-io's first line.
+BOOST_AUTO_TEST_CASE(version_is_the_library_version) {
+    scratch s;
+    for (const auto& opt : {"-V", "--version"}) {
+        const result img = s.img({opt});
+        BOOST_CHECK_EQUAL(img.status, 0);
+        BOOST_CHECK_EQUAL(img.out.substr(0, img.out.find('\n')), "qed-img version " QED_VERSION);
+        const result io = s.io({opt});
+        BOOST_CHECK_EQUAL(io.status, 0);
+        BOOST_CHECK_EQUAL(io.out.substr(0, io.out.find('\n')), "qed-io version " QED_VERSION);
+    }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

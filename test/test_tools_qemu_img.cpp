@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-img against qemu-img 7.2: each command is run by both tools on images
 // that qemu-img and qemu-io made, and the results are compared: exit
 // statuses, standard output, the JSON of info, check and map field by

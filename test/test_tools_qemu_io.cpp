@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-io against qemu-io 7.2: the same command scripts run by both tools on
 // copies of images made by qemu-img; their output lines (timing lines
 // aside), error lines, exit statuses and the resulting images must agree.

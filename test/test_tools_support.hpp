@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Helpers for the tools' tests (test_tools_*.cpp): run qed-img, qed-io,
 // qemu-img and qemu-io as child processes with a time limit, capture their
 // output, and work in a scratch directory.

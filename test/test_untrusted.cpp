@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Untrusted images: the backing file name is a path chosen by whoever made
 // the image. With open_options::allowed_backing_dir set (qed-nbd sets it by
 // default), every backing file must resolve inside that directory --

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The block file seam: the only way the driver touches storage.
 //
 // Backends: io_uring (boost::asio::random_access_file in mixed mode), a
@@ -28,8 +29,9 @@ using op_handler = boost::asio::any_completion_handler<void(boost::system::error
 
 /// Identity of the storage behind a file, for backing-chain loop detection.
 struct file_identity {
-    std::uint64_t device = 0;
-    std::uint64_t inode = 0;
+    std::uint64_t device = 0;  ///< st_dev
+    std::uint64_t inode = 0;  ///< st_ino
+    /// Same device and inode: the same file.
     friend bool operator==(const file_identity&, const file_identity&) = default;
 };
 
@@ -42,10 +44,10 @@ enum class file_backend {
 
 /// Options for opening a file from a path.
 struct file_options {
-    bool read_only = true;
+    bool read_only = true;  ///< open O_RDONLY
     bool create = false;     ///< create (truncate) the file
     bool direct = false;     ///< O_DIRECT: bypass the host page cache
-    file_backend backend = file_backend::automatic;
+    file_backend backend = file_backend::automatic;  ///< which implementation to use
 };
 
 /// Asynchronous random-access file.
@@ -63,14 +65,20 @@ struct file_options {
 ///  - Not thread-safe: call from the executor's thread (or strand).
 class block_file {
 public:
+    /// The executor handlers run on.
     using executor_type = boost::asio::any_io_executor;
 
     virtual ~block_file() = default;
 
+    /// The executor the file's handlers run on.
     virtual executor_type get_executor() const = 0;
 
+    /// Read into `buffers` from `offset`; the handler gets the bytes read (all of
+    /// them on success; zeros past end of file).
     virtual void async_read_at(std::uint64_t offset, std::span<const boost::asio::mutable_buffer> buffers,
                                io_handler handler) = 0;
+    /// Write `buffers` at `offset`, growing the file if needed; the handler
+    /// gets the bytes written (all of them on success).
     virtual void async_write_at(std::uint64_t offset, std::span<const boost::asio::const_buffer> buffers,
                                 io_handler handler) = 0;
     /// fdatasync: every write completed before this call reaches stable storage.
@@ -96,7 +104,9 @@ public:
         run = length;
         return {};
     }
+    /// Device and inode of the file (memory files: a unique id).
     virtual file_identity identity() const noexcept = 0;
+    /// Whether the file was opened read-only (writes then fail with EBADF).
     virtual bool read_only() const noexcept = 0;
     /// A short name for messages ("io_uring", "threads", "memory", ...).
     virtual const char* backend_name() const noexcept = 0;
@@ -118,9 +128,13 @@ public:
     memory_storage(const memory_storage&) = delete;
     memory_storage& operator=(const memory_storage&) = delete;
 
+    /// Size in bytes.
     std::uint64_t size() const noexcept;
+    /// Grow with zeros or truncate to `size` bytes.
     void resize(std::uint64_t size);
+    /// Copy bytes from `offset` into `out` (zeros past the end).
     void read(std::uint64_t offset, std::span<std::byte> out) const;
+    /// Copy `in` to `offset`, growing the storage if needed.
     void write(std::uint64_t offset, std::span<const std::byte> in);
     /// Zero [offset, offset + length) within the current size, dropping whole pages.
     void punch(std::uint64_t offset, std::uint64_t length);
@@ -130,6 +144,7 @@ public:
     void allocation(std::uint64_t offset, std::uint64_t length, bool& data, std::uint64_t& run) const;
     /// Bytes of memory actually held.
     std::uint64_t memory_used() const noexcept;
+    /// A number unique to this storage (its file_identity inode).
     std::uint64_t id() const noexcept { return id_; }
 
 private:

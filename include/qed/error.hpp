@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Error codes of the QED library.
 //
 // Format and state errors are error codes in the `qed` category;
@@ -64,9 +65,11 @@ inline std::error_code make_error_code(errc e) noexcept {
 
 }  // namespace qed
 
+/// \cond
 template <>
 struct std::is_error_code_enum<qed::errc> : std::true_type {};
 // Lets `boost_ec = qed::errc::x` assign, as construction and comparison
 // already do through std::is_error_code_enum (Boost.System 1.81).
 template <>
 struct boost::system::is_error_code_enum<qed::errc> : std::true_type {};
+/// \endcond

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The QED on-disk format: constants, the header, and its validation.
 //
 // Everything here is pure computation on bytes and numbers: no I/O.
@@ -44,19 +45,21 @@ inline constexpr std::uint64_t max_addressable_size = 0x7fff'ffff'ffff'fe00ULL;
 
 /// The fixed 64-byte header, in host byte order.
 struct header {
-    std::uint32_t magic = qed::magic;
-    std::uint32_t cluster_size = default_cluster_size;
-    std::uint32_t table_size = default_table_size;
+    std::uint32_t magic = qed::magic;  ///< "QED\0" as a little-endian number
+    std::uint32_t cluster_size = default_cluster_size;  ///< bytes per cluster, a power of two
+    std::uint32_t table_size = default_table_size;  ///< clusters per L1 or L2 table
     std::uint32_t header_size = 1;  ///< in clusters
-    std::uint64_t features = 0;
-    std::uint64_t compat_features = 0;
-    std::uint64_t autoclear_features = 0;
+    std::uint64_t features = 0;            ///< feature bits an opener must understand
+    std::uint64_t compat_features = 0;     ///< bits an opener may ignore
+    std::uint64_t autoclear_features = 0;  ///< bits a writer that does not know them clears
     std::uint64_t l1_table_offset = 0;  ///< in bytes
     std::uint64_t image_size = 0;       ///< guest-visible size, in bytes
-    std::uint32_t backing_filename_offset = 0;
-    std::uint32_t backing_filename_size = 0;
+    std::uint32_t backing_filename_offset = 0;  ///< bytes from the file start; 0 without a backing file
+    std::uint32_t backing_filename_size = 0;  ///< bytes of the name, no terminator
 
+    /// Whether feature bit `f` is set.
     bool has(feature f) const noexcept { return (features & f) != 0; }
+    /// Field-by-field equality.
     friend bool operator==(const header&, const header&) = default;
 };
 
@@ -81,26 +84,32 @@ std::error_code validate(const header& h, std::uint64_t file_size, std::string* 
 
 /// Derived addressing constants of a valid header.
 struct geometry {
-    std::uint32_t cluster_size = 0;
-    std::uint32_t table_size = 0;
+    std::uint32_t cluster_size = 0;  ///< bytes per cluster
+    std::uint32_t table_size = 0;    ///< clusters per table
     std::uint32_t cluster_bits = 0;  ///< log2(cluster_size)
     std::uint32_t table_entries = 0; ///< entries per L1 or L2 table
     std::uint32_t l2_bits = 0;       ///< log2(table_entries)
     std::uint64_t table_bytes = 0;   ///< table_size * cluster_size
     std::uint64_t header_bytes = 0;  ///< header_size * cluster_size
 
+    /// The geometry of `h` (which must be valid).
     explicit geometry(const header& h) noexcept;
+    /// All zeros: no image.
     geometry() = default;
 
+    /// Index in the L1 table of the L2 table that maps guest offset `pos`.
     std::uint64_t l1_index(std::uint64_t pos) const noexcept {
         return pos >> (cluster_bits + l2_bits);
     }
+    /// Index in its L2 table of the entry that maps guest offset `pos`.
     std::uint32_t l2_index(std::uint64_t pos) const noexcept {
         return static_cast<std::uint32_t>((pos >> cluster_bits) & (table_entries - 1));
     }
+    /// Offset of `pos` inside its cluster.
     std::uint64_t offset_in_cluster(std::uint64_t pos) const noexcept {
         return pos & (cluster_size - 1);
     }
+    /// `pos` rounded down to the start of its cluster.
     std::uint64_t start_of_cluster(std::uint64_t pos) const noexcept {
         return pos & ~std::uint64_t{cluster_size - 1};
     }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The image API: create, open, read, write, write-zeroes, flush, block
 // status, check, change backing file, grow, close.
 //
@@ -43,99 +44,111 @@ using file_opener =
 /// Receives one-line diagnostics (why an open failed, what a repair did).
 using log_sink = std::function<void(std::string_view)>;
 
+/// How async_create makes an image.
 struct create_options {
-    image_format format = image_format::qed;
+    image_format format = image_format::qed;  ///< qed or raw
     /// Guest size, rounded up to 512. Left out with a backing file: the
     /// backing file's size.
     std::optional<std::uint64_t> size;
-    std::uint32_t cluster_size = default_cluster_size;
-    std::uint32_t table_size = default_table_size;
+    std::uint32_t cluster_size = default_cluster_size;  ///< QED: bytes per cluster, a power of two, 4 KiB to 64 MiB
+    std::uint32_t table_size = default_table_size;      ///< QED: clusters per table, a power of two, 1 to 16
     std::string backing_file;                   ///< empty: none
     std::optional<image_format> backing_format; ///< raw sets BACKING_FORMAT_NO_PROBE
-    file_backend backend = file_backend::automatic;
-    file_opener opener;
+    file_backend backend = file_backend::automatic;  ///< file implementation for the new file
+    file_opener opener;                              ///< empty: open_file
 };
 
+/// How async_open opens an image and its backing chain.
 struct open_options {
-    bool read_only = false;
+    bool read_only = false;  ///< open the image (its backing files always are) read-only
     std::optional<image_format> format;  ///< nullopt: probe the magic
-    file_backend backend = file_backend::automatic;
+    file_backend backend = file_backend::automatic;  ///< file implementation
     bool direct = false;                 ///< O_DIRECT (cache=none)
     std::size_t l2_cache_size = 50;      ///< L2 tables kept in memory
     /// Quiet time after the last allocating write before NEED_CHECK is cleared.
     std::chrono::milliseconds need_check_timeout{5000};
-    unsigned max_backing_depth = 16;
+    unsigned max_backing_depth = 16;  ///< longer backing chains are refused
     /// When set, every backing file must resolve inside this directory.
     std::optional<std::string> allowed_backing_dir;
     bool open_backing = true;    ///< false: leave the backing file closed (metadata tools)
     bool repair_on_open = true;  ///< read-write open of a dirty image checks and repairs it
-    file_opener opener;
-    log_sink log;
+    file_opener opener;  ///< empty: open_file
+    log_sink log;        ///< empty: diagnostics are dropped
 };
 
 /// What an image is (all from memory, no I/O).
 struct image_info {
-    std::string filename;
-    image_format format = image_format::qed;
-    std::uint64_t virtual_size = 0;
+    std::string filename;                     ///< the name the image was opened by
+    image_format format = image_format::qed;  ///< qed or raw
+    std::uint64_t virtual_size = 0;           ///< guest size in bytes
     std::uint64_t file_size = 0;  ///< bytes of the image file
-    bool read_only = false;
+    bool read_only = false;       ///< opened read-only
     std::string backend;          ///< file backend ("io_uring", "threads", "memory")
     std::uint32_t request_alignment = sector_size;  ///< offsets and lengths must be multiples of this
     // QED only:
-    std::uint32_t cluster_size = 0;
-    std::uint32_t table_size = 0;
-    std::uint32_t header_size = 0;
-    std::uint64_t l1_table_offset = 0;
-    std::uint64_t features = 0;
-    std::uint64_t compat_features = 0;
-    std::uint64_t autoclear_features = 0;
+    std::uint32_t cluster_size = 0;        ///< QED: bytes per cluster
+    std::uint32_t table_size = 0;          ///< QED: clusters per table
+    std::uint32_t header_size = 0;         ///< QED: header clusters
+    std::uint64_t l1_table_offset = 0;     ///< QED: byte offset of the L1 table
+    std::uint64_t features = 0;            ///< QED: feature bits
+    std::uint64_t compat_features = 0;     ///< QED: compatible feature bits
+    std::uint64_t autoclear_features = 0;  ///< QED: auto-clear feature bits
     bool need_check = false;  ///< the NEED_CHECK bit as it is on disk now
     std::string backing_file;       ///< as stored in the header
     std::string backing_file_full;  ///< resolved against the image's directory
-    std::optional<image_format> backing_format;
+    std::optional<image_format> backing_format;  ///< raw when the header says NO_PROBE; nullopt: probed
     unsigned chain_depth = 0;  ///< backing files below this image that are open
 };
 
 /// One run of the guest address space with uniform allocation status.
 struct extent {
     std::uint64_t offset = 0;  ///< guest offset
-    std::uint64_t length = 0;
+    std::uint64_t length = 0;  ///< bytes
     unsigned depth = 0;    ///< chain level that supplies the data (0 = this image)
     bool present = false;  ///< allocated somewhere in the chain
     bool zero = false;     ///< reads as zeros
     bool data = false;     ///< backed by data in a file
     std::optional<std::uint64_t> host_offset;  ///< offset in the file at `depth`
+    /// Field-by-field equality.
     friend bool operator==(const extent&, const extent&) = default;
 };
 
+/// What async_check does besides checking.
 struct check_options {
-    enum class repair { none, leaks, all };
-    repair mode = repair::none;
+    /// What to repair (as qemu-img check -r).
+    enum class repair {
+        none,   ///< report only
+        leaks,  ///< free leaked clusters
+        all,    ///< also clear invalid table entries
+    };
+    repair mode = repair::none;  ///< what to repair
 };
 
+/// What async_check found and did.
 struct check_result {
     std::uint64_t corruptions = 0;        ///< remaining after any repair
     std::uint64_t leaks = 0;              ///< remaining after any repair
     std::uint64_t check_errors = 0;       ///< I/O errors while checking
-    std::uint64_t corruptions_fixed = 0;
-    std::uint64_t leaks_fixed = 0;
+    std::uint64_t corruptions_fixed = 0;  ///< corruptions repaired
+    std::uint64_t leaks_fixed = 0;        ///< leaked clusters freed
     std::uint64_t total_clusters = 0;     ///< guest size in clusters
     std::uint64_t allocated_clusters = 0; ///< data clusters in this image
-    std::uint64_t fragmented_clusters = 0;
+    std::uint64_t fragmented_clusters = 0; ///< data clusters not following their predecessor
     std::uint64_t image_end_offset = 0;   ///< end of the last used cluster
     bool need_check_cleared = false;      ///< repair cleared NEED_CHECK
     std::vector<std::string> messages;    ///< one line per problem found
 };
 
+/// Options of one write.
 struct write_options {
     bool fua = false;  ///< force unit access: durable when the handler runs
 };
 
+/// Options of one write-zeroes.
 struct zero_options {
     /// false (NBD's NO_HOLE): write real zeros, keep storage allocated.
     bool may_unmap = true;
-    bool fua = false;
+    bool fua = false;  ///< force unit access: durable when the handler runs
 };
 
 namespace detail {
@@ -145,16 +158,23 @@ class device;
 /// A handle to an open image (cheap to copy; all copies share the image).
 class image {
 public:
+    /// The executor handlers run on (unless a handler has its own).
     using executor_type = boost::asio::any_io_executor;
 
+    /// A handle without an image: operations fail with errc::closed (get_executor() throws it).
     image() = default;
+    /// A handle on an opened device (the library's own use).
     explicit image(std::shared_ptr<detail::device> dev) noexcept : dev_(std::move(dev)) {}
 
+    /// Whether the handle refers to an image that is not closed.
     bool is_open() const noexcept;
+    /// is_open().
     explicit operator bool() const noexcept { return is_open(); }
+    /// The executor the image lives on.
     executor_type get_executor() const;
     /// Guest size in bytes.
     std::uint64_t size() const;
+    /// What the image is, from memory (no I/O).
     image_info info() const;
     /// The backing image, if one is open (a handle sharing this image's chain).
     image backing() const;
@@ -183,6 +203,7 @@ public:
     /// Signature: void(boost::system::error_code, std::size_t bytes).
     template <class ConstBufferSequence, class Token>
     auto async_write_at(std::uint64_t offset, const ConstBufferSequence& buffers, Token&& token);
+    /// As above, with per-write options (FUA). Signature: void(std::error_code, std::size_t bytes).
     template <class ConstBufferSequence, class Token>
     auto async_write_at(std::uint64_t offset, const ConstBufferSequence& buffers, write_options options,
                         Token&& token);
@@ -190,6 +211,7 @@ public:
     /// Make [offset, offset + length) read as zeros. Signature: void(boost::system::error_code).
     template <class Token>
     auto async_write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options, Token&& token);
+    /// As above with the default zero_options (unmapping allowed).
     template <class Token>
     auto async_write_zeroes(std::uint64_t offset, std::uint64_t length, Token&& token) {
         return async_write_zeroes(offset, length, zero_options{}, std::forward<Token>(token));
@@ -235,6 +257,7 @@ public:
     template <class Token>
     auto async_close(Token&& token);
 
+    /// The device behind the handle (the library's own use).
     const std::shared_ptr<detail::device>& device() const noexcept { return dev_; }
 
 private:

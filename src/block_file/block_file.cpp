@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Defaults of the block file seam.
 #include "qed/block_file.hpp"
 

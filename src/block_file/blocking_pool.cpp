@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include "block_file/blocking_pool.hpp"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A process-wide thread pool for system calls that would block the event
 // loop: pread/pwrite of the threads backend, and fdatasync/ftruncate, which
 // boost::asio::random_access_file only offers synchronously.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The in-memory backend: a sparse page map. Operations complete through
 // post(), so they behave like real asynchronous I/O (never inline).
 #include "qed/block_file.hpp"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Opening a file by path and choosing its backend.
 #include "qed/block_file.hpp"
 

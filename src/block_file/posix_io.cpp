@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include "block_file/posix_io.hpp"
 
 #include <fcntl.h>

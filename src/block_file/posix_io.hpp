@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Blocking POSIX helpers shared by the file backends: full-length
 // preadv/pwritev loops, sizes, identities, O_DIRECT alignment.
 #pragma once

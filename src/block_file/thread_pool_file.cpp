@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include "block_file/thread_pool_file.hpp"
 
 #include <fcntl.h>

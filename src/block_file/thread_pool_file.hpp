@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The threads backend: blocking pread/pwrite/fdatasync on the shared pool,
 // completions posted back to the file's executor. Chosen automatically when
 // no io_uring ring can be created; also serves io_uring files' misaligned

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The io_uring backend: boost::asio::random_access_file in Asio's mixed
 // mode (sockets and timers on epoll, files on io_uring).
 #pragma once

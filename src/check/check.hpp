@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Consistency check and repair.
 //
 // Walks L1 and every L2 table and marks each referenced cluster in a bitmap

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Block status: which guest ranges are data, zero clusters or unallocated,
 // and at which level of the backing chain the data lives.
 #include "cluster/find_cluster.hpp"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include "cluster/find_cluster.hpp"
 
 #include "image/qed_image.hpp"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Cluster lookup: where do the guest bytes at `pos` live?
 //
 // L1 entry -> L2 table (from the cache, loading it on a miss) -> a run of

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Header encoding and validation (pure functions, no I/O).
 #include "qed/format.hpp"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include "image/backing.hpp"
 
 #include "image/co_io.hpp"

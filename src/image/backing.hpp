@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Opening images by path: format probing, backing-file name resolution and
 // the backing chain (depth limit, loop detection, allowed directory).
 #pragma once

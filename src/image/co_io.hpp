@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Coroutine wrappers for the slow paths (open, create, close, check,
 // header rewrites). The request hot path stays on plain completion handlers.
 // No exception crosses an async boundary: results come back as error codes,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Creating images. A new QED image is byte-for-byte what
 // `qemu-img create -f qed` writes with the same options: the header (and
 // backing name) in the first cluster, a zeroed L1 table right after it.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The interface every image format implements (QED, raw). The public
 // qed::image handle forwards to it; a QED image reads its backing file
 // through it too.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The public image handle and the non-template entry points behind it.
 #include "block_file/blocking_pool.hpp"
 #include "image/backing.hpp"

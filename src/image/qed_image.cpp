@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The QED image: request entry points, the request gate, header updates,
 // the need-check timer, flush, grow, change backing file, make empty, close.
 #include "image/qed_image.hpp"

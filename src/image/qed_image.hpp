@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A QED image: its header, L1 table, L2 cache, allocation point, the
 // allocating-write queue and the need-check timer. The layers that act on
 // it live in their own folders:

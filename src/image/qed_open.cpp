@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Opening a QED image: header, backing name, L1 table, autoclear bits,
 // backing chain, and check + repair of a dirty image.
 #include "check/check.hpp"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include "image/raw_image.hpp"
 
 #include "table/table.hpp"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A raw image: guest offset == file offset. Used on its own (tools, NBD
 // server, benchmarks) and as a backing file.
 #pragma once

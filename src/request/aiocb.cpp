@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include "request/aiocb.hpp"
 
 #include "image/qed_image.hpp"

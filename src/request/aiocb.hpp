@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // One request (read, write or write-zeroes) walking its range one cluster
 // run at a time, as the seed's state machine does:
 //

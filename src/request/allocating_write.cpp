@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include "request/allocating_write.hpp"
 
 #include "cluster/find_cluster.hpp"

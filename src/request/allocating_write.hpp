@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The allocating-write queue and the batch it runs.
 //
 // The design's rule stands: one allocating write proceeds at a time. But the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-nbd: serve a QED (or raw) image over NBD. The command line follows
 // qemu-nbd's so that one can stand in for the other in scripts.
 #include <fcntl.h>
@@ -15,11 +16,8 @@
 #include <limits>
 #include <string>
 
+#include "qed/version.hpp"
 #include "server/nbd_server.hpp"
-
-#ifndef QED_NBD_VERSION
-#define QED_NBD_VERSION "unknown"
-#endif
 
 namespace {
 
@@ -189,7 +187,11 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
                 usage(std::cout);
                 return 0;
             case 'V':
-                std::cout << "qed-nbd " QED_NBD_VERSION "\n";
+                std::cout << "qed-nbd " QED_VERSION "\n"
+                             "Written by the qed developers.\n\n"
+                             "Copyright (c) 2026 the qed developers\n"
+                             "This is free software; see the source for copying conditions.  There is NO\n"
+                             "warranty; not even for MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.\n";
                 return 0;
             case ':':
                 return fail(std::string("option '") + argv[optind - 1] + "' needs an argument");

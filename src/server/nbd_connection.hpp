@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // One NBD client connection: the handshake, then the transmission phase.
 //
 // Threading: everything runs on the io_context shared with the image (one

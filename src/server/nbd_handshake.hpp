@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The NBD handshake: fixed newstyle negotiation up to the transmission phase.
 //
 // Two layers: `negotiator` decides what to answer to each option (no I/O,

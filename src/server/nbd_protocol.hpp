@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The NBD wire protocol: constants, big-endian field access, and the fixed
 // layouts of the messages qed-nbd reads and writes.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The NBD server: opens the image, listens on TCP or a Unix socket, runs
 // connections, and shuts down cleanly (finish requests in flight, flush,
 // close the image so NEED_CHECK is cleared).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include "table/l2_cache.hpp"
 
 namespace qed::detail {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The L2 table cache: write-through, reference-counted, bounded.
 //
 // Every L2 table in memory is in this cache, exactly once: a table a request

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // L1 and L2 tables in memory (host byte order), and their I/O.
 //
 // A table is table_size clusters of 64-bit little-endian offsets on disk.

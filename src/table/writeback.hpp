@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Write-back of table updates.
 //
 // An allocating write completes once its data is written and its L2 entries

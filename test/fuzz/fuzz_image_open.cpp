@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Fuzz harness (a): the input bytes are an image file.
 //
 // Each input is opened three ways, on in-memory files (no disk I/O):

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Fuzz harness (b): the input bytes are a program of requests on a fresh
 // QED image in memory, checked against a reference model after every batch.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Helpers shared by the libFuzzer harnesses: run operations to completion
 // with hang detection, and report a broken invariant as a crash (abort), so
 // libFuzzer saves the input.

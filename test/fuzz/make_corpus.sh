@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSL-1.0
 # Regenerate the seed corpora of the fuzz harnesses.
 #
 #   corpus/image_open/  QED images made by qemu-img and qemu-io (small: mostly

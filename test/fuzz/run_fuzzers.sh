@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSL-1.0
 # Build the libFuzzer harnesses with clang (ASan + UBSan + coverage) and run
 # each for a fixed time on a copy of its seed corpus.
 #

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A block file that runs the operations in flight in a random (seeded)
 // order: each operation is queued, and a pump starts one at random at a
 // time. Writes land when they run, not when they are issued, so requests

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A block file that fails chosen operations: the n-th read, write, flush or
 // resize (counted from 0 per kind) completes with a chosen error instead of
 // reaching the inner file. One-shot by default; `persistent` fails every

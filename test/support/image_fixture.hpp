@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Shared helpers for the image-level tests (test_image, test_check,
 // test_api): the geometries they run across, an in-memory environment with
 // create/open shortcuts, raw access to the stored bytes (header, L1, L2

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The lines a test collects from open_options::log, and questions about them.
 #pragma once
 

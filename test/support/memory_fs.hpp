@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // An in-memory "filesystem" for tests: names -> memory_storage, served
 // through the file_opener hook so backing files resolve as on disk.
 #pragma once

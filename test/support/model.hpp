@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A reference model of guest contents for randomized tests: what every
 // 512-byte sector may hold. Usually one value; while requests race, the
 // set of values they could leave.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A block file that can lose power.
 //
 // Every write and resize goes to the inner file at once (so reads see it)

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // An independent look at a QED image's bytes, for tests: parse the header,
 // L1 and every L2 table straight from the bytes (no library code beyond
 // decode()), and report what is wrong with the layout. Used to cross-check

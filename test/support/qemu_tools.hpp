@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Running qemu-img / qemu-io from tests, and parsing what they print.
 //
 // Commands run through /bin/sh (popen) with stderr folded into stdout;

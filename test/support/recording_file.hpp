@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A block file that records every operation it is asked to do (kind,
 // offset, length, and for a write at offset 0 the header it carries), in
 // the order the driver issues them, before passing it on unchanged. Tests

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Run the library's asynchronous operations to completion in tests.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Real temporary directories and small file helpers for tests that touch
 // the host filesystem (O_DIRECT, io_uring, qemu-img/qemu-io interop).
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Scatter-gather lists as the non-template core sees them.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Template glue of the image API: each initiating function packs its
 // arguments and forwards, through boost::asio::any_completion_handler, to a
 // non-template entry point compiled once in the library.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Command-line parsing in the style of getopt_long, as qemu-img and qemu-io
 // use it: short options that may be bundled ("-qp") and take their value
 // attached or as the next word ("-fqed", "-f qed"), long options with

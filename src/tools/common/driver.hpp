@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The tools' event loop: one io_context run from the main thread. Library
 // operations are started with a callback, then the loop runs until that
 // callback has been called, so a command reads top to bottom.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Facts about files by path (for info's actual-size and loop detection).
 #pragma once
 

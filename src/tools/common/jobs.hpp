@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Many requests in flight: a pool that runs numbered jobs (each a chain of
 // asynchronous steps) with a bounded number in flight, for the commands
 // that copy or compare data.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A small JSON value for the tools' --output=json, printed the way QEMU
 // prints it (four-space indentation, keys in insertion order).
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Sizes as qemu-img and qemu-io read and print them.
 #pragma once
 

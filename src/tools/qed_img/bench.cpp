@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-img bench: qemu-img bench's workload generator on this library.
 //
 // COUNT requests of SIZE bytes, DEPTH of them in flight; request i goes to

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-img check: consistency check with optional repair. Exit status as
 // qemu-img: 0 clean, 1 check could not complete, 2 corruptions, 3 leaks
 // only, 63 format without checks.

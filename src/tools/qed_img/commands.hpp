@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The qed-img commands. Each takes the words after its name and returns
 // the process exit status; main.cpp holds the table that dispatches them.
 #pragma once

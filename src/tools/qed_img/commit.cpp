@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-img commit: copy what the image holds into its backing file, then
 // leave the image empty so it reads everything from the backing file.
 #include <cstdio>

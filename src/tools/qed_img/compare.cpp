@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-img compare: do two images read the same? Exit 0 identical, 1
 // different (with the first differing offset), 2 error.
 #include <algorithm>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-img convert: copy an image into a new (or, with -n, existing) one,
 // raw <-> qed or qed -> qed. The backing chain is flattened unless -B names
 // a backing file for the copy; zero runs stay sparse.

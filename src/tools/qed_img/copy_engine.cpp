@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include "qed_img/copy_engine.hpp"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The data mover behind convert, commit and rebase: a list of guest ranges,
 // each to copy, zero or bring up to date, carried out in cells with many
 // requests in flight.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-img create: a new QED or raw image, optionally over a backing file.
 #include <cstdio>
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-img info: what an image is (format, sizes, backing file, dirty flag,
 // QED header details), for one image or its whole backing chain.
 #include <cinttypes>

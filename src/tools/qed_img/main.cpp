@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-img: create, inspect, check, convert and modify QED and raw images,
 // with qemu-img's command syntax, outputs and exit statuses.
 #include <cstdio>
@@ -5,6 +6,7 @@
 #include <string_view>
 
 #include "common/driver.hpp"
+#include "qed/version.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/options.hpp"
 
@@ -57,7 +59,7 @@ int dispatch(int argc, char** argv) {
         return 0;
     }
     if (first == "-V" || first == "--version") {
-        std::printf("qed-img version 0.1.0\n");
+        std::printf("qed-img version " QED_VERSION "\nCopyright (c) 2026 the qed developers\n");
         return 0;
     }
     const words args(argv + 2, argv + argc);

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-img map: where each guest range comes from (which chain level, data,
 // zeros or nothing) and where it lives in the file.
 #include <cinttypes>

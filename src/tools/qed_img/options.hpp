@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Option handling shared by the qed-img commands: parsing with one-line
 // errors, format names, --output, cache modes and -o option lists.
 #pragma once

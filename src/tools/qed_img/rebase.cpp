@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-img rebase: point an image at a new backing file. With -u only the
 // header changes; otherwise every cluster that would read differently
 // through the new backing chain is first copied into the image.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-img resize: grow an image. QED images never shrink; asking for a
 // smaller size is refused before anything is written.
 #include <cstdio>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-io's commands (read, write, aio_*, map, alloc, ...), run one line at
 // a time against a session.
 #pragma once

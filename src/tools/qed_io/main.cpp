@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-io: exercise an image with qemu-io's commands, given with -c or read
 // from standard input.
 #include <unistd.h>
@@ -13,6 +14,7 @@
 
 #include "common/args.hpp"
 #include "common/driver.hpp"
+#include "qed/version.hpp"
 #include "qed_io/commands.hpp"
 #include "qed_io/session.hpp"
 
@@ -140,7 +142,7 @@ int run(int argc, char** argv) {
         return 0;
     }
     if (args->has("version")) {
-        std::printf("qed-io version 0.1.0\n");
+        std::printf("qed-io version " QED_VERSION "\nCopyright (c) 2026 the qed developers\n");
         return 0;
     }
     if (args->has("object") || args->has("image-opts")) {

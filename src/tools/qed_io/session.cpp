@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include "qed_io/session.hpp"
 
 #include <boost/asio/post.hpp>

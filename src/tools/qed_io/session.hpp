@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // One qed-io run: the open image, requests in flight (aio_*), byte-granular
 // I/O on top of the library's 512-byte requests, and the output lines
 // qemu-io prints.
