@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // An adopter's program: create, write, read back and close a QED image in
 // the current directory with each kind of completion token — callbacks,
 // use_future (throwing, and the non-throwing forms) and use_awaitable (same).

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSL-1.0
 # Build and run test/consumer against the installed package and through
 # add_subdirectory. Usage: test/consumer/run.sh BUILD_DIR (the main build,
 # already built). Everything else goes to a temporary directory.
