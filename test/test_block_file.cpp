@@ -2,6 +2,7 @@
 // The block_file contract, for every backend: memory, threads, io_uring (when
 // a ring can be created), and O_DIRECT real files on threads and io_uring.
 #include "qed/block_file.hpp"
+#include "qed/error.hpp"
 
 #include "support/sync.hpp"
 #include "support/tmp_dir.hpp"
@@ -98,6 +99,10 @@ bool direct_supported(const std::string& dir) {
 struct backend_env {
     explicit backend_env(kind k_) : k(k_), dir("block_file") {}
 
+    /// Image locks on real files (a test holding one file open several
+    /// times in one process, for the backend's sake, turns them off).
+    qed::lock_mode locking = qed::lock_mode::automatic;
+
     /// False (with a message) when this machine can't run the backend.
     bool supported() {
         if (is_uring(k) && !qed::io_uring_available()) {
@@ -133,6 +138,7 @@ struct backend_env {
         o.create = create;
         o.direct = is_direct(k);
         o.backend = is_uring(k) ? qed::file_backend::io_uring : qed::file_backend::threads;
+        o.locking = locking;
         return qed::open_file(ioc.get_executor(), path(name), o, ec);
     }
 
@@ -218,12 +224,14 @@ BOOST_AUTO_TEST_CASE(automatic_backend_choice) {
     auto f = qed::open_file(ioc.get_executor(), d / "auto", o, ec);
     BOOST_TEST_REQUIRE(static_cast<bool>(f), ec.message());
     BOOST_TEST(std::string(f->backend_name()) == "threads");
+    f.reset();  // one writer at a time: the reopens below would be refused by its lock
     if (direct_supported(d.path())) {
         o.create = false;
         o.direct = true;
         auto df = qed::open_file(ioc.get_executor(), d / "auto", o, ec);
         BOOST_TEST_REQUIRE(static_cast<bool>(df), ec.message());
         BOOST_TEST(std::string(df->backend_name()) == (qed::io_uring_available() ? "io_uring" : "threads"));
+        df.reset();
         o.direct = false;
     }
     // Asking for io_uring explicitly fails cleanly when it isn't there.
@@ -470,6 +478,9 @@ BOOST_DATA_TEST_CASE(resize_grow_and_shrink, data::make(all_kinds), k) {
 BOOST_DATA_TEST_CASE(identity_same_and_different_files, data::make(all_kinds), k) {
     backend_env env(k);
     REQUIRE_BACKEND(env);
+    // Three handles on one file at once, two of them writable: what the
+    // image locks exist to refuse between images, wanted here at the file level.
+    env.locking = qed::lock_mode::off;
     auto a1 = env.create("a");
     auto b = env.create("b");
     auto a2 = env.open("a", false, false);
@@ -750,4 +761,49 @@ BOOST_DATA_TEST_CASE(misaligned_transfers_work, data::make(all_kinds), k) {
     BOOST_TEST(first_mismatch(raw.data() + (12345 - 4096), 4433, 12345, 13) == npos);
     // The odd write covered [12345, 16778); the rest of the 16384 block keeps seed 12.
     BOOST_TEST(first_mismatch(raw.data() + (16778 - 4096), 20480 - 16778, 16778, 12) == npos);
+}
+
+// The lock at the file level: a second writer on a file is refused while
+// the first holds it, and let in once it is closed; a created file is
+// locked before it is truncated, so a refused create leaves it whole.
+BOOST_AUTO_TEST_CASE(second_writer_refused_until_close) {
+    qed::test::tmp_dir d("lock");
+    asio::io_context ioc;
+    qed::file_options o;
+    o.read_only = false;
+    o.create = true;
+    std::error_code ec;
+    // Two creators share the file, as QEMU's do (create holds write and
+    // resize and shares everything); an open writer doesn't share.
+    auto made = qed::open_file(ioc.get_executor(), d / "x", o, ec);
+    BOOST_TEST_REQUIRE(static_cast<bool>(made), ec.message());
+    made.reset();
+    o.create = false;
+    auto f = qed::open_file(ioc.get_executor(), d / "x", o, ec);
+    BOOST_TEST_REQUIRE(static_cast<bool>(f), ec.message());
+    aligned_buffer src(4096);
+    fill(src.data(), 4096, 0, 9);
+    asio::const_buffer cb(src.data(), 4096);
+    std::error_code wec;
+    f->async_write_at(0, {&cb, 1}, [&](std::error_code e, std::size_t) { wec = e; });
+    ioc.run();
+    ioc.restart();
+    BOOST_TEST_REQUIRE(!wec);
+    std::vector<std::string> log;
+    o.log = [&](std::string_view l) { log.emplace_back(l); };
+    o.create = true;
+    auto g = qed::open_file(ioc.get_executor(), d / "x", o, ec);  // create: would truncate
+    BOOST_TEST(!g);
+    BOOST_TEST((ec == qed::errc::image_locked));
+    BOOST_TEST_REQUIRE(log.size() == 1u);
+    BOOST_TEST(log[0].find("Failed to get \"write\" lock") != std::string::npos);
+    o.create = false;
+    o.read_only = true;
+    BOOST_TEST(!qed::open_file(ioc.get_executor(), d / "x", o, ec));
+    BOOST_TEST(log.back().find("Failed to get shared \"write\" lock") != std::string::npos);
+    BOOST_TEST(f->size(ec) == 4096u);
+    f.reset();
+    o.read_only = false;
+    auto h = qed::open_file(ioc.get_executor(), d / "x", o, ec);
+    BOOST_TEST(static_cast<bool>(h), ec.message());
 }

@@ -18,6 +18,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <system_error>
 
 namespace qed {
@@ -42,12 +43,25 @@ enum class file_backend {
     threads,    ///< pread/pwrite on a thread pool
 };
 
+/// Image locking (QEMU's `locking=` option of file nodes).
+enum class lock_mode {
+    automatic,  ///< on, unless the file system has no OFD locks (one log line says so)
+    on,         ///< on; an open fails where locks can't be taken
+    off,        ///< take no locks and test none
+};
+
 /// Options for opening a file from a path.
 struct file_options {
     bool read_only = true;  ///< open O_RDONLY
     bool create = false;     ///< create (truncate) the file
     bool direct = false;     ///< O_DIRECT: bypass the host page cache
     file_backend backend = file_backend::automatic;  ///< which implementation to use
+    /// QEMU-compatible OFD locks on bytes 100-104 / 200-204 (see open_file).
+    lock_mode locking = lock_mode::automatic;
+    /// Read-only open that lets others hold every permission (qemu -U).
+    bool force_share = false;
+    /// One-line diagnostics (a refused lock, locking=auto falling back).
+    std::function<void(std::string_view)> log;
 };
 
 /// Asynchronous random-access file.
@@ -113,6 +127,15 @@ public:
 };
 
 /// Open a file by path. Throws nothing; errors come back in `ec`.
+///
+/// Unless locking is off, the file is locked as QEMU locks an image's file
+/// (held until the file is closed): read-write opens hold consistent-read,
+/// write and resize and share neither write nor resize; read-only opens
+/// hold consistent-read and share neither; force-share holds
+/// consistent-read and shares everything; create holds write and resize.
+/// A conflict with another process (QEMU's tools included) fails with
+/// errc::image_locked after logging one line in QEMU's words
+/// (`FILE: Failed to get "write" lock: Is another process using the image [FILE]?`).
 std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, const std::string& path,
                                       const file_options& options, std::error_code& ec);
 

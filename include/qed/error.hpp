@@ -54,6 +54,7 @@ enum class errc {
     not_supported,                ///< operation the format cannot do
     unsupported_compat_features,  ///< header rewrite refused: unknown compat bits
     invalid_argument,             ///< bad option value (sizes, names)
+    image_locked,                 ///< another process holds a conflicting image lock
 };
 
 /// The `qed` error category.

@@ -55,7 +55,10 @@ struct create_options {
     std::string backing_file;                   ///< empty: none
     std::optional<image_format> backing_format; ///< raw sets BACKING_FORMAT_NO_PROBE
     file_backend backend = file_backend::automatic;  ///< file implementation for the new file
-    file_opener opener;                              ///< empty: open_file
+    /// The new file is locked (write + resize) while it is written.
+    lock_mode locking = lock_mode::automatic;
+    file_opener opener;  ///< empty: open_file
+    log_sink log;        ///< one-line diagnostics (a refused lock)
 };
 
 /// How async_open opens an image and its backing chain.
@@ -72,6 +75,13 @@ struct open_options {
     std::optional<std::string> allowed_backing_dir;
     bool open_backing = true;    ///< false: leave the backing file closed (metadata tools)
     bool repair_on_open = true;  ///< read-write open of a dirty image checks and repairs it
+    /// QEMU-compatible image locks on the image and every backing file,
+    /// held until close (see open_file). A conflicting process makes the
+    /// open fail with errc::image_locked and one log line naming the lock.
+    lock_mode locking = lock_mode::automatic;
+    /// Read-only open that lets others hold every permission, as qemu's
+    /// -U / --force-share (a read-write open with it is refused).
+    bool force_share = false;
     file_opener opener;  ///< empty: open_file
     log_sink log;        ///< empty: diagnostics are dropped
 };

@@ -2,6 +2,7 @@
 // Opening a file by path and choosing its backend.
 #include "qed/block_file.hpp"
 
+#include "block_file/file_lock.hpp"
 #include "block_file/posix_io.hpp"
 #include "block_file/thread_pool_file.hpp"
 #include "block_file/uring_file.hpp"
@@ -17,16 +18,24 @@ std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, co
                                       const file_options& options, std::error_code& ec) {
     ec.clear();
     int flags = O_CLOEXEC | (options.read_only ? O_RDONLY : O_RDWR);
-    if (options.create && !options.read_only) flags |= O_CREAT | O_TRUNC;
+    // Created files are truncated only once locked: a refused create
+    // leaves a file another process is using alone.
+    const bool create = options.create && !options.read_only;
+    if (create) flags |= O_CREAT;
     const int fd = ::open(path.c_str(), flags | (options.direct ? O_DIRECT : 0), 0644);
     if (fd < 0) {
         ec = detail::errno_code(errno);
         return nullptr;
     }
+    if ((ec = detail::lock_file(fd, path, options)) || (create && ::ftruncate(fd, 0) < 0)) {
+        if (!ec) ec = detail::errno_code(errno);
+        ::close(fd);  // drops any lock taken
+        return nullptr;
+    }
     // With O_DIRECT, misaligned transfers use a second, buffered descriptor.
     int buffered = -1;
     if (options.direct) {
-        buffered = ::open(path.c_str(), (flags & ~(O_CREAT | O_TRUNC)), 0644);
+        buffered = ::open(path.c_str(), (flags & ~O_CREAT), 0644);
         if (buffered < 0) {
             ec = detail::errno_code(errno);
             ::close(fd);

@@ -50,6 +50,7 @@ public:
         case errc::unsupported_compat_features:
             return "image uses unknown compat features; header cannot be rewritten";
         case errc::invalid_argument: return "invalid argument";
+        case errc::image_locked: return "image is locked by another process";
         }
         return "unknown qed error";
     }

@@ -47,6 +47,17 @@ bool starts_with_dir(const std::string& path, const std::string& dir) {
     return path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 && path[dir.size()] == '/';
 }
 
+// Locking options for a file, with a log that notes whether the opener
+// said something (then its line, which names the lock, is the one to keep).
+void lock_options(file_options& fo, const open_options& o, bool& logged) {
+    fo.locking = o.locking;
+    fo.force_share = o.force_share;
+    fo.log = [&logged, log = o.log](std::string_view line) {
+        logged = true;
+        if (log) log(line);
+    };
+}
+
 }  // namespace
 
 std::error_code probe_format(const std::byte* b, std::size_t n, image_format& out, std::string& detail) {
@@ -129,11 +140,13 @@ boost::asio::awaitable<device_result> open_device(boost::asio::any_io_executor e
     fo.read_only = options.read_only;
     fo.direct = options.direct;
     fo.backend = options.backend;
+    bool logged = false;  // the opener explained the failure itself (a lock)
+    lock_options(fo, options, logged);
     std::error_code ec;
     auto file = options.opener(path, fo, ec);
     if (!file) {
         if (!ec) ec = std::make_error_code(std::errc::io_error);
-        if (options.log) options.log(path + ": " + ec.message());
+        if (options.log && !logged) options.log(path + ": " + ec.message());
         co_return device_result{ec, nullptr};
     }
     co_return co_await open_on_file(ex, std::move(file), std::move(path), format, std::move(options), depth,
@@ -191,11 +204,15 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
     fo.read_only = true;
     fo.direct = parent.direct;
     fo.backend = parent.backend;
+    // A backing file is locked as a reader that needs it to hold still, as
+    // QEMU's QED driver locks it, whether the overlay is writable or not.
+    bool logged = false;
+    lock_options(fo, child, logged);
     std::error_code ec;
     auto file = child.opener(target, fo, ec);
     if (!file) {
         if (!ec) ec = std::make_error_code(std::errc::io_error);
-        log(path + ": cannot open backing file: " + ec.message());
+        if (!logged) log(path + ": cannot open backing file: " + ec.message());
         co_return device_result{ec, nullptr};
     }
     const file_identity id = file->identity();

@@ -34,6 +34,8 @@ boost::asio::awaitable<std::error_code> create_image(boost::asio::any_io_executo
         bo.read_only = true;
         bo.opener = o.opener;
         bo.backend = o.backend;
+        bo.locking = o.locking;
+        bo.log = o.log;
         auto [ec, dev] = co_await open_device(ex, resolve_backing_path(path, o.backing_file), o.backing_format, bo,
                                               1, {});
         if (ec) co_return ec;
@@ -50,6 +52,8 @@ boost::asio::awaitable<std::error_code> create_image(boost::asio::any_io_executo
     fo.read_only = false;
     fo.create = true;
     fo.backend = o.backend;
+    fo.locking = o.locking;
+    fo.log = o.log;
     std::error_code ec;
     auto file = o.opener(path, fo, ec);
     if (!file) co_return ec ? ec : std::make_error_code(std::errc::io_error);

@@ -482,6 +482,10 @@ boost::asio::awaitable<std::error_code> qed_image::do_close() {
     }
     closed_ = true;
     cache_.clear_unused();
+    // Let go of the file now, not when the last handle goes: that closes
+    // the descriptor and so drops the image locks (operations still in
+    // flight in a backend hold the descriptor themselves; none are left).
+    file_.reset();
     co_return first;
 }
 

@@ -30,9 +30,9 @@ image_info raw_image::info() const {
     i.format = image_format::raw;
     i.virtual_size = size_;
     std::error_code ec;
-    i.file_size = file_->size(ec);
+    i.file_size = file_ ? file_->size(ec) : 0;
     i.read_only = options_.read_only;
-    i.backend = file_->backend_name();
+    i.backend = file_ ? file_->backend_name() : "";
     i.request_alignment = sector_size;
     return i;
 }
@@ -58,6 +58,8 @@ void raw_image::write(std::uint64_t offset, const_buffers buffers, write_options
     file_->async_write_at(offset, buffers,
                           [this, self, fua = options.fua, h = std::move(handler)](std::error_code ec, std::size_t n) mutable {
                               if (ec || !fua) return complete(std::move(h), ec, ec ? std::size_t{0} : n);
+                              // Closed while in flight: the file is gone, the flush can't be had.
+                              if (!file_) return complete(std::move(h), make_error_code(errc::closed), std::size_t{0});
                               file_->async_flush([this, self, n, h = std::move(h)](std::error_code fec) mutable {
                                   complete(std::move(h), fec, fec ? std::size_t{0} : n);
                               });
@@ -75,12 +77,14 @@ void raw_image::write_zeroes(std::uint64_t offset, std::uint64_t length, zero_op
                                              h = std::move(handler)](std::error_code ec) mutable {
         if (ec == make_error_code(errc::not_supported)) return zero_step(offset, offset + length, fua, std::move(h));
         if (ec || !fua) return complete(std::move(h), ec);
+        if (!file_) return complete(std::move(h), make_error_code(errc::closed));  // closed while in flight
         file_->async_flush([this, self, h = std::move(h)](std::error_code fec) mutable { complete(std::move(h), fec); });
     });
 }
 
 // Zeros in pieces of at most 64 MiB (64 iovecs of the shared zero block).
 void raw_image::zero_step(std::uint64_t offset, std::uint64_t end, bool fua, op_handler handler) {
+    if (!file_) return complete(std::move(handler), make_error_code(errc::closed));  // closed while in flight
     const auto z = zero_block();
     const std::uint64_t n = std::min<std::uint64_t>(end - offset, 64 * z.size());
     const_buffers bufs;
@@ -95,6 +99,7 @@ void raw_image::zero_step(std::uint64_t offset, std::uint64_t end, bool fua, op_
         if (ec) return complete(std::move(h), ec);
         if (offset + n < end) return zero_step(offset + n, end, fua, std::move(h));
         if (!fua) return complete(std::move(h), std::error_code{});
+        if (!file_) return complete(std::move(h), make_error_code(errc::closed));  // closed while in flight
         file_->async_flush([this, self, h = std::move(h)](std::error_code fec) mutable { complete(std::move(h), fec); });
     });
 }
@@ -143,9 +148,16 @@ void raw_image::grow(std::uint64_t new_size, op_handler handler) {
 void raw_image::close(op_handler handler) {
     if (closed_) return complete_later(std::move(handler), make_error_code(errc::closed));
     closed_ = true;
-    if (options_.read_only) return complete_later(std::move(handler), std::error_code{});
+    // The file goes at close (its descriptor, and so the image locks, with it).
+    if (options_.read_only) {
+        file_.reset();
+        return complete_later(std::move(handler), std::error_code{});
+    }
     auto self = shared_from_this();
-    file_->async_flush([this, self, h = std::move(handler)](std::error_code ec) mutable { complete(std::move(h), ec); });
+    file_->async_flush([this, self, h = std::move(handler)](std::error_code ec) mutable {
+        file_.reset();
+        complete(std::move(h), ec);
+    });
 }
 
 }  // namespace qed::detail

@@ -94,8 +94,16 @@ std::error_code await_io(driver& d, Start start) {
 
 }  // namespace
 
-std::error_code create_image(driver& d, const std::string& path, create_options options) {
-    return await_ec(d, [&](auto h) { image::async_create(d.executor(), path, std::move(options), std::move(h)); });
+std::error_code create_image(driver& d, const std::string& path, create_options options, std::string& error) {
+    log_collector logs;
+    options.log = logs.sink();
+    const auto ec =
+        await_ec(d, [&](auto h) { image::async_create(d.executor(), path, std::move(options), std::move(h)); });
+    if (ec) {
+        const auto lines = logs.lines();
+        error = lines.empty() ? describe(path, ec) : lines.back();
+    }
+    return ec;
 }
 
 std::error_code close_image(driver& d, image& img) {

@@ -81,7 +81,8 @@ std::string describe(const std::string& path, std::error_code ec);
 
 // ---- synchronous forms of the image operations ---------------------------
 
-std::error_code create_image(driver& d, const std::string& path, create_options options);
+/// Create an image. On failure `error` holds one line naming the file and the problem.
+std::error_code create_image(driver& d, const std::string& path, create_options options, std::string& error);
 std::error_code close_image(driver& d, image& img);
 std::error_code read(driver& d, image& img, std::uint64_t offset, void* data, std::size_t length);
 std::error_code write(driver& d, image& img, std::uint64_t offset, const void* data, std::size_t length);

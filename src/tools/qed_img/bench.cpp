@@ -206,6 +206,7 @@ int run_bench(const words& all_words) {
     open_options o;
     o.format = c.format;
     o.read_only = !c.write;
+    o.force_share = args->has("force-share");  // with -w refused, as qemu-img does
     o.direct = c.direct;
     o.backend = c.backend;
     auto opened = open_image(d, c.path, o);

@@ -104,6 +104,7 @@ int run_check(const words& words) {
     driver d;
     open_options o;
     o.read_only = mode == check_options::repair::none;
+    o.force_share = args->has("force-share");  // with -r refused, as qemu-img does
     o.format = fmt;
     o.direct = direct;
     o.open_backing = false;    // the check reads this file's tables only

@@ -184,6 +184,7 @@ int run_compare(const words& words) {
     driver d;
     open_options o;
     o.read_only = true;
+    o.force_share = args->has("force-share");
     o.direct = direct;
     o.format = fmt1;
     auto r1 = open_image(d, path1, o);

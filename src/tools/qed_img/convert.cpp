@@ -137,6 +137,7 @@ int run_convert(const words& words) {
     driver d;
     open_options so;
     so.read_only = true;
+    so.force_share = args->has("force-share");  // the source only, as in qemu-img
     so.format = src_fmt;
     so.direct = src_direct;
     auto src = open_image(d, src_path, so);
@@ -182,9 +183,10 @@ int run_convert(const words& words) {
         if (size == 0 && !t.backing.empty())
             return abandon(dst_path + ": cannot give an empty image a backing file", nullptr);
         const bool existed = file_exists(dst_path);
-        if (auto ec = create_image(d, dst_path, c)) {
+        std::string error;
+        if (auto ec = create_image(d, dst_path, c, error)) {
             created = !existed;
-            return abandon(describe(dst_path, ec), nullptr);
+            return abandon(error, nullptr);
         }
         created = !existed;
     }

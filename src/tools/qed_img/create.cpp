@@ -169,9 +169,11 @@ int run_create(const words& words) {
     c.backing_file = r.backing;
     c.backing_format = r.backing.empty() ? std::nullopt : r.backing_format;
     const bool existed = file_exists(r.path);
-    if (auto ec = create_image(d, r.path, c)) {
-        if (!existed) remove_file(r.path);  // no half-made image left behind
-        return fail(describe(r.path, ec));
+    std::string error;
+    if (auto ec = create_image(d, r.path, c, error)) {
+        // No half-made image left behind (a locked one was never touched).
+        if (!existed) remove_file(r.path);
+        return fail(error);
     }
     return 0;
 }

@@ -116,6 +116,7 @@ int run_info(const words& words) {
         }
         open_options o;
         o.read_only = true;
+        o.force_share = args->has("force-share");
         o.format = fmt;
         o.open_backing = false;
         auto r = open_image(d, path, o);

@@ -85,6 +85,7 @@ int run_map(const words& words) {
     driver d;
     open_options o;
     o.read_only = true;
+    o.force_share = args->has("force-share");
     o.format = fmt;
     auto opened = open_image(d, path, o);
     if (opened.ec) return fail(opened.error);

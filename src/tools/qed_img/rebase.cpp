@@ -70,6 +70,7 @@ int run_rebase(const words& words) {
         if (!full.empty()) {
             open_options bo;
             bo.read_only = true;
+            bo.force_share = args->has("force-share");  // -U: the backing files, as in qemu-img
             bo.format = new_fmt;
             bo.direct = src_direct;
             auto b = open_image(d, full, bo);

@@ -33,7 +33,7 @@ void print_help() {
         "  -n, --nocache        disable host cache, short for -t none\n"
         "  -t, --cache=MODE     use the given cache mode for the image\n"
         "  -i, --aio=MODE       use AIO mode (threads or io_uring)\n"
-        "  -U, --force-share    accepted for compatibility\n"
+        "  -U, --force-share    force shareable permissions on the image\n"
         "  -h, --help           display this help and exit\n"
         "  -V, --version        output version information and exit\n\n"
         "Without -c, commands are read from standard input.\n"
@@ -155,6 +155,7 @@ int run(int argc, char** argv) {
     }
     qed::open_options o;
     o.read_only = args->has("read-only");
+    o.force_share = args->has("force-share");  // without -r refused, as qemu-io does
     if (auto f = args->last("format")) {
         o.format = qed::parse_format(*f);
         if (!o.format) {
