@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Image locking against the real binaries: qed-nbd / qed-io / qed-img and
 // qemu-nbd / qemu-io / qemu-img refuse each other the way QEMU's tools
 // refuse one another, the lock bytes in /proc/locks are QEMU's, and every

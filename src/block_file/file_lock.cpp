@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include "block_file/file_lock.hpp"
 
 #include "block_file/posix_io.hpp"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Image locking as QEMU does it: open-file-description locks on single
 // bytes of the image file, so qemu-img/qemu-io/qemu-nbd and our tools see
 // each other's permissions.
