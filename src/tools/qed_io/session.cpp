@@ -189,8 +189,9 @@ void dump_buffer(const std::byte* p, std::uint64_t offset, std::uint64_t n) {
         for (std::uint64_t j = 0; j < k; ++j) std::printf(" %02x", std::to_integer<unsigned>(p[line + j]));
         std::printf("  ");
         for (std::uint64_t j = 0; j < k; ++j) {
+            // qemu-io shows only letters and digits; scripts compare the column.
             const int c = std::to_integer<int>(p[line + j]);
-            std::putchar(c >= 0x20 && c < 0x7f ? c : '.');
+            std::putchar(std::isalnum(c) ? c : '.');
         }
         std::printf("\n");
     }

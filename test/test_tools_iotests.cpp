@@ -1,0 +1,158 @@
+// Behaviours QEMU's own iotests check, asserted here so they hold without
+// running the iotests: commit -b through the backing chain, the "file:"
+// prefix, qemu's messages that scripts match, and qed-io's commands.
+#include <boost/test/unit_test.hpp>
+
+#include "test_tools_support.hpp"
+
+using namespace qed::tools_test;
+
+namespace {
+
+void must(const result& r) {
+    BOOST_REQUIRE_MESSAGE(r.exited && r.status == 0, r);
+}
+
+/// base <- mid <- top in sub/, each holding one 64 KiB pattern of its own.
+void make_chain(const scratch& s) {
+    fs::create_directories(s.path("sub"));
+    must(s.img({"create", "-q", "-f", "qed", "sub/t.base", "1M"}));
+    must(s.img({"create", "-q", "-f", "qed", "-b", "t.base", "-F", "qed", "sub/t.mid"}));
+    must(s.img({"create", "-q", "-f", "qed", "-b", "t.mid", "-F", "qed", "sub/t"}));
+    must(s.io({"-c", "write -P 0x11 0 64k", "sub/t.base"}));
+    must(s.io({"-c", "write -P 0x22 64k 64k", "sub/t.mid"}));
+    must(s.io({"-c", "write -P 0x33 128k 64k", "sub/t"}));
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(commit_base)
+
+BOOST_AUTO_TEST_CASE(a_relative_base_is_looked_up_in_the_chain_not_the_working_directory) {
+    scratch s;
+    make_chain(s);
+    // "t.mid" is the name stored in sub/t; there is no ./t.mid.
+    const result r = s.img({"commit", "-b", "t.mid", "sub/t"});
+    must(r);
+    BOOST_TEST(r.out == "Image committed.\n");
+    must(s.io({"-c", "read -P 0x33 128k 64k", "-c", "read -P 0x22 64k 64k", "-f", "qed", "sub/t.mid"}));
+    // -b implies -d: the top image keeps its data.
+    must(s.io({"-c", "read -P 0x33 128k 64k", "sub/t"}));
+    const result a = s.img({"map", "--output=json", "sub/t"});
+    BOOST_TEST(a.out.find("\"depth\": 0") != std::string::npos, a);
+}
+
+BOOST_AUTO_TEST_CASE(a_base_two_levels_down_receives_both_levels_above_it) {
+    scratch s;
+    make_chain(s);
+    must(s.img({"commit", "-b", "t.base", "sub/t"}));
+    must(s.io({"-c", "read -P 0x11 0 64k", "-c", "read -P 0x22 64k 64k", "-c", "read -P 0x33 128k 64k",
+               "-c", "read -P 0 192k 64k", "sub/t.base"}));
+    must(s.img({"check", "-q", "sub/t.base"}));
+    // The images above keep what they had.
+    must(s.io({"-c", "read -P 0x22 64k 64k", "sub/t.mid"}));
+    must(s.io({"-c", "read -P 0x33 128k 64k", "sub/t"}));
+}
+
+BOOST_AUTO_TEST_CASE(an_absolute_base_matches_by_file) {
+    scratch s;
+    make_chain(s);
+    must(s.img({"commit", "-b", s.path("sub/t.mid"), "sub/t"}));
+    must(s.io({"-c", "read -P 0x33 128k 64k", "sub/t.mid"}));
+}
+
+BOOST_AUTO_TEST_CASE(a_name_outside_the_chain_is_refused_with_qemus_line) {
+    scratch s;
+    make_chain(s);
+    const std::string before = s.read_file("sub/t.mid");
+    // Relative to sub/, "sub/t.mid" names sub/sub/t.mid: not in the chain.
+    const result r = s.img({"commit", "-b", "sub/t.mid", "sub/t"});
+    BOOST_TEST(r.status == 1);
+    BOOST_TEST(r.err == "qed-img: Did not find 'sub/t.mid' in the backing chain of 'sub/t'\n");
+    BOOST_TEST((s.read_file("sub/t.mid") == before));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(file_protocol)
+
+BOOST_AUTO_TEST_CASE(the_file_prefix_names_the_local_file) {
+    scratch s;
+    const result c = s.img({"create", "-f", "qed", "file:" + s.path("a:b.qed"), "1M"});
+    must(c);
+    BOOST_TEST(s.exists("a:b.qed"));
+    BOOST_TEST(!s.exists("file:" + s.path("a:b.qed")));
+    must(s.img({"create", "-q", "-f", "qed", "base.qed", "1M"}));
+    must(s.img({"create", "-q", "-f", "qed", "-b", "base.qed", "-F", "qed", "file:image:top.qed"}));
+    BOOST_TEST(s.exists("image:top.qed"));
+    const result i = s.img({"info", "file:image:top.qed"});
+    must(i);
+    BOOST_TEST(i.out.find("image: ./image:top.qed\n") != std::string::npos, i);
+    BOOST_TEST(i.out.find("backing file: base.qed (actual path: ./base.qed)\n") != std::string::npos, i);
+    must(s.io({"-c", "write -P 7 0 4k", "file:image:top.qed"}));
+    must(s.io({"-c", "read -P 7 0 4k", "image:top.qed"}));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(qemu_messages)
+
+BOOST_AUTO_TEST_CASE(read_v_shows_only_letters_and_digits) {
+    scratch s;
+    must(s.img({"create", "-q", "-f", "qed", "t.qed", "1M"}));
+    must(s.io({"-c", "write -P 0x2a 0 8", "-c", "write -P 0x41 8 8", "t.qed"}));
+    const result r = s.io({"-c", "read -v 0 16", "t.qed"});
+    must(r);
+    BOOST_TEST(r.out.rfind("00000000:  2a 2a 2a 2a 2a 2a 2a 2a 41 41 41 41 41 41 41 41  ........AAAAAAAA\n", 0) == 0, r);
+}
+
+BOOST_AUTO_TEST_CASE(a_missing_backing_file_is_reported_as_qemu_io_does) {
+    scratch s;
+    must(s.img({"create", "-q", "-f", "qed", "t.base", "1M"}));
+    must(s.img({"create", "-q", "-f", "qed", "-b", s.path("t.base"), "-F", "qed", "t.qed"}));
+    fs::remove(s.path("t.base"));
+    const result r = s.io({"-c", "quit", "t.qed"});
+    BOOST_TEST(r.status == 1);
+    BOOST_TEST(r.err == "qed-io: can't open device t.qed: Could not open backing file: Could not open '" +
+                            s.path("t.base") + "': No such file or directory\n");
+}
+
+BOOST_AUTO_TEST_CASE(create_without_F_and_a_missing_backing_file) {
+    scratch s;
+    const result r = s.img({"create", "-f", "qed", "-b", s.path("t.inexistent"), "t.qed"});
+    BOOST_TEST(r.status == 1);
+    BOOST_TEST(r.err == "qed-img: t.qed: Could not open '" + s.path("t.inexistent") +
+                            "': No such file or directory\nCould not open backing image.\n");
+    BOOST_TEST(!s.exists("t.qed"));
+}
+
+BOOST_AUTO_TEST_CASE(corrupt_headers_are_refused_in_qemus_words) {
+    scratch s;
+    must(s.img({"create", "-q", "-f", "qed", "good.qed", "128M"}));
+    struct damage {
+        std::uint64_t offset;
+        std::string bytes;
+        std::string line;
+    };
+    const std::vector<damage> cases = {
+        {0, "QEDX", "Image not in QED format"},
+        {4, std::string(4, '\xff'), "QED cluster size is invalid"},
+        {8, std::string(4, '\xff'), "QED table size is invalid"},
+        {12, std::string(4, '\xff'), "QED table offset is invalid"},
+        {40, std::string(8, '\xff'), "QED table offset is invalid"},
+        {48, std::string(8, '\xff'), "QED image size is invalid"},
+    };
+    for (const auto& c : cases) {
+        s.copy("good.qed", "t.qed");
+        s.poke("t.qed", c.offset, c.bytes);
+        const result r = s.io({"-f", "qed", "-c", "read 0 512", "t.qed"});
+        BOOST_TEST(r.status == 1);
+        BOOST_TEST(r.err == "qed-io: can't open device t.qed: " + c.line + "\n");
+    }
+    s.copy("good.qed", "t.qed");
+    s.resize("t.qed", 512);  // the header cluster cut short
+    BOOST_TEST(s.io({"-f", "qed", "-c", "read 0 512", "t.qed"}).err ==
+               "qed-io: can't open device t.qed: QED table offset is invalid\n");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
