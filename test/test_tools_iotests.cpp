@@ -156,3 +156,58 @@ BOOST_AUTO_TEST_CASE(corrupt_headers_are_refused_in_qemus_words) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(qemu_mismatches)
+
+BOOST_AUTO_TEST_CASE(resize_shrinks_a_raw_file_with_shrink_only) {
+    scratch s;
+    must(s.img({"create", "-q", "-f", "raw", "d.raw", "1M"}));
+    must(s.io({"-f", "raw", "-c", "write -P 9 0 512k", "-c", "write -P 8 512k 512k", "d.raw"}));
+    const result refused = s.img({"resize", "-f", "raw", "d.raw", "512k"});
+    BOOST_TEST(refused.status == 1);
+    BOOST_TEST(refused.err.find("qed-img: Use the --shrink option to perform a shrink operation.\n") !=
+               std::string::npos);
+    BOOST_TEST(fs::file_size(s.path("d.raw")) == 1048576u);
+    const result r = s.img({"resize", "-f", "raw", "--shrink", "d.raw", "512k"});
+    must(r);
+    BOOST_TEST(r.out == "Image resized.\n");
+    BOOST_TEST(fs::file_size(s.path("d.raw")) == 524288u);
+    must(s.io({"-f", "raw", "-c", "read -P 9 0 512k", "d.raw"}));
+    // QED images still only grow.
+    must(s.img({"create", "-q", "-f", "qed", "t.qed", "1M"}));
+    BOOST_TEST(s.img({"resize", "--shrink", "t.qed", "512k"}).status == 1);
+}
+
+BOOST_AUTO_TEST_CASE(a_probed_raw_image_warns_and_keeps_block_0_raw) {
+    scratch s;
+    must(s.img({"create", "-q", "-f", "raw", "d.raw", "1M"}));
+    // Byte by byte, "QED\0" would make the file probe as a QED image.
+    const result r = s.io({"-c", "write -P 0x51 0 1", "-c", "write -P 0x45 1 1", "-c", "write -P 0x44 2 1", "d.raw"});
+    BOOST_TEST(r.status == 1);
+    BOOST_TEST(r.err.rfind("qed-io: warning: Image format was not specified for 'd.raw' and probing guessed raw.\n", 0) ==
+               0, r);
+    BOOST_TEST(r.out.find("write failed: Operation not permitted\n") != std::string::npos, r);
+    BOOST_TEST(s.read_file("d.raw").substr(0, 4) == std::string("QE\0\0", 4));
+    BOOST_TEST(s.img({"info", "d.raw"}).out.find("file format: raw") != std::string::npos);
+    // Elsewhere, or with -f raw, nothing is restricted and nothing warns.
+    must(s.io({"-c", "write -P 0x44 512 1", "d.raw"}));
+    const result f = s.io({"-f", "raw", "-c", "write -P 0x44 2 1", "d.raw"});
+    must(f);
+    BOOST_TEST(f.err.empty());
+}
+
+BOOST_AUTO_TEST_CASE(read_C_copies_what_the_backing_file_supplies) {
+    scratch s;
+    must(s.img({"create", "-q", "-f", "qed", "b.qed", "1M"}));
+    must(s.io({"-c", "write -P 5 0 256k", "b.qed"}));
+    must(s.img({"create", "-q", "-f", "qed", "-b", "b.qed", "-F", "qed", "t.qed"}));
+    must(s.io({"-c", "write -P 6 64k 64k", "t.qed"}));
+    must(s.io({"-c", "read -C -P 5 0 64k", "-c", "read -C 64k 128k", "t.qed"}));
+    // Backing file gone: what was read with -C is now the image's own.
+    fs::remove(s.path("b.qed"));
+    must(s.img({"rebase", "-u", "-b", "", "t.qed"}));
+    must(s.io({"-c", "read -P 5 0 64k", "-c", "read -P 6 64k 64k", "-c", "read -P 5 128k 64k", "-c",
+               "read -P 0 192k 64k", "t.qed"}));
+}
+
+BOOST_AUTO_TEST_SUITE_END()

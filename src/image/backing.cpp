@@ -53,7 +53,7 @@ bool starts_with_dir(const std::string& path, const std::string& dir) {
 std::string refused_line(const std::string& path, const char* real, const char* dir) {
     std::string line = "refused to open backing file " + path;
     if (real && path != real) line += std::string(" (") + real + ")";
-    return line + ": backing files must lie inside " + dir;
+    return line + ": it is outside the allowed directory " + dir;
 }
 
 }  // namespace

@@ -118,6 +118,7 @@ struct read_request {
     std::optional<std::uint64_t> pattern_length;
     bool quiet = false;
     bool dump = false;
+    bool copy_on_read = false;  ///< -C: what the backing chain supplied is written into the image
 };
 
 /// After a read: verify, dump, report. Returns false on a failed check.
@@ -148,8 +149,10 @@ bool finish_read(session& s, const char* verb, const read_request& r, const std:
 
 std::optional<read_request> parse_read(const argv_t& argv, bool vectored) {
     auto a = options(
-        argv, vectored ? std::vector<option_spec>{{'P', "", true}, {'q', "", false}, {'v', "", false}, {'i', "", false}}
-                       : std::vector<option_spec>{{'P', "", true},
+        argv, vectored ? std::vector<option_spec>{{'P', "", true}, {'q', "", false}, {'v', "", false}, {'i', "", false},
+                                                  {'C', "", false}}
+                       : std::vector<option_spec>{{'C', "", false},
+                                                  {'P', "", true},
                                                   {'s', "", true},
                                                   {'l', "", true},
                                                   {'q', "", false},
@@ -167,6 +170,7 @@ std::optional<read_request> parse_read(const argv_t& argv, bool vectored) {
         return std::nullopt;
     }
     read_request r;
+    r.copy_on_read = a->has("C");
     r.quiet = a->has("q");
     r.dump = a->has("v");
     if (auto p = a->last("P")) {
@@ -194,12 +198,28 @@ std::optional<read_request> parse_read(const argv_t& argv, bool vectored) {
     return r;
 }
 
+/// Copy-on-read (read -C): the parts of `where` the image does not hold
+/// itself, just read through the chain into `data`, are written into it.
+std::error_code copy_up(session& s, const range& where, const std::byte* data) {
+    if (where.length == 0 || !s.img().backing()) return {};
+    if (s.img().info().read_only) return make_error_code(errc::read_only);
+    std::vector<extent> ext;
+    if (auto ec = block_status(s.loop(), s.img(), where.offset, where.length, ext)) return ec;
+    for (const auto& e : ext) {
+        if (e.depth == 0 || !e.present) continue;
+        const std::byte* from = data + (e.offset - where.offset);
+        if (auto ec = s.wait([&](done_fn done) { s.write(e.offset, e.length, from, false, done); })) return ec;
+    }
+    return {};
+}
+
 bool do_read(session& s, const argv_t& argv, bool vectored) {
     auto r = parse_read(argv, vectored);
     if (!r) return false;
     aligned_buffer buf(static_cast<std::size_t>(r->where.length));
     const auto t0 = clock::now();
-    const auto ec = s.wait([&](done_fn done) { s.read(r->where.offset, r->where.length, buf.data(), done); });
+    auto ec = s.wait([&](done_fn done) { s.read(r->where.offset, r->where.length, buf.data(), done); });
+    if (!ec && r->copy_on_read) ec = copy_up(s, r->where, buf.data());
     return finish_read(s, vectored ? "readv" : "read", *r, buf.data(), ec, clock::now() - t0);
 }
 
@@ -213,6 +233,10 @@ bool cmd_readv(session& s, const argv_t& argv) {
 bool cmd_aio_read(session& s, const argv_t& argv) {
     auto r = parse_read(argv, true);
     if (!r) return false;
+    if (r->copy_on_read) {
+        std::printf("aio_read: -C is not supported here (use read -C or readv -C)\n");
+        return false;
+    }
     auto buf = std::make_shared<aligned_buffer>(static_cast<std::size_t>(r->where.length));
     const auto t0 = clock::now();
     s.aio_started();
@@ -522,10 +546,12 @@ const command commands[] = {
     {"length", "", 0, 0, true, false, "", "gets the length of the current file", "", cmd_length},
     {"map", "", 0, 0, true, false, "", "prints the allocated areas of a file", "", cmd_map},
     {"quit", "q", 0, 0, false, false, "", "exit the program", "", cmd_quit},
-    {"read", "r", 2, -1, true, false, "[-pqv] [-P pattern [-s off] [-l len]] off len",
+    {"read", "r", 2, -1, true, false, "[-Cpqv] [-P pattern [-s off] [-l len]] off len",
      "reads a number of bytes at a specified offset",
      " reads a range of bytes from the given offset\n\n"
      " Example:\n 'read -v 512 1k' - dumps 1 kilobyte read from 512 bytes into the file\n\n"
+     " -C, -- read with copy-on-read (what the backing file supplies is written\n"
+     "        into the image)\n"
      " -l, -- length for pattern verification (only with -P)\n"
      " -p, -- ignored for backwards compatibility\n"
      " -P, -- use a pattern to verify read data\n"
@@ -533,7 +559,7 @@ const command commands[] = {
      " -s, -- start offset for pattern verification (only with -P)\n"
      " -v, -- dump buffer to standard output",
      cmd_read},
-    {"readv", "", 2, -1, true, false, "[-qv] [-P pattern] off len [len..]",
+    {"readv", "", 2, -1, true, false, "[-Cqv] [-P pattern] off len [len..]",
      "reads a number of bytes at a specified offset", "", cmd_readv},
     {"sleep", "", 1, 1, false, false, "milliseconds", "waits for the given value in milliseconds", "", cmd_sleep},
     {"truncate", "", 1, 3, true, true, "[-m prealloc_mode] off", "truncates the current file at the given offset",

@@ -14,13 +14,23 @@
 namespace qed::tools::io {
 
 bool session::open(const std::string& path, open_options options) {
-    auto r = open_image(driver_, path, std::move(options));
+    auto r = open_image(driver_, path, options);
     if (r.ec) {
         report("can't open device " + r.error);
         return false;
     }
     img_ = r.img;
     path_ = path;
+    const image_info info = img_.info();
+    probed_raw_ = !options.format && info.format == image_format::raw && !info.read_only;
+    if (probed_raw_) {
+        // qemu-io's warning, word for word: scripts and users know it.
+        report("warning: Image format was not specified for '" + info.filename +
+               "' and probing guessed raw.\n"
+               "         Automatically detecting the format is dangerous for raw images, write operations on "
+               "block 0 will be restricted.\n"
+               "         Specify the 'raw' format explicitly to remove the restrictions.");
+    }
     return true;
 }
 
@@ -68,6 +78,18 @@ void complete_later(image& img, done_fn done, std::error_code ec) {
     boost::asio::post(img.get_executor(), [done, ec] { done(ec); });
 }
 
+/// Whether these first bytes of a raw file would make it probe as an image
+/// format (qemu refuses such writes to block 0 of a probed raw image: the
+/// guest could otherwise make the host read its file as, say, a QED image
+/// with a backing file of the guest's choosing).
+bool would_change_format(const std::byte* p, std::uint64_t n) {
+    static const std::string_view magics[] = {{"QED\0", 4}, "QFI\xfb", "KDMV", "vhdxfile", "conectix",
+                                              "WithoutFreeSpace"};
+    for (const auto m : magics)
+        if (n >= m.size() && std::memcmp(p, m.data(), m.size()) == 0) return true;
+    return false;
+}
+
 }  // namespace
 
 void session::read(std::uint64_t offset, std::uint64_t length, std::byte* out, done_fn done) {
@@ -95,6 +117,8 @@ void session::write(std::uint64_t offset, std::uint64_t length, const std::byte*
     image img = img_;
     const write_options wo{fua};
     if (offset % sector == 0 && length % sector == 0) {
+        if (probed_raw_ && offset == 0 && would_change_format(in, length))
+            return complete_later(img_, done, std::make_error_code(std::errc::operation_not_permitted));
         img.async_write_at(offset, boost::asio::buffer(in, static_cast<std::size_t>(length)), wo,
                            [done](std::error_code ec, std::size_t) { done(ec); });
         return;
@@ -105,8 +129,10 @@ void session::write(std::uint64_t offset, std::uint64_t length, const std::byte*
     auto bounce = std::make_shared<aligned_buffer>(static_cast<std::size_t>(a1 - a0));
     const bool head = offset != a0;
     const bool tail = offset + length != a1 && (a1 - sector != a0 || !head);
-    auto finish = [img, bounce, a0, offset, length, in, wo, done]() mutable {
+    auto finish = [img, bounce, a0, offset, length, in, wo, done, restricted = probed_raw_]() mutable {
         std::memcpy(bounce->data() + (offset - a0), in, static_cast<std::size_t>(length));
+        if (restricted && a0 == 0 && would_change_format(bounce->data(), bounce->size()))
+            return complete_later(img, done, std::make_error_code(std::errc::operation_not_permitted));
         img.async_write_at(a0, boost::asio::buffer(bounce->data(), bounce->size()), wo,
                            [bounce, done](std::error_code ec, std::size_t) { done(ec); });
     };

@@ -56,6 +56,7 @@ private:
     image img_;
     std::string path_;
     unsigned in_flight_ = 0;
+    bool probed_raw_ = false;  ///< raw by probing: block 0 may not become another format
     bool failed_ = false;
 };
 
