@@ -211,3 +211,52 @@ BOOST_AUTO_TEST_CASE(read_C_copies_what_the_backing_file_supplies) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(qed_io_open_close)
+
+BOOST_AUTO_TEST_CASE(close_waits_for_requests_in_flight) {
+    scratch s;
+    must(s.img({"create", "-q", "-f", "qed", "t.qed", "8M"}));
+    const result r = s.io({"-c", "aio_write -P 3 0 4M", "-c", "close", "t.qed"});
+    must(r);
+    BOOST_TEST(r.out.rfind("wrote 4194304/4194304 bytes at offset 0\n", 0) == 0, r);
+    must(s.img({"check", "-q", "t.qed"}));
+    must(s.io({"-c", "read -P 3 0 4M", "t.qed"}));
+    // After close, commands that need an image say so.
+    const result after = s.io({"-c", "close", "-c", "read 0 512", "t.qed"});
+    BOOST_TEST(after.status == 1);
+    BOOST_TEST(after.err == "qed-io: no file open, try 'help open'\n");
+}
+
+BOOST_AUTO_TEST_CASE(open_from_standard_input_with_a_path_or_options) {
+    scratch s;
+    must(s.img({"create", "-q", "-f", "qed", "t.qed", "1M"}));
+    must(s.io({}, "open t.qed\nwrite -P 4 0 4k\nclose\nopen -r -o driver=qed,filename=t.qed\nread -P 4 0 4k\n"));
+    const result twice = s.io({"-c", "open t.qed", "t.qed"});
+    BOOST_TEST(twice.status == 1);
+    BOOST_TEST(twice.err == "qed-io: file open already, try 'help close'\n");
+    const result ro = s.io({}, "open -r t.qed\nwrite 0 512\n");
+    BOOST_TEST(ro.status == 1);
+    BOOST_TEST(s.io({"-c", "open -o driver=qed,file.align=4k,filename=t.qed"}).status == 1);
+}
+
+BOOST_AUTO_TEST_CASE(protocol_drivers_check_the_kind_of_file) {
+    scratch s;
+    fs::create_directories(s.path("dir"));
+    const std::string dir = s.path("dir");
+    BOOST_TEST(s.io({"-c", "open -r -o driver=file,filename=" + dir}).err ==
+               "qed-io: can't open: 'file' driver requires '" + dir + "' to be a regular file\n");
+    BOOST_TEST(s.io({"-c", "open -o driver=file,filename=" + dir}).err ==
+               "qed-io: can't open: Could not open '" + dir + "': Is a directory\n");
+    BOOST_TEST(s.io({"-c", "open -r -o driver=host_device,filename=" + dir}).err ==
+               "qed-io: can't open: 'host_device' driver requires '" + dir +
+                   "' to be either a character or block device\n");
+    BOOST_TEST(s.io({"-c", "open -r -o driver=file,filename=/dev/null,locking=off"}).err ==
+               "qed-io: can't open: 'file' driver requires '/dev/null' to be a regular file\n");
+    must(s.io({"-c", "open -r -o driver=host_device,filename=/dev/null,locking=off"}));
+    must(s.img({"create", "-q", "-f", "raw", "d.raw", "64k"}));
+    must(s.io({"-c", "open -o driver=file,filename=d.raw", "-c", "write -P 1 0 512"}));
+    BOOST_TEST(s.read_file("d.raw").substr(0, 2) == "\x01\x01");
+}
+
+BOOST_AUTO_TEST_SUITE_END()

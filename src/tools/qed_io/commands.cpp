@@ -1,5 +1,9 @@
 #include "qed_io/commands.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <boost/asio/steady_timer.hpp>
 #include <cinttypes>
 #include <cstdio>
@@ -8,6 +12,7 @@
 #include <sstream>
 
 #include "common/args.hpp"
+#include "common/driver.hpp"
 #include "common/jobs.hpp"
 #include "common/sizes.hpp"
 
@@ -512,6 +517,117 @@ bool cmd_help(session&, const argv_t& argv) {
     return true;
 }
 
+bool cmd_close(session& s, const argv_t&) {
+    // Requests in flight complete first, as qemu-io drains on close.
+    const bool ok = s.close();
+    return ok;
+}
+
+/// The protocol drivers qemu-io's open -o driver= names, on a local file:
+/// they check what kind of file it is, then the file is read as raw.
+bool protocol_file_ok(const std::string& driver, const std::string& file, bool read_only) {
+    const int fd = ::open(file.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    if (fd < 0) {
+        const int err = errno;
+        report("can't open: Could not open '" + file + "': " + std::strerror(err));
+        return false;
+    }
+    struct stat st {};
+    const bool statted = ::fstat(fd, &st) == 0;
+    ::close(fd);
+    if (driver == "file" && (!statted || !S_ISREG(st.st_mode))) {
+        report("can't open: 'file' driver requires '" + file + "' to be a regular file");
+        return false;
+    }
+    if (driver != "file" && (!statted || !(S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)))) {
+        report("can't open: '" + driver + "' driver requires '" + file + "' to be either a character or block device");
+        return false;
+    }
+    return true;
+}
+
+bool cmd_open(session& s, const argv_t& argv) {
+    auto a = options(argv, {{'r', "", false},
+                            {'n', "", false},
+                            {'t', "", true},
+                            {'o', "", true},
+                            {'f', "", true},
+                            {'U', "", false},
+                            {'k', "", false},
+                            {'i', "", true},
+                            {'d', "", true}});
+    if (!a) return false;
+    if (s.is_open()) {
+        report("file open already, try 'help close'");
+        return false;
+    }
+    if (a->positional.size() > 1) return usage_of(argv[0]);
+    open_options o;
+    o.read_only = a->has("r");
+    o.direct = a->has("n");
+    if (auto t = a->last("t")) {
+        if (*t == "none" || *t == "directsync")
+            o.direct = true;
+        else if (*t != "writeback" && *t != "writethrough" && *t != "unsafe") {
+            report("Invalid cache option: " + *t);
+            return false;
+        }
+    }
+    if (auto i = a->last("i")) {
+        if (*i == "io_uring")
+            o.backend = file_backend::io_uring;
+        else if (*i == "threads")
+            o.backend = file_backend::threads;
+        else if (*i != "native") {
+            report("Invalid aio option: " + *i + " (threads, native or io_uring)");
+            return false;
+        }
+    }
+    std::string driver;
+    if (auto f = a->last("f")) driver = *f;
+    std::string file = a->positional.empty() ? std::string{} : a->positional[0];
+    for (const auto& list : a->all("o")) {
+        std::size_t pos = 0;
+        while (pos <= list.size()) {
+            const std::size_t comma = std::min(list.find(',', pos), list.size());
+            const std::string item = list.substr(pos, comma - pos);
+            pos = comma + 1;
+            if (item.empty()) continue;
+            const auto eq = item.find('=');
+            const std::string key = item.substr(0, eq);
+            const std::string value = eq == std::string::npos ? std::string{} : item.substr(eq + 1);
+            if (key == "driver")
+                driver = value;
+            else if (key == "filename" || key == "file.filename")
+                file = value;
+            else if (key == "read-only")
+                o.read_only = value == "on" || value == "true";
+            else if (key == "locking" && (value == "on" || value == "off" || value == "auto"))
+                ;  // one process at a time is what the tools assume; nothing to switch
+            else {
+                report("can't open: option '" + item + "' is not supported (qed-io takes driver, filename, "
+                       "file.filename, read-only and locking)");
+                return false;
+            }
+        }
+    }
+    if (file.empty()) {
+        report("can't open: no file name given (open [-r] [-o driver=FMT,filename=FILE] [FILE])");
+        return false;
+    }
+    if (driver == "file" || driver == "host_device" || driver == "host_cdrom") {
+        if (!protocol_file_ok(driver, file, o.read_only)) return false;
+        o.format = image_format::raw;
+    } else if (!driver.empty()) {
+        o.format = parse_format(driver);
+        if (!o.format) {
+            report("can't open: Unknown driver '" + driver + "' (qed-io supports qed, raw, file and host_device)");
+            return false;
+        }
+    }
+    return s.open(file, o, a->positional.empty());
+}
+
 bool cmd_quit(session& s, const argv_t&) {
     s.quit_requested = true;
     return true;
@@ -538,6 +654,7 @@ const command commands[] = {
      " -z, -- write zeroes",
      cmd_aio_write},
     {"alloc", "", 1, 2, true, false, "offset [count]", "checks if offset is allocated in the file", "", cmd_alloc},
+    {"close", "c", 0, 0, true, false, "", "close the current open file", "", cmd_close},
     {"discard", "", 2, -1, true, true, "[-Cq] off len", "discards a number of bytes at a specified offset",
      " QED keeps discarded clusters allocated (as QEMU's driver does); the\n range is only checked.", cmd_discard},
     {"flush", "", 0, 0, true, false, "", "flush all in-core file state to disk", "", cmd_flush},
@@ -545,6 +662,16 @@ const command commands[] = {
     {"info", "", 0, 0, true, false, "", "prints information about the current file", "", cmd_info},
     {"length", "", 0, 0, true, false, "", "gets the length of the current file", "", cmd_length},
     {"map", "", 0, 0, true, false, "", "prints the allocated areas of a file", "", cmd_map},
+    {"open", "o", 0, -1, false, false, "[-rnU] [-t cache] [-i aio] [-f fmt] [-o options] [path]",
+     "open the file specified by path",
+     " Opens a new file for I/O (the one open before must be closed first).\n"
+     " -r, -- open file read-only\n"
+     " -n, -- disable host cache, short for -t none\n"
+     " -t, -- use the given cache mode\n"
+     " -i, -- use AIO mode (threads or io_uring)\n"
+     " -o, -- options: driver (qed, raw, file, host_device), filename, file.filename,\n"
+     "        read-only, locking",
+     cmd_open},
     {"quit", "q", 0, 0, false, false, "", "exit the program", "", cmd_quit},
     {"read", "r", 2, -1, true, false, "[-Cpqv] [-P pattern [-s off] [-l len]] off len",
      "reads a number of bytes at a specified offset",

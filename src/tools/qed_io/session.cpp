@@ -13,10 +13,10 @@
 
 namespace qed::tools::io {
 
-bool session::open(const std::string& path, open_options options) {
+bool session::open(const std::string& path, open_options options, bool by_options) {
     auto r = open_image(driver_, path, options);
     if (r.ec) {
-        report("can't open device " + r.error);
+        report(!by_options ? "can't open device " + r.error : "can't open: " + r.error);
         return false;
     }
     img_ = r.img;

@@ -26,7 +26,9 @@ public:
     const std::string& path() const noexcept { return path_; }
 
     /// Open `path`; prints one line and returns false on failure.
-    bool open(const std::string& path, open_options options);
+    /// With `by_options` set (named in open -o), the line says "can't open:"
+    /// as qemu-io's does, else "can't open device".
+    bool open(const std::string& path, open_options options, bool by_options = false);
     /// Wait for requests in flight, then close. False when closing failed.
     bool close();
 
