@@ -272,3 +272,33 @@ BOOST_AUTO_TEST_CASE(a_character_device_opens_read_write_and_closes_cleanly) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(qed_io_snapshot)
+
+BOOST_AUTO_TEST_CASE(writes_in_snapshot_mode_leave_the_image_and_no_file_behind) {
+    scratch s;
+    fs::create_directories(s.path("tmp"));
+    must(s.img({"create", "-q", "-f", "qed", "t.qed", "1M"}));
+    must(s.io({"-c", "write -P 1 0 64k", "t.qed"}));
+    must(s.img({"create", "-q", "-f", "raw", "d.raw", "1M"}));
+    const std::string qed_before = s.read_file("t.qed");
+    const std::string raw_before = s.read_file("d.raw");
+    for (const std::string f : {"t.qed", "d.raw"}) {
+        // the overlay reads through to the image and holds the writes
+        const result r = s.io({"-s", "-c", "write -P 0xa 32k 64k", "-c", "read -P 0xa 32k 64k", "-c",
+                               f == "t.qed" ? "read -P 1 0 32k" : "read -P 0 0 32k", "-f",
+                               f == "t.qed" ? "qed" : "raw", f});
+        must(r);
+    }
+    BOOST_TEST((s.read_file("t.qed") == qed_before));
+    BOOST_TEST((s.read_file("d.raw") == raw_before));
+    must(s.io({"-c", "read -P 1 0 64k", "t.qed"}));
+    // TMPDIR is where the overlay lives while qed-io runs; it is unlinked at once.
+    const std::string tmpdir = s.path("tmp");
+    ::setenv("TMPDIR", tmpdir.c_str(), 1);
+    must(s.io({"-s", "-c", "write 0 4k", "t.qed"}));
+    ::unsetenv("TMPDIR");
+    BOOST_TEST(fs::is_empty(s.path("tmp")));
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -1,5 +1,9 @@
 #include "qed_io/session.hpp"
 
+#include <limits.h>
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <boost/asio/post.hpp>
 #include <cctype>
 #include <cerrno>
@@ -31,6 +35,55 @@ bool session::open(const std::string& path, open_options options, bool by_option
                "block 0 will be restricted.\n"
                "         Specify the 'raw' format explicitly to remove the restrictions.");
     }
+    return true;
+}
+
+bool session::open_snapshot(const std::string& path, open_options options) {
+    open_options ro = options;
+    ro.read_only = true;
+    ro.open_backing = false;
+    auto base = open_image(driver_, path, ro);
+    if (base.ec) {
+        report("can't open device " + base.error);
+        return false;
+    }
+    const image_info info = base.img.info();
+    close_image(driver_, base.img);
+    char real[PATH_MAX];
+    if (!::realpath(info.filename.c_str(), real)) {
+        report("can't open device " + describe(path, std::error_code(errno, std::system_category())));
+        return false;
+    }
+    const char* tmp = std::getenv("TMPDIR");
+    std::string overlay = std::string(tmp && *tmp ? tmp : "/var/tmp") + "/qed-io-snapshot.XXXXXX";
+    const int fd = ::mkstemp(overlay.data());
+    if (fd < 0) {
+        report("snapshot: " + describe(overlay, std::error_code(errno, std::system_category())));
+        return false;
+    }
+    ::close(fd);
+    create_options co;
+    co.size = info.virtual_size;
+    co.backing_file = real;
+    co.backing_format = info.format;
+    co.backend = options.backend;
+    if (auto ec = create_image(driver_, overlay, co)) {
+        ::unlink(overlay.c_str());
+        report("snapshot: could not create the temporary overlay " + describe(overlay, ec));
+        return false;
+    }
+    open_options oo = options;
+    oo.read_only = false;
+    oo.format = image_format::qed;
+    auto r = open_image(driver_, overlay, oo);
+    ::unlink(overlay.c_str());  // the open image keeps it; nothing stays behind
+    if (r.ec) {
+        report("can't open device " + r.error);
+        return false;
+    }
+    img_ = r.img;
+    path_ = path;
+    probed_raw_ = false;  // the image itself is never written
     return true;
 }
 

@@ -29,6 +29,10 @@ public:
     /// With `by_options` set (named in open -o), the line says "can't open:"
     /// as qemu-io's does, else "can't open device".
     bool open(const std::string& path, open_options options, bool by_options = false);
+    /// Snapshot mode (-s): `path` is only read; writes go to a temporary
+    /// QED overlay on it, removed when qed-io ends (it is unlinked as soon
+    /// as it is open, so nothing is left behind even after a crash).
+    bool open_snapshot(const std::string& path, open_options options);
     /// Wait for requests in flight, then close. False when closing failed.
     bool close();
 
