@@ -302,3 +302,23 @@ BOOST_AUTO_TEST_CASE(writes_in_snapshot_mode_leave_the_image_and_no_file_behind)
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(qed_io_write_from_file)
+
+BOOST_AUTO_TEST_CASE(write_s_fills_the_buffer_from_a_file_repeated) {
+    scratch s;
+    must(s.img({"create", "-q", "-f", "qed", "t.qed", "1M"}));
+    {
+        std::ofstream(s.path("pat"), std::ios::binary) << "abc";
+    }
+    must(s.io({"-c", "write -s pat 100 8", "t.qed"}));
+    must(s.img({"convert", "-O", "raw", "t.qed", "out.raw"}));
+    BOOST_TEST(s.read_file("out.raw").substr(96, 16) == std::string("\0\0\0\0abcabcab\0\0\0\0", 16));
+    const result missing = s.io({"-c", "write -s nope 0 8", "t.qed"});
+    BOOST_TEST(missing.status == 1);
+    BOOST_TEST(missing.out == "nope: No such file or directory\n");
+    BOOST_TEST(s.io({"-c", "write -s pat -P 1 0 8", "t.qed"}).out ==
+               "Only one of -z, -P, and -s can be specified at the same time\n");
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -257,6 +257,7 @@ bool cmd_aio_read(session& s, const argv_t& argv) {
 struct write_request {
     range where;
     int pattern = 0xcd;
+    std::string pattern_file;  ///< -s: the buffer is filled from this file, repeated as needed
     bool zero = false;
     bool fua = false;
     bool quiet = false;
@@ -265,7 +266,9 @@ struct write_request {
 std::optional<write_request> parse_write(const argv_t& argv, bool vectored, bool aio) {
     std::vector<option_spec> spec{{'P', "", true}, {'q', "", false}, {'f', "", false}};
     if (!vectored || aio) spec.insert(spec.end(), {{'z', "", false}, {'u', "", false}});
-    if (!vectored) spec.insert(spec.end(), {{'n', "", false}, {'c', "", false}, {'b', "", false}, {'p', "", false}});
+    if (!vectored)
+        spec.insert(spec.end(),
+                    {{'n', "", false}, {'c', "", false}, {'b', "", false}, {'p', "", false}, {'s', "", true}});
     if (aio) spec.push_back({'i', "", false});
     auto a = options(argv, spec);
     if (!a) return std::nullopt;
@@ -279,7 +282,8 @@ std::optional<write_request> parse_write(const argv_t& argv, bool vectored, bool
     w.zero = a->has("z");
     w.fua = a->has("f");
     w.quiet = a->has("q");
-    if (w.zero && a->has("P")) {
+    if (auto f = a->last("s")) w.pattern_file = *f;
+    if ((w.zero ? 1 : 0) + (a->has("P") ? 1 : 0) + (a->has("s") ? 1 : 0) > 1) {
         std::printf("Only one of -z, -P, and -s can be specified at the same time\n");
         return std::nullopt;
     }
@@ -302,9 +306,34 @@ std::optional<write_request> parse_write(const argv_t& argv, bool vectored, bool
     return w;
 }
 
+/// Fill `buf` from the start of `file`, repeating it if it is shorter.
+/// False after printing why it could not be read.
+bool fill_from_file(aligned_buffer& buf, const std::string& file) {
+    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    std::size_t have = 0;
+    int err = 0;
+    if (fd < 0) err = errno;
+    while (fd >= 0 && have < buf.size()) {
+        const ssize_t n = ::read(fd, buf.data() + have, buf.size() - have);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) err = errno;
+        if (n <= 0) break;
+        have += static_cast<std::size_t>(n);
+    }
+    if (fd >= 0) ::close(fd);
+    if (err || (have == 0 && buf.size() > 0)) {
+        std::printf("%s: %s\n", file.c_str(), err ? std::strerror(err) : "the file is empty");
+        return false;
+    }
+    for (std::size_t at = have; at < buf.size(); at += have)
+        std::memcpy(buf.data() + at, buf.data(), std::min(have, buf.size() - at));
+    return true;
+}
+
 void start_write(session& s, const write_request& w, std::shared_ptr<aligned_buffer> buf, done_fn done) {
     if (w.zero) return s.write_zeroes(w.where.offset, w.where.length, w.fua, std::move(done));
-    std::memset(buf->data(), w.pattern, buf->size());
+    // -s filled it before the clock started
+    if (w.pattern_file.empty()) std::memset(buf->data(), w.pattern, buf->size());
     s.write(w.where.offset, w.where.length, buf->data(), w.fua, [buf, done](std::error_code ec) { done(ec); });
 }
 
@@ -322,6 +351,7 @@ bool do_write(session& s, const argv_t& argv, bool vectored) {
     auto w = parse_write(argv, vectored, false);
     if (!w) return false;
     auto buf = std::make_shared<aligned_buffer>(w->zero ? 0 : static_cast<std::size_t>(w->where.length));
+    if (!w->pattern_file.empty() && !fill_from_file(*buf, w->pattern_file)) return false;
     const auto t0 = clock::now();
     const auto ec = s.wait([&](done_fn done) { start_write(s, *w, buf, done); });
     return finish_write(s, vectored ? "writev" : "write", *w, ec, clock::now() - t0);
@@ -691,7 +721,7 @@ const command commands[] = {
     {"sleep", "", 1, 1, false, false, "milliseconds", "waits for the given value in milliseconds", "", cmd_sleep},
     {"truncate", "", 1, 3, true, true, "[-m prealloc_mode] off", "truncates the current file at the given offset",
      " Grows the image; QED images never shrink.", cmd_truncate},
-    {"write", "w", 2, -1, true, true, "[-fnpquz] [-P pattern] off len",
+    {"write", "w", 2, -1, true, true, "[-fnpquz] [-P pattern | -s source_file] off len",
      "writes a number of bytes at a specified offset",
      " writes a range of bytes from the given offset\n\n"
      " Example:\n 'write 512 1k' - writes 1 kilobyte at 512 bytes into the open file\n\n"
@@ -701,6 +731,7 @@ const command commands[] = {
      " -n, -- with -z, don't allow slow fallback (accepted, no effect)\n"
      " -p, -- ignored for backwards compatibility\n"
      " -P, -- use different pattern to fill file\n"
+     " -s, -- use the contents of a file (repeated as needed) to fill the buffer\n"
      " -q, -- quiet mode, do not show I/O statistics\n"
      " -u, -- with -z, allow unmapping\n"
      " -z, -- write zeroes",
