@@ -88,6 +88,14 @@ struct fixture {
         BOOST_CHECK_MESSAGE(ec == errc::backing_not_allowed, top << ": got \"" << ec.message() << "\"" << all_log());
         BOOST_CHECK_MESSAGE(logged("outside the allowed directory"), all_log());
         BOOST_CHECK_MESSAGE(logged(name_in_log), "the log does not name " << name_in_log << all_log());
+        // One line that says what was refused and names the directory by
+        // its real path (not " ." for a relative one), said once.
+        const std::string all = all_log();
+        BOOST_CHECK_MESSAGE(all.find("refused to open backing file") != std::string::npos, all);
+        BOOST_CHECK_MESSAGE(all.find("outside the allowed directory " + fs::canonical(a).string()) != std::string::npos,
+                            all);
+        BOOST_CHECK_MESSAGE(all.find("outside the allowed directory") == all.rfind("outside the allowed directory"),
+                            all);
         BOOST_CHECK(!img.img.is_open());
     }
 };

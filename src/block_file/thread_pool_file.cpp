@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "qed/error.hpp"
@@ -51,10 +52,13 @@ void pool_io::flush(op_handler handler) {
         [fd = fd_] {
             std::error_code ec;
             while (::fdatasync(fd->get()) != 0) {
-                if (errno != EINTR) {
-                    ec = errno_code(errno);
-                    break;
-                }
+                if (errno == EINTR) continue;
+                // EINVAL: a special file (character device such as
+                // /dev/null) that has nothing to synchronize.
+                struct stat st {};
+                if (errno == EINVAL && ::fstat(fd->get(), &st) == 0 && !S_ISREG(st.st_mode)) break;
+                ec = errno_code(errno);
+                break;
             }
             return ec;
         },

@@ -2,6 +2,7 @@
 #include "image/backing.hpp"
 
 #include "image/co_io.hpp"
+#include "image/file_protocol.hpp"
 #include "image/qed_image.hpp"
 #include "image/raw_image.hpp"
 
@@ -56,6 +57,15 @@ void lock_options(file_options& fo, const open_options& o, bool& logged) {
         logged = true;
         if (log) log(line);
     };
+}
+
+/// The one line for a backing file refused by allowed_backing_dir: what was
+/// refused (the name and, when it exists, where it really leads) and why.
+/// The option that allows it belongs to the program, which adds it.
+std::string refused_line(const std::string& path, const char* real, const char* dir) {
+    std::string line = "refused to open backing file " + path;
+    if (real && path != real) line += std::string(" (") + real + ")";
+    return line + ": it is outside the allowed directory " + dir;
 }
 
 }  // namespace
@@ -135,6 +145,7 @@ boost::asio::awaitable<device_result> open_on_file(boost::asio::any_io_executor 
 boost::asio::awaitable<device_result> open_device(boost::asio::any_io_executor ex, std::string path,
                                                   std::optional<image_format> format, open_options options,
                                                   unsigned depth, std::vector<file_identity> chain) {
+    path = without_file_protocol(path);
     if (!options.opener) options.opener = default_opener(ex);
     file_options fo;
     fo.read_only = options.read_only;
@@ -164,6 +175,7 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
         log(path + ": backing chain deeper than " + std::to_string(parent.max_backing_depth) + " levels");
         co_return device_result{errc::backing_chain_too_deep, nullptr};
     }
+    path = without_file_protocol(path);
     std::string target = tidy_path(path);
     if (parent.allowed_backing_dir) {
         // Canonical paths: symlinks and ".." can't lead out of the directory.
@@ -183,15 +195,14 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
             char parent_buf[PATH_MAX];
             if (::realpath(parent_dir.c_str(), parent_buf) &&
                 (std::string(parent_buf) == dir_buf || starts_with_dir(parent_buf, dir_buf))) {
-                const auto ec = std::error_code(err, std::system_category());
-                log(path + ": cannot open backing file: " + ec.message());
-                co_return device_result{ec, nullptr};
+                // The image's own open reports it (one line naming both files).
+                co_return device_result{std::error_code(err, std::system_category()), nullptr};
             }
-            log(path + ": backing file is outside the allowed directory " + *parent.allowed_backing_dir);
+            log(refused_line(path, nullptr, dir_buf));
             co_return device_result{errc::backing_not_allowed, nullptr};
         }
         if (!starts_with_dir(file_buf, dir_buf)) {
-            log(path + ": backing file is outside the allowed directory " + *parent.allowed_backing_dir);
+            log(refused_line(path, file_buf, dir_buf));
             co_return device_result{errc::backing_not_allowed, nullptr};
         }
         target = file_buf;
@@ -211,8 +222,8 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
     std::error_code ec;
     auto file = child.opener(target, fo, ec);
     if (!file) {
+        // The image's own open reports it (one line naming both files).
         if (!ec) ec = std::make_error_code(std::errc::io_error);
-        if (!logged) log(path + ": cannot open backing file: " + ec.message());
         co_return device_result{ec, nullptr};
     }
     const file_identity id = file->identity();

@@ -10,11 +10,14 @@
 
 #include <cstring>
 
+#include "image/file_protocol.hpp"
+
 namespace qed::detail {
 namespace {
 
 boost::asio::awaitable<std::error_code> create_image(boost::asio::any_io_executor ex, std::string path,
                                                      create_options o) {
+    path = without_file_protocol(path);
     if (!o.opener) o.opener = default_opener(ex);
     if (o.size && *o.size > max_addressable_size) co_return errc::image_too_large;
     if (!o.size && o.backing_file.empty()) co_return errc::invalid_argument;  // no size to take

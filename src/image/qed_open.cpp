@@ -67,7 +67,17 @@ boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vec
         chain.push_back(file_->identity());
         auto [bec, dev] =
             co_await open_backing_chain(ex_, backing_full_, backing_format_, options_, depth + 1, std::move(chain));
-        if (bec) co_return fail(bec, "cannot open backing file " + backing_full_ + ": " + bec.message());
+        if (bec) {
+            // qemu's wording (scripts match it). A refused, locked or looping chain
+            // was already explained in one line by the chain's own check.
+            if (bec == errc::backing_not_allowed || bec == errc::backing_loop || bec == errc::backing_chain_too_deep ||
+                bec == errc::image_locked)
+                co_return bec;
+            if (bec.category() == std::system_category() || bec.category() == std::generic_category())
+                co_return fail(bec, "Could not open backing file: Could not open '" + backing_full_ +
+                                        "': " + bec.message());
+            co_return fail(bec, "Could not open backing file: " + bec.message());
+        }
         backing_ = std::move(dev);
     }
 

@@ -75,7 +75,9 @@ void server::wait_for_signal() {
 
 void server::on_open(std::error_code ec, image img) {
     if (ec) {
-        error("failed to open '" + options_.image_path + "': " + ec.message());
+        std::string line = "failed to open '" + options_.image_path + "': " + ec.message();
+        if (ec == qed::errc::backing_not_allowed) line += " (--allow-backing-dir=DIR allows another directory)";
+        error(line);
         exit_code_ = 1;
         return finish();
     }

@@ -49,6 +49,22 @@ std::vector<std::string> log_collector::lines() const {
     return state_->lines;
 }
 
+const char* qemu_header_refusal(std::error_code ec) {
+    if (ec.category() != qed::category()) return nullptr;
+    switch (static_cast<errc>(ec.value())) {
+        case errc::bad_magic: return "Image not in QED format";
+        case errc::invalid_cluster_size: return "QED cluster size is invalid";
+        case errc::invalid_table_size: return "QED table size is invalid";
+        // qemu finds a header too large for the file through the L1 offset.
+        case errc::invalid_header_size:
+        case errc::invalid_l1_offset:
+        case errc::l1_table_past_eof: return "QED table offset is invalid";
+        case errc::image_size_unaligned:
+        case errc::image_too_large: return "QED image size is invalid";
+        default: return nullptr;
+    }
+}
+
 std::string describe(const std::string& path, std::error_code ec) {
     if (ec == never_completed()) return path + ": internal error: an operation never completed";
     return path + ": " + ec.message();
@@ -69,6 +85,12 @@ open_result open_image(driver& d, const std::string& path, open_options options)
     if (out.ec) {
         const auto lines = logs.lines();
         out.error = lines.empty() ? describe(path, out.ec) : lines.back();
+        // A header the image's own open refused: qemu's words, which scripts
+        // match (the library's detail goes to programs that log everything).
+        const std::string own = path + ": ";
+        const bool about_top = out.error.rfind(own, 0) == 0 &&
+                               out.error.compare(own.size(), 26, "Could not open backing file") != 0;
+        if (const char* q = qemu_header_refusal(out.ec); q && about_top) out.error = own + q;
         return out;
     }
     out.img = std::move(std::get<1>(*r));

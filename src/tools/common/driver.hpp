@@ -76,6 +76,9 @@ struct open_result {
 /// Open an image. On failure `error` holds the most telling diagnostic.
 open_result open_image(driver& d, const std::string& path, open_options options);
 
+/// qemu's wording for a QED header it refuses to open (nullptr: not one).
+const char* qemu_header_refusal(std::error_code ec);
+
 /// The one-line description of an error about `path` ("path: problem").
 std::string describe(const std::string& path, std::error_code ec);
 

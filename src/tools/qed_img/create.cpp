@@ -1,6 +1,11 @@
 // SPDX-License-Identifier: BSL-1.0
 // qed-img create: a new QED or raw image, optionally over a backing file.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "common/driver.hpp"
 #include "common/files.hpp"
@@ -114,6 +119,19 @@ int run_create(const words& words) {
     // Everything is checked before the file is touched.
     if (r.format == image_format::raw && !r.backing.empty())
         return fail(r.path + ": Backing file not supported for file format 'raw'");
+    if (!r.backing.empty() && !r.backing_format && !r.unsafe) {
+        // qemu-img opens the backing file to guess its format first, so a
+        // missing one is reported as such (scripts match these two lines).
+        const std::string full = resolve_backing(r.path, r.backing);
+        const int fd = ::open(full.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            const int err = errno;
+            fail(r.path + ": Could not open '" + full + "': " + std::strerror(err));
+            std::fprintf(stderr, "Could not open backing image.\n");
+            return 1;
+        }
+        ::close(fd);
+    }
     if (!r.backing.empty() && !r.backing_format)
         return fail(r.path + ": Backing file specified without backing format (use -F qed or -F raw)");
     const std::uint64_t cluster = r.cluster_size.value_or(default_cluster_size);

@@ -123,7 +123,7 @@ int run_info(const words& words) {
         if (r.ec) return fail(found.empty() ? r.error : "could not open backing file: " + r.error);
         image_info i = r.img.info();
         close_image(d, r.img);
-        found.emplace_back(i, path);
+        found.emplace_back(i, i.filename);  // as the library resolved it ("file:" taken off)
         if (!chain || i.backing_file.empty()) break;
         path = i.backing_file_full;
         fmt = i.backing_format;  // raw when the header says so, else probe

@@ -1,6 +1,11 @@
 // SPDX-License-Identifier: BSL-1.0
 // qed-img resize: grow an image. QED images never shrink; asking for a
-// smaller size is refused before anything is written.
+// smaller size is refused before anything is written. Raw files shrink with
+// --shrink.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
 
 #include "common/driver.hpp"
@@ -61,6 +66,28 @@ int run_resize(const words& all_words) {
         target = current + *amount;
     } else if (rel == relative::shrink) {
         target = *amount > current ? 0 : current - *amount;
+    }
+    if (target < current && img.info().format == image_format::raw) {
+        // A raw file has nothing but the guest's bytes: shrinking cuts the
+        // file, as qemu-img does, but only when asked for with --shrink.
+        if (!args->has("shrink")) {
+            report("warning: Shrinking an image will delete all data beyond the shrunken image's end. Before "
+                   "performing such an operation, make sure there is no important data there.");
+            return refuse("Use the --shrink option to perform a shrink operation.");
+        }
+        if (target % sector_size)
+            return refuse(path + ": invalid image size " + std::to_string(target) + ": it must be a multiple of 512");
+        const std::string file = img.info().filename;
+        if (auto ec = close_image(d, img)) return fail(describe(path, ec));
+        // One ftruncate: after a crash the file has either size, and the
+        // bytes below the new size are untouched either way.
+        const int fd = ::open(file.c_str(), O_WRONLY | O_CLOEXEC);
+        const bool ok = fd >= 0 && ::ftruncate(fd, static_cast<off_t>(target)) == 0 && ::fsync(fd) == 0;
+        const int err = errno;
+        if (fd >= 0) ::close(fd);
+        if (!ok) return fail(describe(path, std::error_code(err, std::system_category())));
+        if (!args->has("quiet")) std::printf("Image resized.\n");
+        return 0;
     }
     if (target < current)
         return refuse(path + ": shrinking is not supported (the image is " + std::to_string(current) + " bytes, " +

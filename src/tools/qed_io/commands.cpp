@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "qed_io/commands.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <boost/asio/steady_timer.hpp>
 #include <cinttypes>
 #include <cstdio>
@@ -9,6 +13,7 @@
 #include <sstream>
 
 #include "common/args.hpp"
+#include "common/driver.hpp"
 #include "common/jobs.hpp"
 #include "common/sizes.hpp"
 
@@ -119,6 +124,7 @@ struct read_request {
     std::optional<std::uint64_t> pattern_length;
     bool quiet = false;
     bool dump = false;
+    bool copy_on_read = false;  ///< -C: what the backing chain supplied is written into the image
 };
 
 /// After a read: verify, dump, report. Returns false on a failed check.
@@ -149,8 +155,10 @@ bool finish_read(session& s, const char* verb, const read_request& r, const std:
 
 std::optional<read_request> parse_read(const argv_t& argv, bool vectored) {
     auto a = options(
-        argv, vectored ? std::vector<option_spec>{{'P', "", true}, {'q', "", false}, {'v', "", false}, {'i', "", false}}
-                       : std::vector<option_spec>{{'P', "", true},
+        argv, vectored ? std::vector<option_spec>{{'P', "", true}, {'q', "", false}, {'v', "", false}, {'i', "", false},
+                                                  {'C', "", false}}
+                       : std::vector<option_spec>{{'C', "", false},
+                                                  {'P', "", true},
                                                   {'s', "", true},
                                                   {'l', "", true},
                                                   {'q', "", false},
@@ -168,6 +176,7 @@ std::optional<read_request> parse_read(const argv_t& argv, bool vectored) {
         return std::nullopt;
     }
     read_request r;
+    r.copy_on_read = a->has("C");
     r.quiet = a->has("q");
     r.dump = a->has("v");
     if (auto p = a->last("P")) {
@@ -195,12 +204,28 @@ std::optional<read_request> parse_read(const argv_t& argv, bool vectored) {
     return r;
 }
 
+/// Copy-on-read (read -C): the parts of `where` the image does not hold
+/// itself, just read through the chain into `data`, are written into it.
+std::error_code copy_up(session& s, const range& where, const std::byte* data) {
+    if (where.length == 0 || !s.img().backing()) return {};
+    if (s.img().info().read_only) return make_error_code(errc::read_only);
+    std::vector<extent> ext;
+    if (auto ec = block_status(s.loop(), s.img(), where.offset, where.length, ext)) return ec;
+    for (const auto& e : ext) {
+        if (e.depth == 0 || !e.present) continue;
+        const std::byte* from = data + (e.offset - where.offset);
+        if (auto ec = s.wait([&](done_fn done) { s.write(e.offset, e.length, from, false, done); })) return ec;
+    }
+    return {};
+}
+
 bool do_read(session& s, const argv_t& argv, bool vectored) {
     auto r = parse_read(argv, vectored);
     if (!r) return false;
     aligned_buffer buf(static_cast<std::size_t>(r->where.length));
     const auto t0 = clock::now();
-    const auto ec = s.wait([&](done_fn done) { s.read(r->where.offset, r->where.length, buf.data(), done); });
+    auto ec = s.wait([&](done_fn done) { s.read(r->where.offset, r->where.length, buf.data(), done); });
+    if (!ec && r->copy_on_read) ec = copy_up(s, r->where, buf.data());
     return finish_read(s, vectored ? "readv" : "read", *r, buf.data(), ec, clock::now() - t0);
 }
 
@@ -214,6 +239,10 @@ bool cmd_readv(session& s, const argv_t& argv) {
 bool cmd_aio_read(session& s, const argv_t& argv) {
     auto r = parse_read(argv, true);
     if (!r) return false;
+    if (r->copy_on_read) {
+        std::printf("aio_read: -C is not supported here (use read -C or readv -C)\n");
+        return false;
+    }
     auto buf = std::make_shared<aligned_buffer>(static_cast<std::size_t>(r->where.length));
     const auto t0 = clock::now();
     s.aio_started();
@@ -229,6 +258,7 @@ bool cmd_aio_read(session& s, const argv_t& argv) {
 struct write_request {
     range where;
     int pattern = 0xcd;
+    std::string pattern_file;  ///< -s: the buffer is filled from this file, repeated as needed
     bool zero = false;
     bool fua = false;
     bool quiet = false;
@@ -237,7 +267,9 @@ struct write_request {
 std::optional<write_request> parse_write(const argv_t& argv, bool vectored, bool aio) {
     std::vector<option_spec> spec{{'P', "", true}, {'q', "", false}, {'f', "", false}};
     if (!vectored || aio) spec.insert(spec.end(), {{'z', "", false}, {'u', "", false}});
-    if (!vectored) spec.insert(spec.end(), {{'n', "", false}, {'c', "", false}, {'b', "", false}, {'p', "", false}});
+    if (!vectored)
+        spec.insert(spec.end(),
+                    {{'n', "", false}, {'c', "", false}, {'b', "", false}, {'p', "", false}, {'s', "", true}});
     if (aio) spec.push_back({'i', "", false});
     auto a = options(argv, spec);
     if (!a) return std::nullopt;
@@ -251,7 +283,8 @@ std::optional<write_request> parse_write(const argv_t& argv, bool vectored, bool
     w.zero = a->has("z");
     w.fua = a->has("f");
     w.quiet = a->has("q");
-    if (w.zero && a->has("P")) {
+    if (auto f = a->last("s")) w.pattern_file = *f;
+    if ((w.zero ? 1 : 0) + (a->has("P") ? 1 : 0) + (a->has("s") ? 1 : 0) > 1) {
         std::printf("Only one of -z, -P, and -s can be specified at the same time\n");
         return std::nullopt;
     }
@@ -274,9 +307,34 @@ std::optional<write_request> parse_write(const argv_t& argv, bool vectored, bool
     return w;
 }
 
+/// Fill `buf` from the start of `file`, repeating it if it is shorter.
+/// False after printing why it could not be read.
+bool fill_from_file(aligned_buffer& buf, const std::string& file) {
+    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    std::size_t have = 0;
+    int err = 0;
+    if (fd < 0) err = errno;
+    while (fd >= 0 && have < buf.size()) {
+        const ssize_t n = ::read(fd, buf.data() + have, buf.size() - have);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) err = errno;
+        if (n <= 0) break;
+        have += static_cast<std::size_t>(n);
+    }
+    if (fd >= 0) ::close(fd);
+    if (err || (have == 0 && buf.size() > 0)) {
+        std::printf("%s: %s\n", file.c_str(), err ? std::strerror(err) : "the file is empty");
+        return false;
+    }
+    for (std::size_t at = have; at < buf.size(); at += have)
+        std::memcpy(buf.data() + at, buf.data(), std::min(have, buf.size() - at));
+    return true;
+}
+
 void start_write(session& s, const write_request& w, std::shared_ptr<aligned_buffer> buf, done_fn done) {
     if (w.zero) return s.write_zeroes(w.where.offset, w.where.length, w.fua, std::move(done));
-    std::memset(buf->data(), w.pattern, buf->size());
+    // -s filled it before the clock started
+    if (w.pattern_file.empty()) std::memset(buf->data(), w.pattern, buf->size());
     s.write(w.where.offset, w.where.length, buf->data(), w.fua, [buf, done](std::error_code ec) { done(ec); });
 }
 
@@ -294,6 +352,7 @@ bool do_write(session& s, const argv_t& argv, bool vectored) {
     auto w = parse_write(argv, vectored, false);
     if (!w) return false;
     auto buf = std::make_shared<aligned_buffer>(w->zero ? 0 : static_cast<std::size_t>(w->where.length));
+    if (!w->pattern_file.empty() && !fill_from_file(*buf, w->pattern_file)) return false;
     const auto t0 = clock::now();
     const auto ec = s.wait([&](done_fn done) { start_write(s, *w, buf, done); });
     return finish_write(s, vectored ? "writev" : "write", *w, ec, clock::now() - t0);
@@ -489,6 +548,117 @@ bool cmd_help(session&, const argv_t& argv) {
     return true;
 }
 
+bool cmd_close(session& s, const argv_t&) {
+    // Requests in flight complete first, as qemu-io drains on close.
+    const bool ok = s.close();
+    return ok;
+}
+
+/// The protocol drivers qemu-io's open -o driver= names, on a local file:
+/// they check what kind of file it is, then the file is read as raw.
+bool protocol_file_ok(const std::string& driver, const std::string& file, bool read_only) {
+    const int fd = ::open(file.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    if (fd < 0) {
+        const int err = errno;
+        report("can't open: Could not open '" + file + "': " + std::strerror(err));
+        return false;
+    }
+    struct stat st {};
+    const bool statted = ::fstat(fd, &st) == 0;
+    ::close(fd);
+    if (driver == "file" && (!statted || !S_ISREG(st.st_mode))) {
+        report("can't open: 'file' driver requires '" + file + "' to be a regular file");
+        return false;
+    }
+    if (driver != "file" && (!statted || !(S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)))) {
+        report("can't open: '" + driver + "' driver requires '" + file + "' to be either a character or block device");
+        return false;
+    }
+    return true;
+}
+
+bool cmd_open(session& s, const argv_t& argv) {
+    auto a = options(argv, {{'r', "", false},
+                            {'n', "", false},
+                            {'t', "", true},
+                            {'o', "", true},
+                            {'f', "", true},
+                            {'U', "", false},
+                            {'k', "", false},
+                            {'i', "", true},
+                            {'d', "", true}});
+    if (!a) return false;
+    if (s.is_open()) {
+        report("file open already, try 'help close'");
+        return false;
+    }
+    if (a->positional.size() > 1) return usage_of(argv[0]);
+    open_options o;
+    o.read_only = a->has("r");
+    o.direct = a->has("n");
+    if (auto t = a->last("t")) {
+        if (*t == "none" || *t == "directsync")
+            o.direct = true;
+        else if (*t != "writeback" && *t != "writethrough" && *t != "unsafe") {
+            report("Invalid cache option: " + *t);
+            return false;
+        }
+    }
+    if (auto i = a->last("i")) {
+        if (*i == "io_uring")
+            o.backend = file_backend::io_uring;
+        else if (*i == "threads")
+            o.backend = file_backend::threads;
+        else if (*i != "native") {
+            report("Invalid aio option: " + *i + " (threads, native or io_uring)");
+            return false;
+        }
+    }
+    std::string driver;
+    if (auto f = a->last("f")) driver = *f;
+    std::string file = a->positional.empty() ? std::string{} : a->positional[0];
+    for (const auto& list : a->all("o")) {
+        std::size_t pos = 0;
+        while (pos <= list.size()) {
+            const std::size_t comma = std::min(list.find(',', pos), list.size());
+            const std::string item = list.substr(pos, comma - pos);
+            pos = comma + 1;
+            if (item.empty()) continue;
+            const auto eq = item.find('=');
+            const std::string key = item.substr(0, eq);
+            const std::string value = eq == std::string::npos ? std::string{} : item.substr(eq + 1);
+            if (key == "driver")
+                driver = value;
+            else if (key == "filename" || key == "file.filename")
+                file = value;
+            else if (key == "read-only")
+                o.read_only = value == "on" || value == "true";
+            else if (key == "locking" && (value == "on" || value == "off" || value == "auto"))
+                ;  // one process at a time is what the tools assume; nothing to switch
+            else {
+                report("can't open: option '" + item + "' is not supported (qed-io takes driver, filename, "
+                       "file.filename, read-only and locking)");
+                return false;
+            }
+        }
+    }
+    if (file.empty()) {
+        report("can't open: no file name given (open [-r] [-o driver=FMT,filename=FILE] [FILE])");
+        return false;
+    }
+    if (driver == "file" || driver == "host_device" || driver == "host_cdrom") {
+        if (!protocol_file_ok(driver, file, o.read_only)) return false;
+        o.format = image_format::raw;
+    } else if (!driver.empty()) {
+        o.format = parse_format(driver);
+        if (!o.format) {
+            report("can't open: Unknown driver '" + driver + "' (qed-io supports qed, raw, file and host_device)");
+            return false;
+        }
+    }
+    return s.open(file, o, a->positional.empty());
+}
+
 bool cmd_quit(session& s, const argv_t&) {
     s.quit_requested = true;
     return true;
@@ -515,6 +685,7 @@ const command commands[] = {
      " -z, -- write zeroes",
      cmd_aio_write},
     {"alloc", "", 1, 2, true, false, "offset [count]", "checks if offset is allocated in the file", "", cmd_alloc},
+    {"close", "c", 0, 0, true, false, "", "close the current open file", "", cmd_close},
     {"discard", "", 2, -1, true, true, "[-Cq] off len", "discards a number of bytes at a specified offset",
      " QED keeps discarded clusters allocated (as QEMU's driver does); the\n range is only checked.", cmd_discard},
     {"flush", "", 0, 0, true, false, "", "flush all in-core file state to disk", "", cmd_flush},
@@ -522,11 +693,23 @@ const command commands[] = {
     {"info", "", 0, 0, true, false, "", "prints information about the current file", "", cmd_info},
     {"length", "", 0, 0, true, false, "", "gets the length of the current file", "", cmd_length},
     {"map", "", 0, 0, true, false, "", "prints the allocated areas of a file", "", cmd_map},
+    {"open", "o", 0, -1, false, false, "[-rnU] [-t cache] [-i aio] [-f fmt] [-o options] [path]",
+     "open the file specified by path",
+     " Opens a new file for I/O (the one open before must be closed first).\n"
+     " -r, -- open file read-only\n"
+     " -n, -- disable host cache, short for -t none\n"
+     " -t, -- use the given cache mode\n"
+     " -i, -- use AIO mode (threads or io_uring)\n"
+     " -o, -- options: driver (qed, raw, file, host_device), filename, file.filename,\n"
+     "        read-only, locking",
+     cmd_open},
     {"quit", "q", 0, 0, false, false, "", "exit the program", "", cmd_quit},
-    {"read", "r", 2, -1, true, false, "[-pqv] [-P pattern [-s off] [-l len]] off len",
+    {"read", "r", 2, -1, true, false, "[-Cpqv] [-P pattern [-s off] [-l len]] off len",
      "reads a number of bytes at a specified offset",
      " reads a range of bytes from the given offset\n\n"
      " Example:\n 'read -v 512 1k' - dumps 1 kilobyte read from 512 bytes into the file\n\n"
+     " -C, -- read with copy-on-read (what the backing file supplies is written\n"
+     "        into the image)\n"
      " -l, -- length for pattern verification (only with -P)\n"
      " -p, -- ignored for backwards compatibility\n"
      " -P, -- use a pattern to verify read data\n"
@@ -534,12 +717,12 @@ const command commands[] = {
      " -s, -- start offset for pattern verification (only with -P)\n"
      " -v, -- dump buffer to standard output",
      cmd_read},
-    {"readv", "", 2, -1, true, false, "[-qv] [-P pattern] off len [len..]",
+    {"readv", "", 2, -1, true, false, "[-Cqv] [-P pattern] off len [len..]",
      "reads a number of bytes at a specified offset", "", cmd_readv},
     {"sleep", "", 1, 1, false, false, "milliseconds", "waits for the given value in milliseconds", "", cmd_sleep},
     {"truncate", "", 1, 3, true, true, "[-m prealloc_mode] off", "truncates the current file at the given offset",
      " Grows the image; QED images never shrink.", cmd_truncate},
-    {"write", "w", 2, -1, true, true, "[-fnpquz] [-P pattern] off len",
+    {"write", "w", 2, -1, true, true, "[-fnpquz] [-P pattern | -s source_file] off len",
      "writes a number of bytes at a specified offset",
      " writes a range of bytes from the given offset\n\n"
      " Example:\n 'write 512 1k' - writes 1 kilobyte at 512 bytes into the open file\n\n"
@@ -549,6 +732,7 @@ const command commands[] = {
      " -n, -- with -z, don't allow slow fallback (accepted, no effect)\n"
      " -p, -- ignored for backwards compatibility\n"
      " -P, -- use different pattern to fill file\n"
+     " -s, -- use the contents of a file (repeated as needed) to fill the buffer\n"
      " -q, -- quiet mode, do not show I/O statistics\n"
      " -u, -- with -z, allow unmapping\n"
      " -z, -- write zeroes",

@@ -30,6 +30,7 @@ void print_help() {
         "                       from the given string\n"
         "  -f, --format FMT     specifies the image format (qed or raw)\n"
         "  -r, --read-only      export read-only\n"
+        "  -s, --snapshot       use snapshot file: writes go to a temporary overlay\n"
         "  -n, --nocache        disable host cache, short for -t none\n"
         "  -t, --cache=MODE     use the given cache mode for the image\n"
         "  -i, --aio=MODE       use AIO mode (threads or io_uring)\n"
@@ -123,6 +124,7 @@ int run(int argc, char** argv) {
                            {{'c', "cmd", true},
                             {'f', "format", true},
                             {'r', "read-only", false},
+                            {'s', "snapshot", false},
                             {'n', "nocache", false},
                             {'t', "cache", true},
                             {'i', "aio", true},
@@ -185,7 +187,11 @@ int run(int argc, char** argv) {
 
     driver d;
     io::session s(d);
-    if (!args->positional.empty() && !s.open(args->positional[0], o)) return 1;
+    if (!args->positional.empty()) {
+        const bool opened = args->has("snapshot") && !o.read_only ? s.open_snapshot(args->positional[0], o)
+                                                                   : s.open(args->positional[0], o);
+        if (!opened) return 1;
+    }
 
     const auto commands = args->all("cmd");
     if (!commands.empty()) {

@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "qed_io/session.hpp"
 
+#include <limits.h>
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <boost/asio/post.hpp>
 #include <cctype>
 #include <cerrno>
@@ -14,14 +18,73 @@
 
 namespace qed::tools::io {
 
-bool session::open(const std::string& path, open_options options) {
-    auto r = open_image(driver_, path, std::move(options));
+bool session::open(const std::string& path, open_options options, bool by_options) {
+    auto r = open_image(driver_, path, options);
+    if (r.ec) {
+        report(!by_options ? "can't open device " + r.error : "can't open: " + r.error);
+        return false;
+    }
+    img_ = r.img;
+    path_ = path;
+    const image_info info = img_.info();
+    probed_raw_ = !options.format && info.format == image_format::raw && !info.read_only;
+    if (probed_raw_) {
+        // qemu-io's warning, word for word: scripts and users know it.
+        report("warning: Image format was not specified for '" + info.filename +
+               "' and probing guessed raw.\n"
+               "         Automatically detecting the format is dangerous for raw images, write operations on "
+               "block 0 will be restricted.\n"
+               "         Specify the 'raw' format explicitly to remove the restrictions.");
+    }
+    return true;
+}
+
+bool session::open_snapshot(const std::string& path, open_options options) {
+    open_options ro = options;
+    ro.read_only = true;
+    ro.open_backing = false;
+    auto base = open_image(driver_, path, ro);
+    if (base.ec) {
+        report("can't open device " + base.error);
+        return false;
+    }
+    const image_info info = base.img.info();
+    close_image(driver_, base.img);
+    char real[PATH_MAX];
+    if (!::realpath(info.filename.c_str(), real)) {
+        report("can't open device " + describe(path, std::error_code(errno, std::system_category())));
+        return false;
+    }
+    const char* tmp = std::getenv("TMPDIR");
+    std::string overlay = std::string(tmp && *tmp ? tmp : "/var/tmp") + "/qed-io-snapshot.XXXXXX";
+    const int fd = ::mkstemp(overlay.data());
+    if (fd < 0) {
+        report("snapshot: " + describe(overlay, std::error_code(errno, std::system_category())));
+        return false;
+    }
+    ::close(fd);
+    create_options co;
+    co.size = info.virtual_size;
+    co.backing_file = real;
+    co.backing_format = info.format;
+    co.backend = options.backend;
+    if (auto ec = create_image(driver_, overlay, co)) {
+        ::unlink(overlay.c_str());
+        report("snapshot: could not create the temporary overlay " + describe(overlay, ec));
+        return false;
+    }
+    open_options oo = options;
+    oo.read_only = false;
+    oo.format = image_format::qed;
+    auto r = open_image(driver_, overlay, oo);
+    ::unlink(overlay.c_str());  // the open image keeps it; nothing stays behind
     if (r.ec) {
         report("can't open device " + r.error);
         return false;
     }
     img_ = r.img;
     path_ = path;
+    probed_raw_ = false;  // the image itself is never written
     return true;
 }
 
@@ -69,6 +132,18 @@ void complete_later(image& img, done_fn done, std::error_code ec) {
     boost::asio::post(img.get_executor(), [done, ec] { done(ec); });
 }
 
+/// Whether these first bytes of a raw file would make it probe as an image
+/// format (qemu refuses such writes to block 0 of a probed raw image: the
+/// guest could otherwise make the host read its file as, say, a QED image
+/// with a backing file of the guest's choosing).
+bool would_change_format(const std::byte* p, std::uint64_t n) {
+    static const std::string_view magics[] = {{"QED\0", 4}, "QFI\xfb", "KDMV", "vhdxfile", "conectix",
+                                              "WithoutFreeSpace"};
+    for (const auto m : magics)
+        if (n >= m.size() && std::memcmp(p, m.data(), m.size()) == 0) return true;
+    return false;
+}
+
 }  // namespace
 
 void session::read(std::uint64_t offset, std::uint64_t length, std::byte* out, done_fn done) {
@@ -96,6 +171,8 @@ void session::write(std::uint64_t offset, std::uint64_t length, const std::byte*
     image img = img_;
     const write_options wo{fua};
     if (offset % sector == 0 && length % sector == 0) {
+        if (probed_raw_ && offset == 0 && would_change_format(in, length))
+            return complete_later(img_, done, std::make_error_code(std::errc::operation_not_permitted));
         img.async_write_at(offset, boost::asio::buffer(in, static_cast<std::size_t>(length)), wo,
                            [done](std::error_code ec, std::size_t) { done(ec); });
         return;
@@ -106,8 +183,10 @@ void session::write(std::uint64_t offset, std::uint64_t length, const std::byte*
     auto bounce = std::make_shared<aligned_buffer>(static_cast<std::size_t>(a1 - a0));
     const bool head = offset != a0;
     const bool tail = offset + length != a1 && (a1 - sector != a0 || !head);
-    auto finish = [img, bounce, a0, offset, length, in, wo, done]() mutable {
+    auto finish = [img, bounce, a0, offset, length, in, wo, done, restricted = probed_raw_]() mutable {
         std::memcpy(bounce->data() + (offset - a0), in, static_cast<std::size_t>(length));
+        if (restricted && a0 == 0 && would_change_format(bounce->data(), bounce->size()))
+            return complete_later(img, done, std::make_error_code(std::errc::operation_not_permitted));
         img.async_write_at(a0, boost::asio::buffer(bounce->data(), bounce->size()), wo,
                            [bounce, done](std::error_code ec, std::size_t) { done(ec); });
     };
@@ -190,8 +269,9 @@ void dump_buffer(const std::byte* p, std::uint64_t offset, std::uint64_t n) {
         for (std::uint64_t j = 0; j < k; ++j) std::printf(" %02x", std::to_integer<unsigned>(p[line + j]));
         std::printf("  ");
         for (std::uint64_t j = 0; j < k; ++j) {
+            // qemu-io shows only letters and digits; scripts compare the column.
             const int c = std::to_integer<int>(p[line + j]);
-            std::putchar(c >= 0x20 && c < 0x7f ? c : '.');
+            std::putchar(std::isalnum(c) ? c : '.');
         }
         std::printf("\n");
     }

@@ -27,7 +27,13 @@ public:
     const std::string& path() const noexcept { return path_; }
 
     /// Open `path`; prints one line and returns false on failure.
-    bool open(const std::string& path, open_options options);
+    /// With `by_options` set (named in open -o), the line says "can't open:"
+    /// as qemu-io's does, else "can't open device".
+    bool open(const std::string& path, open_options options, bool by_options = false);
+    /// Snapshot mode (-s): `path` is only read; writes go to a temporary
+    /// QED overlay on it, removed when qed-io ends (it is unlinked as soon
+    /// as it is open, so nothing is left behind even after a crash).
+    bool open_snapshot(const std::string& path, open_options options);
     /// Wait for requests in flight, then close. False when closing failed.
     bool close();
 
@@ -57,6 +63,7 @@ private:
     image img_;
     std::string path_;
     unsigned in_flight_ = 0;
+    bool probed_raw_ = false;  ///< raw by probing: block 0 may not become another format
     bool failed_ = false;
 };
 
