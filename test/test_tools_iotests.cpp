@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Behaviours QEMU's own iotests check, asserted here so they hold without
 // running the iotests: commit -b through the backing chain, the "file:"
 // prefix, qemu's messages that scripts match, and qed-io's commands.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // QEMU's "file:" protocol prefix on image names ("file:a:b.qed" is the
 // local file "a:b.qed"), so names written for qemu-img open here too.
 #pragma once
