@@ -2,7 +2,7 @@
 //
 // Backends: io_uring (boost::asio::random_access_file in mixed mode), a
 // thread pool running pread/pwrite (chosen when no io_uring ring can be
-// created), and an in-memory file. Test decorators (fault injection,
+// created), an NBD export (libnbd, for nbd:// names), and an in-memory file. Test decorators (fault injection,
 // simulated power loss) sit behind the same interface.
 #pragma once
 
@@ -16,6 +16,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <system_error>
 
 namespace qed {
@@ -45,6 +46,9 @@ struct file_options {
     bool create = false;     ///< create (truncate) the file
     bool direct = false;     ///< O_DIRECT: bypass the host page cache
     file_backend backend = file_backend::automatic;
+    /// Receives one-line diagnostics naming the file (remote files: why a
+    /// connection failed, why a write past the end of an export was refused).
+    std::function<void(std::string_view)> log;
 };
 
 /// Asynchronous random-access file.
@@ -76,6 +80,11 @@ public:
     virtual void async_flush(op_handler handler) = 0;
     /// Set the file size (grow with zeros or truncate).
     virtual void async_resize(std::uint64_t size, op_handler handler) = 0;
+    /// A write that is durable when the handler runs (force unit access).
+    /// Default: async_write_at, then async_flush. The file must outlive the
+    /// operation (as for every operation: the caller holds it).
+    virtual void async_write_fua_at(std::uint64_t offset, std::span<const boost::asio::const_buffer> buffers,
+                                    io_handler handler);
     /// Deallocate [offset, offset + length) without changing the size: it
     /// reads as zeros afterwards. Files that can't complete with
     /// errc::not_supported, and the caller writes zeros instead.
@@ -95,15 +104,28 @@ public:
         run = length;
         return {};
     }
+    /// True when size() is the fixed capacity of the storage (an NBD
+    /// export) rather than the end of what was written: async_resize cannot
+    /// grow it (ENOSPC) and shrinking keeps the bytes, which may hold
+    /// anything. The image layer then finds the end of its data from its
+    /// own tables.
+    virtual bool fixed_size() const noexcept { return false; }
     virtual file_identity identity() const noexcept = 0;
     virtual bool read_only() const noexcept = 0;
     /// A short name for messages ("io_uring", "threads", "memory", ...).
     virtual const char* backend_name() const noexcept = 0;
 };
 
-/// Open a file by path. Throws nothing; errors come back in `ec`.
+/// Open a file by path, or a remote file by URI (nbd://HOST[:PORT]/EXPORT,
+/// nbd+unix:///EXPORT?socket=PATH, ...: see is_remote_name). Throws
+/// nothing; errors come back in `ec`.
 std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, const std::string& path,
                                       const file_options& options, std::error_code& ec);
+
+/// True when open_file() hands `name` to a network protocol (an NBD URI)
+/// instead of the local file system. Such names are absolute: a backing
+/// file name of that kind is used as it is.
+bool is_remote_name(std::string_view name) noexcept;
 
 /// True when this process can create an io_uring ring (probed once).
 bool io_uring_available() noexcept;

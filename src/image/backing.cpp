@@ -13,7 +13,9 @@
 namespace qed::detail {
 
 std::string resolve_backing_path(const std::string& image_path, const std::string& backing_name) {
-    if (backing_name.empty() || backing_name.front() == '/') return backing_name;
+    if (backing_name.empty() || backing_name.front() == '/' || is_remote_name(backing_name)) return backing_name;
+    // A remote image has no directory (qed_open refuses a relative name there).
+    if (is_remote_name(image_path)) return backing_name;
     const auto slash = image_path.rfind('/');
     if (slash == std::string::npos) return backing_name;
     return image_path.substr(0, slash + 1) + backing_name;
@@ -128,6 +130,7 @@ boost::asio::awaitable<device_result> open_device(boost::asio::any_io_executor e
     fo.read_only = options.read_only;
     fo.direct = options.direct;
     fo.backend = options.backend;
+    fo.log = options.log;
     std::error_code ec;
     auto file = options.opener(path, fo, ec);
     if (!file) {
@@ -150,7 +153,12 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
         log(path + ": backing chain deeper than " + std::to_string(parent.max_backing_depth) + " levels");
         co_return device_result{errc::backing_chain_too_deep, nullptr};
     }
-    std::string target = tidy_path(path);
+    const bool remote = is_remote_name(path);
+    std::string target = remote ? path : tidy_path(path);  // a URI's "//" is not a path's
+    if (parent.allowed_backing_dir && remote) {
+        log(path + ": backing file is outside the allowed directory " + *parent.allowed_backing_dir);
+        co_return device_result{errc::backing_not_allowed, nullptr};
+    }
     if (parent.allowed_backing_dir) {
         // Canonical paths: symlinks and ".." can't lead out of the directory.
         char dir_buf[PATH_MAX];
@@ -190,6 +198,7 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
     fo.read_only = true;
     fo.direct = parent.direct;
     fo.backend = parent.backend;
+    fo.log = parent.log;
     std::error_code ec;
     auto file = child.opener(target, fo, ec);
     if (!file) {
