@@ -267,6 +267,28 @@ BOOST_AUTO_TEST_CASE(block_file_on_nbdkit_memory) {
     BOOST_CHECK(ioc.stopped());
 }
 
+// Many requests in flight at once, large and small: every reply is seen
+// even when several arrive together (libnbd stops reading after each one
+// and the reactor is edge-triggered -- this hung once).
+BOOST_AUTO_TEST_CASE(many_requests_in_flight) {
+    temp_dir dir("remote-qd");
+    nbd_server srv(dir);
+    srv.nbdkit("memory", {"size=512M"});
+    const auto w = run({tool("qed-img"), "bench", "-f", "raw", "-w", "-c", "256", "-d", "8", "-s", "1M", "--pattern=0x5a",
+                        srv.uri()},
+                       dir.path(), 120s);
+    BOOST_REQUIRE_MESSAGE(w.status == 0, w.err);
+    const auto r = run({tool("qed-img"), "bench", "-f", "raw", "-c", "20000", "-d", "32", "-s", "4k", srv.uri()},
+                       dir.path(), 120s);
+    BOOST_REQUIRE_MESSAGE(r.status == 0, r.err);
+    NBD_RUN_OK(dir.path(), {"qemu-io", "-r", "-f", "raw", "-c", "read -P 0x5a 0 256M", srv.uri()});
+    NBD_RUN_OK(dir.path(), {tool("qed-img"), "create", "-f", "qed", srv.uri(), "1G"});
+    const auto q = run({tool("qed-img"), "bench", "-f", "qed", "-w", "-c", "4000", "-d", "32", "-s", "64k", srv.uri()},
+                       dir.path(), 120s);
+    BOOST_REQUIRE_MESSAGE(q.status == 0, q.err);
+    NBD_RUN_OK(dir.path(), {tool("qed-img"), "check", srv.uri()});
+}
+
 BOOST_AUTO_TEST_CASE(connection_errors_name_the_export) {
     temp_dir dir("remote-err");
     lib l;

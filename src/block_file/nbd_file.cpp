@@ -1,13 +1,20 @@
 // The NBD backend. Every transfer becomes one or more libnbd commands
 // (nbd_aio_pread / nbd_aio_pwrite / nbd_aio_flush / nbd_aio_zero); the
-// socket libnbd owns is watched with a posix::stream_descriptor in the
+// socket libnbd owns is watched (as an Asio generic stream socket) in the
 // direction nbd_aio_get_direction asks for, and nbd_aio_notify_read/write
 // move libnbd's state machine on. libnbd calls a command's completion
 // callback from inside those notify calls; it only records the result, and
 // the request's handler is posted to the file's executor, never run there.
 //
-// The socket is watched for replies only while commands are in flight, so
-// an idle connection keeps no work on the io_context (run() returns).
+// Readability is watched with a one-byte MSG_PEEK receive, not a plain
+// wait: libnbd stops reading at the end of a reply even when more replies
+// are already buffered, and Asio's epoll reactor is edge-triggered, so a
+// wait would not wake for bytes that had arrived before it was queued
+// (bench/remote hung that way); a peek completes at once while bytes are
+// there. Write waits re-check with poll() after queueing, for the edge
+// another thread's reactor may have taken. The socket is watched for
+// replies only while commands are in flight, and idle waits are cancelled,
+// so an idle connection keeps no work on the io_context (run() returns).
 //
 // An export's size is fixed: size() is its capacity, async_resize can't
 // grow it (ENOSPC, with a line naming the export), and writes past the end
@@ -22,11 +29,13 @@
 #include "block_file/posix_io.hpp"
 #include "qed/error.hpp"
 
-#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/container/small_vector.hpp>
 
 #include <libnbd.h>
+#include <poll.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -85,7 +94,7 @@ public:
              std::function<void(std::string_view)> log)
         : ex_(std::move(ex)),
           h_(h),
-          socket_(ex_, ::nbd_aio_get_fd(h)),
+          socket_(ex_, protocol_of(::nbd_aio_get_fd(h)), ::nbd_aio_get_fd(h)),
           uri_(std::move(uri)),
           read_only_(read_only),
           log_(std::move(log)) {
@@ -106,7 +115,8 @@ public:
     ~nbd_file() override {
         // No command is in flight (each holds the file). Ask the server to
         // let go (queued and sent without waiting), then close the socket.
-        socket_.release();
+        boost::system::error_code ignored;
+        socket_.release(ignored);
         ::nbd_aio_disconnect(h_, 0);
         ::nbd_close(h_);
     }
@@ -321,27 +331,52 @@ private:
         delete req;
     }
 
+    static asio::generic::stream_protocol protocol_of(int fd) {
+        ::sockaddr_storage a{};
+        ::socklen_t len = sizeof a;
+        ::getsockname(fd, reinterpret_cast<::sockaddr*>(&a), &len);
+        return asio::generic::stream_protocol(a.ss_family, 0);
+    }
+
+    bool wants_write() const { return (::nbd_aio_get_direction(h_) & LIBNBD_AIO_DIRECTION_WRITE) != 0; }
+
     // Wait on libnbd's socket in the directions it asks for: writable while
     // it has bytes to send, readable while replies are due.
     void arm() {
         const unsigned dir = ::nbd_aio_get_direction(h_);
-        if ((dir & LIBNBD_AIO_DIRECTION_WRITE) && !write_wait_) {
+        const bool want_write = (dir & LIBNBD_AIO_DIRECTION_WRITE) != 0;
+        const bool want_read = (dir & LIBNBD_AIO_DIRECTION_READ) && ::nbd_aio_in_flight(h_) > 0;
+        if (want_write && !write_wait_) {
             write_wait_ = true;
-            socket_.async_wait(asio::posix::stream_descriptor::wait_write,
-                               [self = shared_from_this()](const auto& ec) {
-                                   self->write_wait_ = false;
-                                   if (!ec) self->notify(::nbd_aio_notify_write(self->h_));
-                                   self->arm();
-                               });
+            socket_.async_wait(asio::socket_base::wait_write, [self = shared_from_this()](const auto& ec) {
+                self->write_wait_ = false;
+                if (!ec && self->wants_write()) self->notify(::nbd_aio_notify_write(self->h_));
+                self->arm();
+            });
+            ::pollfd p{socket_.native_handle(), POLLOUT, 0};
+            if (::poll(&p, 1, 0) == 1 && (p.revents & POLLOUT)) {
+                asio::post(ex_, [self = shared_from_this()] {
+                    if (self->wants_write()) self->notify(::nbd_aio_notify_write(self->h_));
+                    self->arm();
+                });
+            }
         }
-        if ((dir & LIBNBD_AIO_DIRECTION_READ) && ::nbd_aio_in_flight(h_) > 0 && !read_wait_) {
+        if (want_read && !read_wait_) {
             read_wait_ = true;
-            socket_.async_wait(asio::posix::stream_descriptor::wait_read,
-                               [self = shared_from_this()](const auto& ec) {
-                                   self->read_wait_ = false;
-                                   if (!ec) self->notify(::nbd_aio_notify_read(self->h_));
-                                   self->arm();
-                               });
+            socket_.async_receive(asio::buffer(&peek_, 1), asio::socket_base::message_peek,
+                                  [self = shared_from_this()](const auto& ec, std::size_t) {
+                                      self->read_wait_ = false;
+                                      // Bytes, end of file or an error: libnbd reads and finds out.
+                                      if (ec != asio::error::operation_aborted)
+                                          self->notify(::nbd_aio_notify_read(self->h_));
+                                      self->arm();
+                                  });
+        }
+        // Nothing to wait for: let go of waits still queued (a write wait
+        // whose edge never comes), so the io_context can run out of work.
+        if (!want_read && !want_write && (read_wait_ || write_wait_)) {
+            boost::system::error_code ignored;
+            socket_.cancel(ignored);
         }
     }
 
@@ -359,7 +394,8 @@ private:
 
     asio::any_io_executor ex_;
     nbd_handle* h_;
-    asio::posix::stream_descriptor socket_;
+    asio::generic::stream_protocol::socket socket_;
+    char peek_ = 0;
     std::string uri_;
     bool read_only_;
     std::function<void(std::string_view)> log_;
