@@ -3,6 +3,7 @@
 
 #include "block_file/nbd_file.hpp"
 #include "block_file/posix_io.hpp"
+#include "block_file/rbd_file.hpp"
 #include "block_file/thread_pool_file.hpp"
 #include "block_file/uring_file.hpp"
 
@@ -13,12 +14,13 @@
 
 namespace qed {
 
-bool is_remote_name(std::string_view name) noexcept { return detail::is_nbd_name(name); }
+bool is_remote_name(std::string_view name) noexcept { return detail::is_nbd_name(name) || detail::is_rbd_name(name); }
 
 std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, const std::string& path,
                                       const file_options& options, std::error_code& ec) {
     ec.clear();
     if (detail::is_nbd_name(path)) return detail::open_nbd_file(ex, path, options, ec);
+    if (detail::is_rbd_name(path)) return detail::open_rbd_file(ex, path, options, ec);
     int flags = O_CLOEXEC | (options.read_only ? O_RDONLY : O_RDWR);
     if (options.create && !options.read_only) flags |= O_CREAT | O_TRUNC;
     const int fd = ::open(path.c_str(), flags | (options.direct ? O_DIRECT : 0), 0644);
