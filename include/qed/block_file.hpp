@@ -2,7 +2,8 @@
 //
 // Backends: io_uring (boost::asio::random_access_file in mixed mode), a
 // thread pool running pread/pwrite (chosen when no io_uring ring can be
-// created), an NBD export (libnbd, for nbd:// names), and an in-memory file. Test decorators (fault injection,
+// created), an NBD export (libnbd, for nbd:// names), an RBD image (librbd,
+// for rbd: names), and an in-memory file. Test decorators (fault injection,
 // simulated power loss) sit behind the same interface.
 #pragma once
 
@@ -117,12 +118,13 @@ public:
 };
 
 /// Open a file by path, or a remote file by URI (nbd://HOST[:PORT]/EXPORT,
-/// nbd+unix:///EXPORT?socket=PATH, ...: see is_remote_name). Throws
+/// nbd+unix:///EXPORT?socket=PATH, rbd:POOL/IMAGE[:conf=PATH]...: see
+/// is_remote_name). Throws
 /// nothing; errors come back in `ec`.
 std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, const std::string& path,
                                       const file_options& options, std::error_code& ec);
 
-/// True when open_file() hands `name` to a network protocol (an NBD URI)
+/// True when open_file() hands `name` to a network protocol (an NBD URI or an RBD name)
 /// instead of the local file system. Such names are absolute: a backing
 /// file name of that kind is used as it is.
 bool is_remote_name(std::string_view name) noexcept;
