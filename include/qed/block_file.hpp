@@ -3,7 +3,8 @@
 //
 // Backends: io_uring (boost::asio::random_access_file in mixed mode), a
 // thread pool running pread/pwrite (chosen when no io_uring ring can be
-// created), and an in-memory file. Test decorators (fault injection,
+// created), an NBD export (libnbd, for nbd:// names), an RBD image (librbd,
+// for rbd: names), and an in-memory file. Test decorators (fault injection,
 // simulated power loss) sit behind the same interface.
 #pragma once
 
@@ -60,7 +61,9 @@ struct file_options {
     lock_mode locking = lock_mode::automatic;
     /// Read-only open that lets others hold every permission (qemu -U).
     bool force_share = false;
-    /// One-line diagnostics (a refused lock, locking=auto falling back).
+    /// One-line diagnostics naming the file (a refused lock, locking=auto
+    /// falling back; remote files: why a connection failed, why a write past
+    /// the end of an export was refused).
     std::function<void(std::string_view)> log;
 };
 
@@ -99,6 +102,11 @@ public:
     virtual void async_flush(op_handler handler) = 0;
     /// Set the file size (grow with zeros or truncate).
     virtual void async_resize(std::uint64_t size, op_handler handler) = 0;
+    /// A write that is durable when the handler runs (force unit access).
+    /// Default: async_write_at, then async_flush. The file must outlive the
+    /// operation (as for every operation: the caller holds it).
+    virtual void async_write_fua_at(std::uint64_t offset, std::span<const boost::asio::const_buffer> buffers,
+                                    io_handler handler);
     /// Deallocate [offset, offset + length) without changing the size: it
     /// reads as zeros afterwards. Files that can't complete with
     /// errc::not_supported, and the caller writes zeros instead.
@@ -118,6 +126,12 @@ public:
         run = length;
         return {};
     }
+    /// True when size() is the fixed capacity of the storage (an NBD
+    /// export) rather than the end of what was written: async_resize cannot
+    /// grow it (ENOSPC) and shrinking keeps the bytes, which may hold
+    /// anything. The image layer then finds the end of its data from its
+    /// own tables.
+    virtual bool fixed_size() const noexcept { return false; }
     /// Device and inode of the file (memory files: a unique id).
     virtual file_identity identity() const noexcept = 0;
     /// Whether the file was opened read-only (writes then fail with EBADF).
@@ -126,7 +140,9 @@ public:
     virtual const char* backend_name() const noexcept = 0;
 };
 
-/// Open a file by path. Throws nothing; errors come back in `ec`.
+/// Open a file by path, or a remote file by URI (nbd://HOST[:PORT]/EXPORT,
+/// nbd+unix:///EXPORT?socket=PATH, rbd:POOL/IMAGE[:conf=PATH]...: see
+/// is_remote_name). Throws nothing; errors come back in `ec`.
 ///
 /// Unless locking is off, the file is locked as QEMU locks an image's file
 /// (held until the file is closed): read-write opens hold consistent-read,
@@ -136,8 +152,14 @@ public:
 /// A conflict with another process (QEMU's tools included) fails with
 /// errc::image_locked after logging one line in QEMU's words
 /// (`FILE: Failed to get "write" lock: Is another process using the image [FILE]?`).
+/// Remote files take no locks.
 std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, const std::string& path,
                                       const file_options& options, std::error_code& ec);
+
+/// True when open_file() hands `name` to a network protocol (an NBD URI or an RBD name)
+/// instead of the local file system. Such names are absolute: a backing
+/// file name of that kind is used as it is.
+bool is_remote_name(std::string_view name) noexcept;
 
 /// True when this process can create an io_uring ring (probed once).
 bool io_uring_available() noexcept;

@@ -8,6 +8,15 @@
 
 namespace qed {
 
+void block_file::async_write_fua_at(std::uint64_t offset, std::span<const boost::asio::const_buffer> buffers,
+                                    io_handler handler) {
+    // Both handlers run on the executor, after the initiating calls returned.
+    async_write_at(offset, buffers, [this, h = std::move(handler)](std::error_code ec, std::size_t n) mutable {
+        if (ec) return std::move(h)(ec, std::size_t{0});
+        async_flush([h = std::move(h), n](std::error_code fec) mutable { std::move(h)(fec, fec ? std::size_t{0} : n); });
+    });
+}
+
 void block_file::async_punch_hole(std::uint64_t, std::uint64_t, op_handler handler) {
     boost::asio::post(get_executor(), [h = std::move(handler)]() mutable {
         std::move(h)(make_error_code(errc::not_supported));

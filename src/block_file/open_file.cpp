@@ -3,7 +3,9 @@
 #include "qed/block_file.hpp"
 
 #include "block_file/file_lock.hpp"
+#include "block_file/nbd_file.hpp"
 #include "block_file/posix_io.hpp"
+#include "block_file/rbd_file.hpp"
 #include "block_file/thread_pool_file.hpp"
 #include "block_file/uring_file.hpp"
 
@@ -14,9 +16,13 @@
 
 namespace qed {
 
+bool is_remote_name(std::string_view name) noexcept { return detail::is_nbd_name(name) || detail::is_rbd_name(name); }
+
 std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, const std::string& path,
                                       const file_options& options, std::error_code& ec) {
     ec.clear();
+    if (detail::is_nbd_name(path)) return detail::open_nbd_file(ex, path, options, ec);
+    if (detail::is_rbd_name(path)) return detail::open_rbd_file(ex, path, options, ec);
     int flags = O_CLOEXEC | (options.read_only ? O_RDONLY : O_RDWR);
     // Created files are truncated only once locked: a refused create
     // leaves a file another process is using alone.

@@ -150,10 +150,17 @@ boost::asio::awaitable<std::error_code> run_check(qed_image& img, check_options:
     }
     out.image_end_offset = last_used << g.cluster_bits;
     if (!out.check_errors) {
-        for (std::uint64_t k = img.header_.header_size; k < used.size(); ++k)
+        // On a fixed-size file (an NBD export) what follows the last used
+        // cluster is free space, not leaked clusters.
+        const bool fixed = img.file_->fixed_size();
+        const std::uint64_t scan_end = fixed ? std::min<std::uint64_t>(used.size(), last_used) : used.size();
+        for (std::uint64_t k = img.header_.header_size; k < scan_end; ++k)
             if (!used.test(k)) ++out.leaks;
+        if (fixed && fix_any && !img.options_.read_only && out.corruptions == 0) {
+            img.file_end_ = out.image_end_offset;  // the free space starts there; its old bytes stay
+        }
         // Leaked clusters at the end of the file can simply be cut off.
-        const std::uint64_t tail = used.size() > last_used ? used.size() - last_used : 0;
+        const std::uint64_t tail = !fixed && used.size() > last_used ? used.size() - last_used : 0;
         if (fix_any && tail && !img.options_.read_only) {
             if (auto ec = co_await co::resize(*img.file_, out.image_end_offset)) {
                 ++out.check_errors;

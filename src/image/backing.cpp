@@ -15,7 +15,9 @@
 namespace qed::detail {
 
 std::string resolve_backing_path(const std::string& image_path, const std::string& backing_name) {
-    if (backing_name.empty() || backing_name.front() == '/') return backing_name;
+    if (backing_name.empty() || backing_name.front() == '/' || is_remote_name(backing_name)) return backing_name;
+    // A remote image has no directory (qed_open refuses a relative name there).
+    if (is_remote_name(image_path)) return backing_name;
     const auto slash = image_path.rfind('/');
     if (slash == std::string::npos) return backing_name;
     return image_path.substr(0, slash + 1) + backing_name;
@@ -50,13 +52,17 @@ bool starts_with_dir(const std::string& path, const std::string& dir) {
 
 // Locking options for a file, with a log that notes whether the opener
 // said something (then its line, which names the lock, is the one to keep).
-void lock_options(file_options& fo, const open_options& o, bool& logged) {
+// The file may keep the log (remote files report later failures through
+// it), so the flag is shared rather than a reference to the caller's frame.
+std::shared_ptr<bool> lock_options(file_options& fo, const open_options& o) {
     fo.locking = o.locking;
     fo.force_share = o.force_share;
-    fo.log = [&logged, log = o.log](std::string_view line) {
-        logged = true;
+    auto logged = std::make_shared<bool>(false);
+    fo.log = [logged, log = o.log](std::string_view line) {
+        *logged = true;
         if (log) log(line);
     };
+    return logged;
 }
 
 /// The one line for a backing file refused by allowed_backing_dir: what was
@@ -151,13 +157,13 @@ boost::asio::awaitable<device_result> open_device(boost::asio::any_io_executor e
     fo.read_only = options.read_only;
     fo.direct = options.direct;
     fo.backend = options.backend;
-    bool logged = false;  // the opener explained the failure itself (a lock)
-    lock_options(fo, options, logged);
+    // Set when the opener explained the failure itself (a lock, a connection).
+    const auto logged = lock_options(fo, options);
     std::error_code ec;
     auto file = options.opener(path, fo, ec);
     if (!file) {
         if (!ec) ec = std::make_error_code(std::errc::io_error);
-        if (options.log && !logged) options.log(path + ": " + ec.message());
+        if (options.log && !*logged) options.log(path + ": " + ec.message());
         co_return device_result{ec, nullptr};
     }
     co_return co_await open_on_file(ex, std::move(file), std::move(path), format, std::move(options), depth,
@@ -176,7 +182,12 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
         co_return device_result{errc::backing_chain_too_deep, nullptr};
     }
     path = without_file_protocol(path);
-    std::string target = tidy_path(path);
+    const bool remote = is_remote_name(path);
+    std::string target = remote ? path : tidy_path(path);  // a URI's "//" is not a path's
+    if (parent.allowed_backing_dir && remote) {
+        log(path + ": backing file is outside the allowed directory " + *parent.allowed_backing_dir);
+        co_return device_result{errc::backing_not_allowed, nullptr};
+    }
     if (parent.allowed_backing_dir) {
         // Canonical paths: symlinks and ".." can't lead out of the directory.
         char dir_buf[PATH_MAX];
@@ -217,8 +228,7 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
     fo.backend = parent.backend;
     // A backing file is locked as a reader that needs it to hold still, as
     // QEMU's QED driver locks it, whether the overlay is writable or not.
-    bool logged = false;
-    lock_options(fo, child, logged);
+    lock_options(fo, child);
     std::error_code ec;
     auto file = child.opener(target, fo, ec);
     if (!file) {

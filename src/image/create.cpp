@@ -81,13 +81,26 @@ boost::asio::awaitable<std::error_code> create_image(boost::asio::any_io_executo
         h.backing_filename_size = static_cast<std::uint32_t>(o.backing_file.size());
     }
     const std::size_t block_len = (header_bytes_needed + sector_size - 1) / sector_size * sector_size;
+    const std::uint64_t file_size = h.l1_table_offset + std::uint64_t{o.cluster_size} * o.table_size;
+    if (file->fixed_size()) {
+        // An NBD export keeps whatever it held: check it is large enough
+        // (ENOSPC), then write the rest of the header clusters and the L1
+        // table as zeros before the header, so that until the header is in
+        // place the export does not look like a QED image with a stale L1.
+        if ((ec = co_await co::resize(*file, file_size))) co_return ec;
+        const auto z = zero_block();
+        for (std::uint64_t pos = block_len; pos < file_size;) {
+            const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(file_size - pos, z.size()));
+            if ((ec = co_await co::write(*file, pos, z.data(), n))) co_return ec;
+            pos += n;
+        }
+    }
     auto block = allocate_aligned(block_len, true);
     const auto bytes = encode(h);
     std::memcpy(block.get(), bytes.data(), bytes.size());
     std::memcpy(block.get() + header_struct_size, o.backing_file.data(), o.backing_file.size());
     if ((ec = co_await co::write(*file, 0, block.get(), block_len))) co_return ec;
     // The rest of the header cluster(s) and the L1 table are zeros.
-    const std::uint64_t file_size = h.l1_table_offset + std::uint64_t{o.cluster_size} * o.table_size;
     if ((ec = co_await co::resize(*file, file_size))) co_return ec;
     co_return co_await co::flush(*file);
 }

@@ -433,7 +433,7 @@ boost::asio::awaitable<std::error_code> qed_image::do_make_empty() {
             file_end_ = end;
             tail_garbage_ = true;
             if (auto ec = co_await co::resize(*file_, end)) co_return ec;
-            physical_size_ = end;
+            if (!file_->fixed_size()) physical_size_ = end;  // an export keeps its old bytes
             tail_garbage_ = false;
             co_return co_await co::flush(*file_);
         }
@@ -464,7 +464,8 @@ boost::asio::awaitable<std::error_code> qed_image::do_close() {
     if (!options_.read_only) {
         if (!keep(co_await sync_co(true))) {
             // Drop what failed allocations left past the last cluster.
-            if (tail_garbage_ && physical_size_ > file_end_ && !keep(co_await co::resize(*file_, file_end_)))
+            if (tail_garbage_ && physical_size_ > file_end_ && !file_->fixed_size() &&
+                !keep(co_await co::resize(*file_, file_end_)))
                 physical_size_ = file_end_;
             // Clean shutdown: no check needed next time -- unless a check
             // found corruption it could not repair.

@@ -75,6 +75,7 @@ public:
     std::uint64_t file_end_ = 0;
     /// How far the file may hold bytes (at least file_end_). Bytes at or
     /// above it read as zeros, so new clusters there need no zero-fill.
+    /// On a fixed-size file (an NBD export) that is always its capacity.
     std::uint64_t physical_size_ = 0;
     /// Unreferenced bytes past file_end_ left by a failed allocation; close truncates them.
     bool tail_garbage_ = false;
@@ -165,6 +166,8 @@ private:
     void on_need_check_timer();
     boost::asio::awaitable<std::error_code> clear_need_check();
     boost::asio::awaitable<std::error_code> do_close();
+    /// Fixed-size files: set file_end_ from what the tables reference.
+    boost::asio::awaitable<std::error_code> find_used_end();
     boost::asio::awaitable<std::error_code> do_grow(std::uint64_t new_size);
     boost::asio::awaitable<std::error_code> do_change_backing_file(std::string name, std::optional<image_format> format);
     boost::asio::awaitable<std::error_code> do_make_empty();

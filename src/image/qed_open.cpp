@@ -7,9 +7,32 @@
 #include "image/qed_image.hpp"
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 
 namespace qed::detail {
+
+// With file_end_ at the capacity: the end of everything the tables
+// reference that lies inside it (what lies outside is left for the check
+// to report), and at least the header and L1 table.
+boost::asio::awaitable<std::error_code> qed_image::find_used_end() {
+    std::uint64_t end = std::max(geo_.header_bytes, header_.l1_table_offset + geo_.table_bytes);
+    table l2(geo_.table_entries);
+    for (std::uint32_t i = 0; i < l1_->size(); ++i) {
+        const std::uint64_t off = (*l1_)[i];
+        if (off == 0 || !valid_l2_offset(off)) continue;
+        end = std::max(end, off + geo_.table_bytes);
+        if (auto ec = co_await co::read_table(*file_, off, l2)) co_return ec;
+        for (std::uint32_t j = 0; j < l2.size(); ++j) {
+            const std::uint64_t e = l2[j];
+            if (e == 0 || e == zero_cluster_entry || !valid_data_offset(e)) continue;
+            end = std::max(end, e + geo_.cluster_size);
+        }
+    }
+    assert(end <= file_end_);  // only offsets inside the capacity were taken
+    file_end_ = end;
+    co_return std::error_code{};
+}
 
 boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vector<file_identity> chain) {
     auto fail = [this](std::error_code ec, const std::string& detail) {
@@ -53,6 +76,14 @@ boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vec
                        [this]() -> std::shared_ptr<void> { return shared_from_this(); }});
     file_end_ = geo_.start_of_cluster(size);
     physical_size_ = size;
+    if (file_->fixed_size()) {
+        // The size is the storage's capacity (an NBD export), not the end of
+        // the image: new clusters go after the last one the tables use, and
+        // every byte up to the capacity may hold old data (so new clusters
+        // are written whole). After a crash, clusters written but not yet
+        // linked lie past that end: they are reused like any free space.
+        if ((ec = co_await find_used_end())) co_return fail(ec, "");
+    }
 
     // Unknown autoclear bits describe data this program does not maintain:
     // clear them so a newer program knows not to trust it.
@@ -64,6 +95,10 @@ boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vec
     }
 
     if (header_.has(feature_backing_file) && options_.open_backing) {
+        if (is_remote_name(filename_) && backing_full_.front() != '/' && !is_remote_name(backing_full_))
+            co_return fail(errc::bad_backing_name, "relative backing file name " + backing_name_ +
+                                                       " cannot be resolved against a remote image: use an "
+                                                       "absolute path or a URI");
         chain.push_back(file_->identity());
         auto [bec, dev] =
             co_await open_backing_chain(ex_, backing_full_, backing_format_, options_, depth + 1, std::move(chain));

@@ -55,15 +55,14 @@ void raw_image::write(std::uint64_t offset, const_buffers buffers, write_options
     if (auto ec = check_io(offset, total_size(buffers), true))
         return complete_later(std::move(handler), ec, std::size_t{0});
     auto self = shared_from_this();
-    file_->async_write_at(offset, buffers,
-                          [this, self, fua = options.fua, h = std::move(handler)](std::error_code ec, std::size_t n) mutable {
-                              if (ec || !fua) return complete(std::move(h), ec, ec ? std::size_t{0} : n);
-                              // Closed while in flight: the file is gone, the flush can't be had.
-                              if (!file_) return complete(std::move(h), make_error_code(errc::closed), std::size_t{0});
-                              file_->async_flush([this, self, n, h = std::move(h)](std::error_code fec) mutable {
-                                  complete(std::move(h), fec, fec ? std::size_t{0} : n);
-                              });
-                          });
+    // The file stays alive until the write (and its flush) complete, even
+    // if the image is closed meanwhile.
+    auto done = [this, self, file = file_, h = std::move(handler)](std::error_code ec, std::size_t n) mutable {
+        complete(std::move(h), ec, ec ? std::size_t{0} : n);
+    };
+    // FUA goes to the file: an NBD export gets the flag on the write itself.
+    if (options.fua) file_->async_write_fua_at(offset, buffers, std::move(done));
+    else file_->async_write_at(offset, buffers, std::move(done));
 }
 
 void raw_image::write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options, op_handler handler) {

@@ -24,7 +24,7 @@ bool file_exists(const std::string& path) {
 }
 
 std::string resolve_backing(const std::string& image_path, const std::string& name) {
-    if (name.empty() || name.front() == '/') return name;
+    if (name.empty() || name.front() == '/' || is_remote_name(name) || is_remote_name(image_path)) return name;
     const auto slash = image_path.rfind('/');
     return slash == std::string::npos ? name : image_path.substr(0, slash + 1) + name;
 }
