@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSL-1.0
 # Finds libnbd (Debian: libnbd-dev) and defines LibNbd::LibNbd.
 find_path(LIBNBD_INCLUDE_DIR NAMES libnbd.h)
 find_library(LIBNBD_LIBRARY NAMES nbd)

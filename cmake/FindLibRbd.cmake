@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSL-1.0
 # Finds librbd and librados (Debian: librbd-dev, librados-dev) and defines
 # LibRbd::LibRbd (both libraries).
 find_path(LIBRBD_INCLUDE_DIR NAMES rbd/librbd.h)

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Images on NBD exports: the libnbd block file against real servers started
 // here (nbdkit memory, nbdkit file, qemu-nbd), through the library, the
 // tools (qed-img, qed-io, qed-nbd) and QEMU's own tools.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Images in Ceph: the librbd block file against a real single-node cluster
 // (test/ceph/cluster.sh: one monitor, one manager, one memstore OSD, pool
 // "rbd"), started once for this executable and stopped at its end; through

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The NBD backend. Every transfer becomes one or more libnbd commands
 // (nbd_aio_pread / nbd_aio_pwrite / nbd_aio_flush / nbd_aio_zero); the
 // socket libnbd owns is watched (as an Asio generic stream socket) in the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The NBD backend: a block file whose bytes are an NBD export, on libnbd's
 // asynchronous API driven by the file's executor (nbd_file.cpp).
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The Ceph RBD backend. Reads, writes and flushes are librbd's own
 // asynchronous calls (rbd_aio_readv / rbd_aio_writev / rbd_aio_flush /
 // rbd_aio_write_zeroes); librbd completes them on its own threads, and the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The Ceph RBD backend: a block file whose bytes are an RBD image, on
 // librbd's asynchronous API (rbd_file.cpp).
 #pragma once

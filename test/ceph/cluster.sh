@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSL-1.0
 # A single-node Ceph cluster for the tests, from Debian's packages: one
 # monitor, one manager, one OSD on memstore (RAM, no disk), one pool "rbd"
 # with one replica. Loopback only, no authentication, everything under DIR.
