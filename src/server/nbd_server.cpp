@@ -1,5 +1,7 @@
 #include "server/nbd_server.hpp"
 
+#include <netdb.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -15,6 +17,23 @@
 namespace qed::nbd {
 
 namespace {
+
+/// "127.0.0.1:40322", "[::1]:40322" or "unix socket" for the log.
+std::string peer_name(const socket_type& socket) {
+    boost::system::error_code ec;
+    const auto ep = socket.remote_endpoint(ec);
+    if (ec) return "unknown address";
+    const auto* sa = static_cast<const sockaddr*>(ep.data());
+    if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
+        char host[NI_MAXHOST];
+        char port[NI_MAXSERV];
+        if (::getnameinfo(sa, static_cast<socklen_t>(ep.size()), host, sizeof host, port, sizeof port,
+                          NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+            return "unknown address";
+        return sa->sa_family == AF_INET6 ? "[" + std::string(host) + "]:" + port : std::string(host) + ":" + port;
+    }
+    return "unix socket";
+}
 
 std::string directory_of(const std::string& path) {
     const auto slash = path.rfind('/');
@@ -49,6 +68,17 @@ void server::note(const std::string& message) const {
 void server::start() {
     phase_ = phase::opening;
     wait_for_signal();
+    if (options_.tls) {
+        // Credentials first: a server that cannot do TLS must not open the image.
+        std::string why;
+        tls_ = tls_server::create(*options_.tls, why);
+        if (!tls_) {
+            error("TLS credentials '" + options_.tls->creds.id + "': " + why);
+            exit_code_ = 1;
+            return finish();
+        }
+        ctx_.tls = tls_.get();
+    }
     open_options o;
     o.read_only = options_.read_only;
     o.format = options_.format;
@@ -101,6 +131,8 @@ void server::on_open(std::error_code ec, image img) {
     // for ever on the second one.
     if (options_.shared != 1) info.flags |= flag_can_multi_conn;
     ctx_.lim = options_.lim;
+    budget_ = std::make_unique<memory_budget>(options_.memory_limit);
+    ctx_.budget = budget_.get();
     ctx_.writethrough = options_.writethrough;
     if (options_.verbose) ctx_.log = [this](std::string_view line) { error(std::string(line)); };
     ctx_.warn = [this](std::string_view line) { error(std::string(line)); };
@@ -128,7 +160,11 @@ void server::on_open(std::error_code ec, image img) {
     const image_info ii = ctx_.image.info();
     note("serving '" + options_.image_path + "' (" + std::string(to_string(ii.format)) + ", " +
          std::to_string(info.size) + " bytes, " + ii.backend + (options_.direct ? ", O_DIRECT" : "") +
-         (options_.read_only ? ", read-only" : "") + ") on " + what);
+         (options_.read_only ? ", read-only" : "") +
+         (tls_ ? std::string(", TLS required (") +
+                     (options_.tls->creds.type == tls_object::kind::psk ? "PSK" : "X.509") + ")"
+               : std::string()) +
+         ") on " + what);
     if (options_.ready) options_.ready();
     for (auto& l : listeners_) accept(*l);
 }
@@ -233,10 +269,11 @@ void server::on_accept(listener& l, boost::system::error_code ec, socket_type so
 
 void server::start_connection(socket_type socket) {
     served_any_ = true;
-    auto c = std::make_shared<connection>(std::move(socket), ctx_, next_id_++,
+    std::string peer = peer_name(socket);
+    auto c = std::make_shared<connection>(std::move(socket), ctx_, next_id_++, std::move(peer),
                                           [this](connection& done) { on_closed(done); });
     connections_.push_back(c);
-    if (ctx_.log) ctx_.log("client " + std::to_string(c->id()) + ": connected");
+    if (ctx_.log) ctx_.log("client " + std::to_string(c->id()) + " (" + c->peer() + "): connected");
     c->start();
 }
 

@@ -20,6 +20,7 @@
 
 #include "qed/image.hpp"
 #include "server/nbd_connection.hpp"
+#include "server/nbd_tls.hpp"
 
 namespace qed::nbd {
 
@@ -41,6 +42,11 @@ struct server_options {
     std::string pid_file;
     int verbose = 0;
     limits lim;
+    /// Bytes of READ/WRITE buffers all connections together may hold
+    /// (lim.max_buffered bounds each one).
+    std::size_t memory_limit = 256u << 20;
+    /// Set: serve only over TLS with these credentials (--tls-creds).
+    std::optional<tls_settings> tls;
     /// How long a shutdown waits for connections to drain before closing them.
     std::chrono::milliseconds drain_timeout{10000};
     /// Called once, when the server listens (for --fork).
@@ -102,6 +108,8 @@ private:
     bool stop_requested_ = false;  ///< a signal came while the image was opening
     int exit_code_ = 0;
     export_context ctx_;
+    std::unique_ptr<tls_server> tls_;
+    std::unique_ptr<memory_budget> budget_;
     boost::asio::signal_set signals_;
     boost::asio::steady_timer drain_timer_;
     boost::asio::steady_timer retry_timer_;
