@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "server/list_exports.hpp"
 #include "server/nbd_server.hpp"
 
 #ifndef QED_NBD_VERSION
@@ -59,6 +60,12 @@ void usage(std::ostream& out) {
            "                            (may be repeated: any of them is allowed)\n"
            "      --pid-file=PATH       write the server's pid to PATH once it listens\n"
            "      --fork                run in the background once the server listens\n"
+           "  -s, --snapshot            serve a temporary overlay: writes are discarded at exit\n"
+           "      --detect-zeroes=MODE  off (default), on or unmap: writes of zeros become\n"
+           "                            zero clusters (unmap: holes where whole clusters)\n"
+           "  -A, --allocation-depth    accepted; qemu:allocation-depth is always offered\n"
+           "  -L, --list                list the exports of the server at -k or -b/-p\n"
+           "  -c, -d                    not supported: use nbd-client for /dev/nbdX\n"
            "  -v, --verbose             report clients and errors on stderr\n"
            "  -h, --help                show this help\n"
            "  -V, --version             show the version\n"
@@ -89,6 +96,7 @@ enum long_only {
     opt_tls_authz,
     opt_memory_limit,
     opt_connection_memory_limit,
+    opt_detect_zeroes,
 };
 
 /// "64M", "1G", "65536": bytes; false if malformed or out of range.
@@ -181,6 +189,12 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
         {"tls-creds", required_argument, nullptr, opt_tls_creds},
         {"tls-authz", required_argument, nullptr, opt_tls_authz},
         {"memory-limit", required_argument, nullptr, opt_memory_limit},
+        {"allocation-depth", no_argument, nullptr, 'A'},
+        {"detect-zeroes", required_argument, nullptr, opt_detect_zeroes},
+        {"snapshot", no_argument, nullptr, 's'},
+        {"list", no_argument, nullptr, 'L'},
+        {"connect", required_argument, nullptr, 'c'},
+        {"disconnect", required_argument, nullptr, 'd'},
         {"connection-memory-limit", required_argument, nullptr, opt_connection_memory_limit},
         {"verbose", no_argument, nullptr, 'v'},
         {"help", no_argument, nullptr, 'h'},
@@ -196,9 +210,10 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
     std::vector<qed::nbd::tls_object> objects;
     std::string tls_creds;
     std::vector<std::string> tls_authz;
+    bool list_mode = false;
     opterr = 0;
     for (;;) {
-        const int c = ::getopt_long(argc, argv, ":p:b:k:x:D:f:re:tnvhV", longs, nullptr);
+        const int c = ::getopt_long(argc, argv, ":p:b:k:x:D:f:re:tnvhVAsLc:d:", longs, nullptr);
         if (c == -1) break;
         switch (c) {
             case 'p':
@@ -312,6 +327,35 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
                     o.lim.max_buffered = static_cast<std::size_t>(bytes);
                 break;
             }
+            case 'A':
+                break;  // qemu:allocation-depth is always offered
+            case opt_detect_zeroes: {
+                const std::string m = optarg;
+                if (m == "off")
+                    o.zeroes = qed::nbd::detect_zeroes::off;
+                else if (m == "on")
+                    o.zeroes = qed::nbd::detect_zeroes::on;
+                else if (m == "unmap")
+                    o.zeroes = qed::nbd::detect_zeroes::unmap;
+                else
+                    return fail("invalid --detect-zeroes mode '" + m + "' (off, on, unmap)");
+                break;
+            }
+            case 's':
+                o.snapshot = true;
+                break;
+            case 'L':
+                list_mode = true;
+                break;
+            case 'c':
+                return fail(std::string("-c/--connect (attaching a kernel /dev/nbd device) is not supported: serve the "
+                                        "image with qed-nbd and attach it with nbd-client, e.g. "
+                                        "'nbd-client 127.0.0.1 10809 ") +
+                            optarg + "'");
+            case 'd':
+                return fail(std::string("-d/--disconnect (detaching a kernel /dev/nbd device) is not supported: use "
+                                        "'nbd-client -d ") +
+                            optarg + "'");
             case 'v':
                 ++o.verbose;
                 break;
@@ -326,6 +370,17 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
             default:
                 return fail(std::string("unknown option '") + argv[optind - 1] + "'");
         }
+    }
+    // As qemu-nbd: unmap applies only where discards are honoured. (When
+    // --discard=unmap exists, this check accepts it together with it.)
+    if (o.zeroes == qed::nbd::detect_zeroes::unmap)
+        return fail("--detect-zeroes=unmap is not allowed without --discard=unmap");
+    if (list_mode) {
+        // qemu-nbd -L: be a client of the server at -k or -b/-p.
+        if (optind != argc) return fail("-L takes no image file");
+        if (tcp_given && !o.socket_path.empty()) return fail("--socket cannot be combined with --port or --bind");
+        if (!tls_creds.empty()) return fail("-L over TLS is not supported; use nbdinfo --list with an nbds:// URI");
+        return qed::nbd::list_exports(o.bind_address, o.port, o.socket_path);
     }
     if (optind + 1 != argc) return fail(optind >= argc ? "no image file given" : "more than one image file given");
     o.image_path = argv[optind];

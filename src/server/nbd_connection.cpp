@@ -34,6 +34,14 @@ void append32(std::vector<std::byte>& out, std::uint32_t v) {
     out.insert(out.end(), b, b + 4);
 }
 
+bool all_zero(const std::byte* p, std::size_t n) noexcept {
+    // The buffer is 4096-aligned and n a multiple of 512: compare words.
+    const auto* w = reinterpret_cast<const std::uint64_t*>(p);
+    for (std::size_t i = 0; i < n / 8; ++i)
+        if (w[i]) return false;
+    return true;
+}
+
 bool is_write(std::uint16_t type) noexcept {
     return type == cmd_write || type == cmd_write_zeroes;
 }
@@ -350,6 +358,19 @@ void connection::start_request(transaction_ptr t) {
         case cmd_write: {
             if (r.length == 0) return reply_ok(std::move(t));
             const auto* p = t->data.get();
+            if (ctx_.zeroes != detect_zeroes::off && all_zero(p, r.length)) {
+                // As qemu's detect-zeroes: the write becomes a write of zeroes,
+                // same result on read. Whole clusters become QED zero clusters
+                // in both modes, as QEMU's QED driver makes them (the library
+                // writes real zeros only for NBD's NO_HOLE).
+                zero_options o;
+                o.may_unmap = true;
+                o.fua = fua;
+                ctx_.image.async_write_zeroes(
+                    r.offset, r.length, o,
+                    [self, t = std::move(t)](std::error_code ec) mutable { self->on_done(std::move(t), ec); });
+                return;
+            }
             ctx_.image.async_write_at(
                 r.offset, boost::asio::buffer(p, r.length), write_options{fua},
                 [self, t = std::move(t)](std::error_code ec, std::size_t) mutable { self->on_done(std::move(t), ec); });

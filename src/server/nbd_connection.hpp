@@ -91,12 +91,16 @@ private:
     std::deque<waiter> waiters_;
 };
 
+/// --detect-zeroes: writes of zeros become WRITE_ZEROES (as qemu-nbd's).
+enum class detect_zeroes { off, on, unmap };
+
 /// What all connections of a server share: the export and how to serve it.
 struct export_context {
     qed::image image;
     export_info info;
     limits lim;
     bool writethrough = false;  ///< every write is FUA (cache=writethrough/directsync)
+    detect_zeroes zeroes = detect_zeroes::off;
     /// Not null: the bound on buffers across all connections.
     memory_budget* budget = nullptr;
     /// Not null: TLS is required (NBD_OPT_STARTTLS before anything else).

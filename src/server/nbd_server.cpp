@@ -10,7 +10,11 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <cerrno>
+#include <climits>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 
@@ -79,6 +83,46 @@ void server::start() {
         }
         ctx_.tls = tls_.get();
     }
+    if (!options_.snapshot) return open_image();
+
+    // -s: a QED overlay in a private temporary directory, backed by the
+    // image (by absolute path, format as given or probed). The image is
+    // only ever read; the overlay goes away at exit.
+    const char* tmp = std::getenv("TMPDIR");
+    std::string templ = std::string(tmp && *tmp ? tmp : "/var/tmp") + "/qed-nbd-snapshot.XXXXXX";
+    if (!::mkdtemp(templ.data())) {
+        error("-s: cannot create a directory for the temporary overlay in '" + templ.substr(0, templ.rfind('/')) +
+              "': " + std::strerror(errno));
+        exit_code_ = 1;
+        return finish();
+    }
+    overlay_dir_ = templ;
+    char* real = ::realpath(options_.image_path.c_str(), nullptr);
+    if (!real) {
+        error("failed to open '" + options_.image_path + "': " + std::strerror(errno));
+        exit_code_ = 1;
+        return finish();
+    }
+    const std::string backing = real;
+    std::free(real);
+    if (!options_.allowed_backing_dir) options_.allowed_backing_dir = directory_of(backing);
+    create_options c;
+    c.backing_file = backing;
+    c.backing_format = options_.format;
+    const std::string overlay = overlay_dir_ + "/overlay.qed";
+    image::async_create(ioc_.get_executor(), overlay, c, [this, overlay](std::error_code ec) {
+        if (ec) {
+            error("-s: cannot create the temporary overlay '" + overlay + "': " + ec.message());
+            exit_code_ = 1;
+            return finish();
+        }
+        options_.image_path = overlay;
+        options_.format = image_format::qed;
+        open_image();
+    });
+}
+
+void server::open_image() {
     open_options o;
     o.read_only = options_.read_only;
     o.format = options_.format;
@@ -134,6 +178,7 @@ void server::on_open(std::error_code ec, image img) {
     budget_ = std::make_unique<memory_budget>(options_.memory_limit);
     ctx_.budget = budget_.get();
     ctx_.writethrough = options_.writethrough;
+    ctx_.zeroes = options_.zeroes;
     if (options_.verbose) ctx_.log = [this](std::string_view line) { error(std::string(line)); };
     ctx_.warn = [this](std::string_view line) { error(std::string(line)); };
 
@@ -369,6 +414,10 @@ void server::finish() {
     for (auto& l : listeners_) l->acceptor.close(ignored);
     if (!options_.socket_path.empty() && !listeners_.empty()) ::unlink(options_.socket_path.c_str());
     if (wrote_pid_file_) ::unlink(options_.pid_file.c_str());
+    if (!overlay_dir_.empty()) {
+        ::unlink((overlay_dir_ + "/overlay.qed").c_str());
+        ::rmdir(overlay_dir_.c_str());
+    }
     note("stopped");
 }
 

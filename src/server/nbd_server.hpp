@@ -32,6 +32,10 @@ struct server_options {
     bool writethrough = false;  ///< cache=writethrough / directsync
     file_backend backend = file_backend::automatic;
     std::optional<std::string> allowed_backing_dir;
+    /// -s: serve a temporary QED overlay over the image (removed at exit);
+    /// the image itself is only read.
+    bool snapshot = false;
+    detect_zeroes zeroes = detect_zeroes::off;
     std::string export_name;
     std::string description;
     std::string bind_address = "127.0.0.1";
@@ -89,6 +93,7 @@ private:
     };
 
     void wait_for_signal();
+    void open_image();
     void on_open(std::error_code ec, image img);
     std::error_code listen(std::string& what);
     void accept(listener& l);
@@ -119,6 +124,7 @@ private:
     std::uint64_t next_id_ = 1;
     bool served_any_ = false;
     bool wrote_pid_file_ = false;
+    std::string overlay_dir_;  ///< -s: the temporary overlay's directory, removed at exit
 };
 
 }  // namespace qed::nbd
