@@ -788,6 +788,68 @@ BOOST_FIXTURE_TEST_CASE(shutdown_does_not_wait_for_ever_on_a_client_that_stops_r
     }
 }
 
+/// A field of /proc/PID/status in KiB ("VmRSS", "VmHWM").
+std::uint64_t proc_status_kib(pid_t pid, const std::string& field) {
+    std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(f, line))
+        if (line.rfind(field + ":", 0) == 0) return std::stoull(line.substr(field.size() + 1));
+    BOOST_FAIL("no " << field << " in /proc/" << pid << "/status");
+    return 0;
+}
+
+BOOST_FIXTURE_TEST_CASE(clients_that_never_read_replies_share_one_memory_cap, fixture) {
+    const std::string data = random_bytes(image_size, 21);
+    write_image(image, 0, data);
+    srv.start({"-t", "-e", "0", "--memory-limit", "32M"}, image);
+    const pid_t pid = srv.process().pid();
+    const std::uint64_t base_kib = proc_status_kib(pid, "VmRSS");
+    constexpr std::uint32_t mib = 1 << 20;
+    // Two clients send 64 MiB of reads each and read nothing: alone, each
+    // could hold its own 64 MiB; together they get 32 MiB and the rest waits.
+    std::vector<std::unique_ptr<client>> stuck;
+    for (int c = 0; c < 2; ++c) {
+        stuck.push_back(std::make_unique<client>(srv));
+        stuck.back()->connect(false);
+        for (std::uint32_t i = 0; i < 64; ++i) stuck.back()->request(nbd::cmd_read, i, std::uint64_t(i) * mib, mib);
+    }
+    std::this_thread::sleep_for(1s);
+    // A third client's read waits: the others hold all the memory.
+    client late(srv);
+    late.connect(false);
+    late.request(nbd::cmd_read, 99, 5 * mib, mib);
+    BOOST_CHECK(!late.readable_within(500ms));
+    const std::uint64_t peak_kib = proc_status_kib(pid, "VmHWM");
+    BOOST_TEST_MESSAGE("server RSS " << base_kib / 1024 << " MiB at start, peak " << peak_kib / 1024
+                                     << " MiB with two stuck clients");
+    // 32 MiB of buffers and some slack; without the shared cap it is over 128 MiB.
+    BOOST_CHECK_LT(peak_kib, base_kib + 56 * 1024);
+    auto read_all = [&](client& c) {
+        std::map<std::uint64_t, bool> seen;
+        for (int i = 0; i < 64; ++i) {
+            const reply r = c.next();
+            BOOST_REQUIRE_EQUAL(r.error, 0u);
+            BOOST_REQUIRE(r.cookie < 64 && !seen[r.cookie]);
+            seen[r.cookie] = true;
+            BOOST_REQUIRE(to_string(r.payload) == data.substr(r.cookie * mib, mib));
+        }
+    };
+    // One of them reads: the bytes it frees go to it and to the late
+    // client, not to the other one, which is over its share and stays stuck.
+    read_all(*stuck[0]);
+    const reply r = late.next();
+    BOOST_CHECK_EQUAL(r.cookie, 99u);
+    BOOST_CHECK_EQUAL(r.error, 0u);
+    BOOST_CHECK(to_string(r.payload) == data.substr(5 * mib, mib));
+    // And when the last one reads, it gets every reply, right.
+    read_all(*stuck[1]);
+    BOOST_CHECK_LT(proc_status_kib(pid, "VmHWM"), base_kib + 56 * 1024);
+    stuck.clear();
+    late.disconnect();
+    BOOST_CHECK_EQUAL(srv.stop(), 0);
+    verify_image(image, 0, data.substr(0, 4 * mib));
+}
+
 BOOST_AUTO_TEST_CASE(fork_returns_once_listening) {
     temp_dir dir("fork");
     const std::string image = dir / "disk.qed";

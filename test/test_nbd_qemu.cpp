@@ -228,4 +228,74 @@ BOOST_AUTO_TEST_CASE(backing_files_stay_in_the_allowed_directory) {
     NBD_RUN_OK(dir.path(), {"qemu-img", "check", "-f", "qed", overlay});
 }
 
+BOOST_AUTO_TEST_CASE(qemu_nbd_options_snapshot_detect_zeroes_list_and_refusals) {
+    temp_dir dir("qemu-options");
+    const std::string image = dir / "disk.qed";
+    NBD_RUN_OK(dir.path(), {"qemu-img", "create", "-q", "-f", "qed", image, "16M"});
+    NBD_RUN_OK(dir.path(), {"qemu-io", "-f", "qed", "-c", "write -P 0x61 0 2M", image});
+    const std::string before = read_file(image);
+
+    // -s: writes go to a temporary overlay; the image is untouched and the
+    // overlay (under $TMPDIR) is gone afterwards.
+    const std::string tmp = dir / "tmp";
+    fs::create_directories(tmp);
+    ::setenv("TMPDIR", tmp.c_str(), 1);
+    {
+        server srv(dir);
+        srv.start({"-s", "-A"}, image);
+        BOOST_CHECK(!fs::is_empty(tmp));
+        const auto r = NBD_RUN_OK(dir.path(), qemu_io(srv.uri(), {"write -P 0x62 1M 64k", "read -P 0x62 1M 64k",
+                                                                  "read -P 0x61 0 1M", "read -P 0x61 1984k 64k"}));
+        check_io_output(r);
+        BOOST_CHECK_EQUAL(srv.wait(), 0);  // left after its one client
+    }
+    ::unsetenv("TMPDIR");
+    BOOST_CHECK(fs::is_empty(tmp));
+    BOOST_CHECK_MESSAGE(read_file(image) == before, "-s changed the image");
+
+    // --detect-zeroes=on: a write of zeros becomes zero clusters, as with qemu-nbd.
+    {
+        server srv(dir);
+        srv.start({"-t", "--detect-zeroes=on"}, image);
+        NBD_RUN_OK(dir.path(), qemu_io(srv.uri(), {"write -P 0 0 1M", "write -P 0x63 1M 64k", "write -P 0 4M 1M"}));
+        // -L lists the exports as qemu-nbd -L does, byte for byte.
+        const std::vector<std::string> where{"-b", "127.0.0.1", "-p", std::to_string(srv.port())};
+        std::vector<std::string> ours{server_binary(), "-L"};
+        std::vector<std::string> theirs{"qemu-nbd", "-L"};
+        ours.insert(ours.end(), where.begin(), where.end());
+        theirs.insert(theirs.end(), where.begin(), where.end());
+        const auto a = NBD_RUN_OK(dir.path(), ours);
+        const auto b = NBD_RUN_OK(dir.path(), theirs);
+        BOOST_CHECK_EQUAL(a.out, b.out);
+        BOOST_CHECK(a.out.find("exports available: 1") != std::string::npos);
+        BOOST_CHECK_EQUAL(srv.stop(), 0);
+    }
+    const auto map = NBD_RUN_OK(dir.path(), {"qemu-img", "map", "-f", "qed", "--output=json", image});
+    // Zeros where nothing was allocated: a zero cluster, not data.
+    BOOST_CHECK_MESSAGE(
+        map.out.find(R"("start": 4194304, "length": 1048576, "depth": 0, "present": true, "zero": true, )"
+                     R"("data": false})") != std::string::npos,
+        map.out);
+    qemu_check_clean(dir, image);
+    check_io_output(NBD_RUN_OK(dir.path(), {"qemu-io", "-f", "qed", "-c", "read -P 0 0 1M", "-c", "read -P 0x63 1M 64k",
+                                            "-c", "read -P 0 4M 1M", image}));
+
+    // Refused with a clear message.
+    server srv(dir);
+    const std::vector<std::pair<std::vector<std::string>, std::string>> refused = {
+        {{"-c", "/dev/nbd0"}, "attach it with nbd-client"},
+        {{"-d", "/dev/nbd0"}, "nbd-client -d /dev/nbd0"},
+        {{"--detect-zeroes=unmap"}, "--detect-zeroes=unmap is not allowed without --discard=unmap"},
+        {{"--detect-zeroes=maybe"}, "invalid --detect-zeroes mode 'maybe'"},
+    };
+    for (const auto& [args, message] : refused) {
+        const auto [status, err] = srv.start_failing(args, image);
+        BOOST_CHECK_EQUAL(status, 1);
+        BOOST_CHECK_MESSAGE(err.find(message) != std::string::npos, err);
+    }
+    const auto l = run({server_binary(), "-L", "-b", "127.0.0.1", "-p", std::to_string(free_port())}, dir.path());
+    BOOST_CHECK_EQUAL(l.status, 1);
+    BOOST_CHECK_MESSAGE(l.err.find("cannot connect to 127.0.0.1:") != std::string::npos, l.err);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

@@ -15,8 +15,10 @@
 #include <iostream>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "qed/version.hpp"
+#include "server/list_exports.hpp"
 #include "server/nbd_server.hpp"
 
 namespace {
@@ -41,8 +43,27 @@ void usage(std::ostream& out) {
            "                            backing files must lie in DIR (default: the\n"
            "                            image's own directory)\n"
            "      --handshake-limit=N   seconds a client may take to negotiate (default 10)\n"
+           "      --memory-limit=SIZE   bytes of request buffers all clients together may\n"
+           "                            hold (default 256M; then clients wait)\n"
+           "      --connection-memory-limit=SIZE\n"
+           "                            the same for each client (default 64M)\n"
+           "      --object=tls-creds-x509,id=ID,endpoint=server,dir=DIR[,verify-peer=on|off]\n"
+           "      --object=tls-creds-psk,id=ID,endpoint=server,dir=DIR\n"
+           "      --object=authz-simple,id=ID,identity=NAME\n"
+           "                            TLS credentials (DIR/ca-cert.pem, server-cert.pem,\n"
+           "                            server-key.pem; or DIR/keys.psk) and a client allowed\n"
+           "                            by certificate DN or PSK user name\n"
+           "      --tls-creds=ID        require TLS with the credentials object ID\n"
+           "      --tls-authz=ID        allow only the client named by authz object ID\n"
+           "                            (may be repeated: any of them is allowed)\n"
            "      --pid-file=PATH       write the server's pid to PATH once it listens\n"
            "      --fork                run in the background once the server listens\n"
+           "  -s, --snapshot            serve a temporary overlay: writes are discarded at exit\n"
+           "      --detect-zeroes=MODE  off (default), on or unmap: writes of zeros become\n"
+           "                            zero clusters (unmap: holes where whole clusters)\n"
+           "  -A, --allocation-depth    accepted; qemu:allocation-depth is always offered\n"
+           "  -L, --list                list the exports of the server at -k or -b/-p\n"
+           "  -c, -d                    not supported: use nbd-client for /dev/nbdX\n"
            "  -v, --verbose             report clients and errors on stderr\n"
            "  -h, --help                show this help\n"
            "  -V, --version             show the version\n"
@@ -61,7 +82,87 @@ bool parse_unsigned(const char* s, unsigned long max, unsigned long& out) {
     return true;
 }
 
-enum long_only { opt_cache = 256, opt_aio, opt_allow_backing_dir, opt_pid_file, opt_fork, opt_handshake_limit };
+enum long_only {
+    opt_cache = 256,
+    opt_aio,
+    opt_allow_backing_dir,
+    opt_pid_file,
+    opt_fork,
+    opt_handshake_limit,
+    opt_object,
+    opt_tls_creds,
+    opt_tls_authz,
+    opt_memory_limit,
+    opt_connection_memory_limit,
+    opt_detect_zeroes,
+};
+
+/// "64M", "1G", "65536": bytes; false if malformed or out of range.
+bool parse_size(const char* s, std::uint64_t& out) {
+    if (!s || !*s || *s == '-') return false;
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long v = std::strtoull(s, &end, 10);
+    if (errno || end == s) return false;
+    unsigned shift = 0;
+    const std::string suffix = end;
+    if (suffix.empty() || suffix == "B" || suffix == "b")
+        shift = 0;
+    else if (suffix == "K" || suffix == "k")
+        shift = 10;
+    else if (suffix == "M" || suffix == "m")
+        shift = 20;
+    else if (suffix == "G" || suffix == "g")
+        shift = 30;
+    else if (suffix == "T" || suffix == "t")
+        shift = 40;
+    else
+        return false;
+    if (v > (std::numeric_limits<std::uint64_t>::max() >> shift)) return false;
+    out = static_cast<std::uint64_t>(v) << shift;
+    return true;
+}
+
+/// Resolve --tls-creds / --tls-authz against the --object list.
+int resolve_tls(const std::vector<qed::nbd::tls_object>& objects, const std::string& creds_id,
+                const std::vector<std::string>& authz_ids, qed::nbd::server_options& o, std::string& error) {
+    using kind = qed::nbd::tls_object::kind;
+    for (std::size_t i = 0; i < objects.size(); ++i)
+        for (std::size_t j = 0; j < i; ++j)
+            if (objects[i].id == objects[j].id) {
+                error = "--object: duplicate id '" + objects[i].id + "'";
+                return 1;
+            }
+    auto find = [&](const std::string& id) -> const qed::nbd::tls_object* {
+        for (const auto& ob : objects)
+            if (ob.id == id) return &ob;
+        return nullptr;
+    };
+    if (creds_id.empty()) {
+        if (!authz_ids.empty()) {
+            error = "--tls-authz is not allowed without --tls-creds";
+            return 1;
+        }
+        return 0;
+    }
+    const auto* creds = find(creds_id);
+    if (!creds || creds->type == kind::authz_simple) {
+        error = "--tls-creds: no tls-creds-x509 or tls-creds-psk object with id '" + creds_id + "'";
+        return 1;
+    }
+    qed::nbd::tls_settings t;
+    t.creds = *creds;
+    for (const auto& id : authz_ids) {
+        const auto* a = find(id);
+        if (!a || a->type != kind::authz_simple) {
+            error = "--tls-authz: no authz-simple object with id '" + id + "'";
+            return 1;
+        }
+        t.allowed.push_back(a->identity);
+    }
+    o.tls = std::move(t);
+    return 0;
+}
 
 /// Parses argv into `o`; returns -1 to go on, or an exit code.
 int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
@@ -82,6 +183,17 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
         {"pid-file", required_argument, nullptr, opt_pid_file},
         {"fork", no_argument, nullptr, opt_fork},
         {"handshake-limit", required_argument, nullptr, opt_handshake_limit},
+        {"object", required_argument, nullptr, opt_object},
+        {"tls-creds", required_argument, nullptr, opt_tls_creds},
+        {"tls-authz", required_argument, nullptr, opt_tls_authz},
+        {"memory-limit", required_argument, nullptr, opt_memory_limit},
+        {"allocation-depth", no_argument, nullptr, 'A'},
+        {"detect-zeroes", required_argument, nullptr, opt_detect_zeroes},
+        {"snapshot", no_argument, nullptr, 's'},
+        {"list", no_argument, nullptr, 'L'},
+        {"connect", required_argument, nullptr, 'c'},
+        {"disconnect", required_argument, nullptr, 'd'},
+        {"connection-memory-limit", required_argument, nullptr, opt_connection_memory_limit},
         {"verbose", no_argument, nullptr, 'v'},
         {"help", no_argument, nullptr, 'h'},
         {"version", no_argument, nullptr, 'V'},
@@ -93,9 +205,13 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
     };
     bool tcp_given = false;
     unsigned long n = 0;
+    std::vector<qed::nbd::tls_object> objects;
+    std::string tls_creds;
+    std::vector<std::string> tls_authz;
+    bool list_mode = false;
     opterr = 0;
     for (;;) {
-        const int c = ::getopt_long(argc, argv, ":p:b:k:x:D:f:re:tnvhV", longs, nullptr);
+        const int c = ::getopt_long(argc, argv, ":p:b:k:x:D:f:re:tnvhVAsLc:d:", longs, nullptr);
         if (c == -1) break;
         switch (c) {
             case 'p':
@@ -180,6 +296,64 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
                     return fail(std::string("invalid handshake limit '") + optarg + "'");
                 o.lim.handshake_timeout = std::chrono::seconds(n);
                 break;
+            case opt_object: {
+                std::string why;
+                auto ob = qed::nbd::parse_object(optarg, why);
+                if (!ob) return fail(why);
+                objects.push_back(std::move(*ob));
+                break;
+            }
+            case opt_tls_creds:
+                if (!tls_creds.empty()) return fail("--tls-creds given twice");
+                tls_creds = optarg;
+                break;
+            case opt_tls_authz:
+                tls_authz.emplace_back(optarg);
+                break;
+            case opt_memory_limit:
+            case opt_connection_memory_limit: {
+                std::uint64_t bytes = 0;
+                const bool global = c == opt_memory_limit;
+                const char* name = global ? "--memory-limit" : "--connection-memory-limit";
+                if (!parse_size(optarg, bytes))
+                    return fail(std::string("invalid size for ") + name + " '" + optarg + "'");
+                if (bytes < o.lim.max_payload)
+                    return fail(std::string(name) + " must be at least 32M (the largest request)");
+                if (global)
+                    o.memory_limit = static_cast<std::size_t>(bytes);
+                else
+                    o.lim.max_buffered = static_cast<std::size_t>(bytes);
+                break;
+            }
+            case 'A':
+                break;  // qemu:allocation-depth is always offered
+            case opt_detect_zeroes: {
+                const std::string m = optarg;
+                if (m == "off")
+                    o.zeroes = qed::nbd::detect_zeroes::off;
+                else if (m == "on")
+                    o.zeroes = qed::nbd::detect_zeroes::on;
+                else if (m == "unmap")
+                    o.zeroes = qed::nbd::detect_zeroes::unmap;
+                else
+                    return fail("invalid --detect-zeroes mode '" + m + "' (off, on, unmap)");
+                break;
+            }
+            case 's':
+                o.snapshot = true;
+                break;
+            case 'L':
+                list_mode = true;
+                break;
+            case 'c':
+                return fail(std::string("-c/--connect (attaching a kernel /dev/nbd device) is not supported: serve the "
+                                        "image with qed-nbd and attach it with nbd-client, e.g. "
+                                        "'nbd-client 127.0.0.1 10809 ") +
+                            optarg + "'");
+            case 'd':
+                return fail(std::string("-d/--disconnect (detaching a kernel /dev/nbd device) is not supported: use "
+                                        "'nbd-client -d ") +
+                            optarg + "'");
             case 'v':
                 ++o.verbose;
                 break;
@@ -199,9 +373,21 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
                 return fail(std::string("unknown option '") + argv[optind - 1] + "'");
         }
     }
+    // As qemu-nbd: unmap applies only where discards are honoured. (When
+    // --discard=unmap exists, this check accepts it together with it.)
+    if (o.zeroes == qed::nbd::detect_zeroes::unmap)
+        return fail("--detect-zeroes=unmap is not allowed without --discard=unmap");
+    if (list_mode) {
+        // qemu-nbd -L: be a client of the server at -k or -b/-p.
+        if (optind != argc) return fail("-L takes no image file");
+        if (tcp_given && !o.socket_path.empty()) return fail("--socket cannot be combined with --port or --bind");
+        if (!tls_creds.empty()) return fail("-L over TLS is not supported; use nbdinfo --list with an nbds:// URI");
+        return qed::nbd::list_exports(o.bind_address, o.port, o.socket_path);
+    }
     if (optind + 1 != argc) return fail(optind >= argc ? "no image file given" : "more than one image file given");
     o.image_path = argv[optind];
     if (tcp_given && !o.socket_path.empty()) return fail("--socket cannot be combined with --port or --bind");
+    if (std::string why; resolve_tls(objects, tls_creds, tls_authz, o, why)) return fail(why);
     if (o.export_name.size() > qed::nbd::max_string) return fail("export name longer than 4096 bytes");
     if (o.description.size() > qed::nbd::max_string) return fail("description longer than 4096 bytes");
     return -1;

@@ -6,7 +6,9 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/read.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/asio/write.hpp>
+#include <cassert>
 #include <new>
 
 namespace qed::nbd {
@@ -33,6 +35,14 @@ void append32(std::vector<std::byte>& out, std::uint32_t v) {
     out.insert(out.end(), b, b + 4);
 }
 
+bool all_zero(const std::byte* p, std::size_t n) noexcept {
+    // The buffer is 4096-aligned and n a multiple of 512: compare words.
+    const auto* w = reinterpret_cast<const std::uint64_t*>(p);
+    for (std::size_t i = 0; i < n / 8; ++i)
+        if (w[i]) return false;
+    return true;
+}
+
 bool is_write(std::uint16_t type) noexcept {
     return type == cmd_write || type == cmd_write_zeroes;
 }
@@ -51,21 +61,23 @@ struct connection::transaction {
     std::uint32_t refused = 0;    ///< error decided before the payload was read
 };
 
-connection::connection(socket_type socket, export_context& ctx, std::uint64_t id, closed_handler closed)
-    : socket_(std::move(socket)),
+connection::connection(socket_type socket, export_context& ctx, std::uint64_t id, std::string peer,
+                       closed_handler closed)
+    : stream_(std::move(socket)),
       ctx_(ctx),
       id_(id),
+      peer_(std::move(peer)),
       closed_(std::move(closed)),
-      handshake_timer_(socket_.get_executor()) {}
+      handshake_timer_(stream_.get_executor()) {}
 
 connection::~connection() = default;
 
 void connection::log(std::string_view what) const {
-    if (ctx_.log) ctx_.log("client " + std::to_string(id_) + ": " + std::string(what));
+    if (ctx_.log) ctx_.log("client " + std::to_string(id_) + " (" + peer_ + "): " + std::string(what));
 }
 
 void connection::warn(std::string_view what) const {
-    if (ctx_.warn) ctx_.warn("client " + std::to_string(id_) + ": " + std::string(what));
+    if (ctx_.warn) ctx_.warn("client " + std::to_string(id_) + " (" + peer_ + "): " + std::string(what));
 }
 
 // ---------------------------------------------------------------------------
@@ -74,27 +86,34 @@ void connection::warn(std::string_view what) const {
 
 void connection::start() {
     boost::system::error_code ignored;
-    socket_.set_option(boost::asio::ip::tcp::no_delay(true), ignored);  // fails harmlessly on unix sockets
+    stream_.socket().set_option(boost::asio::ip::tcp::no_delay(true), ignored);  // fails harmlessly on unix sockets
     handshake_timer_.expires_after(ctx_.lim.handshake_timeout);
     handshake_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
         if (ec || self->reading_ != reader::handshake) return;
         self->log("handshake timed out");
         boost::system::error_code ignore;
-        self->socket_.close(ignore);
+        self->stream_.socket().close(ignore);
     });
-    async_handshake(socket_, ctx_.info,
+    async_handshake(stream_, ctx_.info, ctx_.tls, report_,
                     [self = shared_from_this()](std::error_code ec, session s) { self->on_handshake(ec, s); });
 }
 
 void connection::on_handshake(std::error_code ec, const session& s) {
     handshake_timer_.cancel();
     if (ec) {
-        if (ec != errc::aborted) log("handshake failed: " + ec.message());
+        // Refusals (TLS, authorization) are always reported; other
+        // handshake failures only with -v.
+        if (!report_.refusal.empty())
+            warn(report_.refusal);
+        else if (ec != errc::aborted)
+            log("handshake failed: " + ec.message());
         broken_ = true;
         return reader_done();
     }
     session_ = s;
-    log(std::string("handshake done") + (s.structured ? ", structured replies" : ""));
+    log(std::string("handshake done") + (s.structured ? ", structured replies" : "") +
+        (report_.tls ? ", TLS" + (report_.identity.empty() ? std::string() : " as '" + report_.identity + "'")
+                     : std::string()));
     read_next();
 }
 
@@ -104,21 +123,21 @@ void connection::on_handshake(std::error_code ec, const session& s) {
 
 void connection::read_next() {
     if (stopping_ || broken_) return reader_done();
-    // Room for one more request of any size: bounded count and memory.
-    if (in_flight_ >= ctx_.lim.max_in_flight || buffered_ + ctx_.lim.max_payload > ctx_.lim.max_buffered) {
+    // Bounded count; memory is checked per request once its header is in.
+    if (in_flight_ >= ctx_.lim.max_in_flight || buffered_ >= ctx_.lim.max_buffered) {
         reading_ = reader::paused;
         return;
     }
     reading_ = reader::header;
     boost::asio::async_read(
-        socket_, boost::asio::buffer(header_),
+        stream_, boost::asio::buffer(header_),
         [self = shared_from_this()](boost::system::error_code ec, std::size_t) { self->on_header(ec); });
 }
 
 void connection::on_header(boost::system::error_code ec) {
     if (ec || stopping_) {
         if (ec && ec != boost::asio::error::eof && ec != boost::asio::error::operation_aborted)
-            log("read failed: " + ec.message());
+            if (ec != boost::asio::ssl::error::stream_truncated) log("read failed: " + ec.message());
         return reader_done();
     }
     auto t = std::make_unique<transaction>();
@@ -133,9 +152,71 @@ void connection::on_header(boost::system::error_code ec) {
         return reader_done();  // answer what is in flight, then close
     }
     ++in_flight_;
+    admit(std::move(t));
+}
+
+namespace {
+
+/// Buffer bytes a request will hold (READ result or WRITE payload); 0 for
+/// those refused for their size, which are never buffered.
+std::size_t memory_need(const request& r, std::uint32_t max_payload) {
+    if ((r.type == cmd_read || r.type == cmd_write) && r.length <= max_payload) return r.length;
+    return 0;
+}
+
+}  // namespace
+
+void connection::admit(transaction_ptr t) {
+    const std::size_t need = memory_need(t->req, ctx_.lim.max_payload);
+    // The connection's own bound first: over it, wait for our own replies
+    // to be written (nothing else can free our bytes).
+    if (buffered_ && buffered_ + need > ctx_.lim.max_buffered) {
+        pending_ = std::move(t);
+        reading_ = reader::paused;
+        return;
+    }
+    // Then the server-wide one: over it, wait in line.
+    if (need && ctx_.budget && !ctx_.budget->try_take(this, need)) {
+        pending_ = std::move(t);
+        reading_ = reader::waiting;
+        ctx_.budget->wait(shared_from_this(), need);
+        return;
+    }
+    proceed(std::move(t), need);
+}
+
+void connection::post_grant(std::size_t n) {
+    boost::asio::post(stream_.get_executor(), [self = shared_from_this(), n] { self->on_granted(n); });
+}
+
+void connection::on_granted(std::size_t n) {
+    if (reading_ != reader::waiting || !pending_) {
+        // Stopped or aborted after the grant was posted.
+        ctx_.budget->give_back(this, n);
+        return;
+    }
+    proceed(std::move(pending_), n);
+}
+
+void connection::proceed(transaction_ptr t, std::size_t need) {
+    // The bytes are counted now, before any is allocated: the bounds hold
+    // for what is about to be held, not only for what already is.
+    t->charged = need;
+    buffered_ += need;
     if (t->req.type == cmd_write) return read_payload(std::move(t));
     start_request(std::move(t));
     read_next();
+}
+
+void connection::resume() {
+    if (reading_ != reader::paused) return;
+    if (pending_) return admit(std::move(pending_));
+    read_next();
+}
+
+void connection::drop_pending() {
+    if (reading_ == reader::waiting && ctx_.budget) ctx_.budget->cancel(this);
+    if (pending_) release(std::move(pending_));  // read but never started: no reply
 }
 
 void connection::read_payload(transaction_ptr t) {
@@ -154,12 +235,10 @@ void connection::read_payload(transaction_ptr t) {
         t->refused = err_nomem;
         return discard_payload(std::move(t), len);
     }
-    t->charged = len;
-    buffered_ += len;
     reading_ = reader::payload;
     auto* p = t->data.get();
     boost::asio::async_read(
-        socket_, boost::asio::buffer(p, len),
+        stream_, boost::asio::buffer(p, len),
         [self = shared_from_this(), t = std::move(t)](boost::system::error_code ec, std::size_t) mutable {
             if (ec) {
                 self->release(std::move(t));
@@ -182,7 +261,7 @@ void connection::discard_payload(transaction_ptr t, std::uint64_t left) {
     reading_ = reader::discard;
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, scratch_.size()));
     boost::asio::async_read(
-        socket_, boost::asio::buffer(scratch_.data(), n),
+        stream_, boost::asio::buffer(scratch_.data(), n),
         [self = shared_from_this(), t = std::move(t), left](boost::system::error_code ec, std::size_t got) mutable {
             if (ec) {
                 self->release(std::move(t));
@@ -271,8 +350,6 @@ void connection::start_request(transaction_ptr t) {
             if (r.length == 0) return reply_ok(std::move(t));
             t->data = allocate(r.length);
             if (!t->data) return reply_error(std::move(t), err_nomem, "out of memory");
-            t->charged = r.length;
-            buffered_ += r.length;
             auto* p = t->data.get();
             ctx_.image.async_read_at(
                 r.offset, boost::asio::buffer(p, r.length),
@@ -282,6 +359,19 @@ void connection::start_request(transaction_ptr t) {
         case cmd_write: {
             if (r.length == 0) return reply_ok(std::move(t));
             const auto* p = t->data.get();
+            if (ctx_.zeroes != detect_zeroes::off && all_zero(p, r.length)) {
+                // As qemu's detect-zeroes: the write becomes a write of zeroes,
+                // same result on read. Whole clusters become QED zero clusters
+                // in both modes, as QEMU's QED driver makes them (the library
+                // writes real zeros only for NBD's NO_HOLE).
+                zero_options o;
+                o.may_unmap = true;
+                o.fua = fua;
+                ctx_.image.async_write_zeroes(
+                    r.offset, r.length, o,
+                    [self, t = std::move(t)](std::error_code ec) mutable { self->on_done(std::move(t), ec); });
+                return;
+            }
             ctx_.image.async_write_at(
                 r.offset, boost::asio::buffer(p, r.length), write_options{fua},
                 [self, t = std::move(t)](std::error_code ec, std::size_t) mutable { self->on_done(std::move(t), ec); });
@@ -403,6 +493,7 @@ void connection::on_block_status(transaction_ptr t, std::error_code ec, const st
     // Large replies count against the memory bound like data buffers.
     t->charged += t->tail.size();
     buffered_ += t->tail.size();
+    if (ctx_.budget) ctx_.budget->force_take(this, t->tail.size());
     queue_reply(std::move(t));
 }
 
@@ -463,7 +554,7 @@ void connection::write_replies() {
     }
     writing_ = true;
     boost::asio::async_write(
-        socket_, batch_buffers_,
+        stream_, batch_buffers_,
         [self = shared_from_this()](boost::system::error_code ec, std::size_t) { self->on_written(ec); });
 }
 
@@ -476,13 +567,14 @@ void connection::on_written(std::error_code ec) {
         abort();
     }
     if (!replies_.empty() && !broken_) write_replies();
-    if (reading_ == reader::paused) read_next();
+    resume();
     check_done();
 }
 
 void connection::release(transaction_ptr t) {
     --in_flight_;
     buffered_ -= t->charged;
+    if (ctx_.budget && t->charged) ctx_.budget->give_back(this, t->charged);
 }
 
 // ---------------------------------------------------------------------------
@@ -499,10 +591,13 @@ void connection::stop() {
             // Wake the pending header read (it sees end of stream); replies can
             // still be written.
             boost::system::error_code ignored;
-            socket_.shutdown(socket_type::shutdown_receive, ignored);
+            stream_.socket().shutdown(socket_type::shutdown_receive, ignored);
             break;
         }
         case reader::paused:
+        case reader::waiting:
+            // A request read but not started is dropped unanswered.
+            drop_pending();
             reader_done();
             break;
         case reader::payload:
@@ -515,12 +610,15 @@ void connection::stop() {
 void connection::abort() {
     broken_ = true;
     boost::system::error_code ignored;
-    socket_.close(ignored);  // pending socket operations complete with operation_aborted
+    stream_.socket().close(ignored);  // pending socket operations complete with operation_aborted
     while (!replies_.empty()) {
         release(std::move(replies_.front()));
         replies_.pop_front();
     }
-    if (reading_ == reader::paused) reading_ = reader::done;
+    if (reading_ == reader::paused || reading_ == reader::waiting) {
+        drop_pending();
+        reading_ = reader::done;
+    }
     check_done();
 }
 
@@ -529,14 +627,106 @@ void connection::check_done() {
     finished_ = true;
     handshake_timer_.cancel();
     boost::system::error_code ignored;
-    if (socket_.is_open()) {
-        socket_.shutdown(socket_type::shutdown_both, ignored);
-        socket_.close(ignored);
+    if (stream_.socket().is_open()) {
+        stream_.socket().shutdown(socket_type::shutdown_both, ignored);
+        stream_.socket().close(ignored);
     }
     log("closed");
     // Tell the server from a fresh handler: it may be iterating over its
     // connections (stop(), abort()) when this runs.
-    if (closed_) boost::asio::post(socket_.get_executor(), [self = shared_from_this()] { self->closed_(*self); });
+    if (closed_) boost::asio::post(stream_.get_executor(), [self = shared_from_this()] { self->closed_(*self); });
+}
+
+}  // namespace qed::nbd
+
+namespace qed::nbd {
+
+// ---------------------------------------------------------------------------
+// memory_budget
+// ---------------------------------------------------------------------------
+
+std::size_t memory_budget::used() const {
+    std::lock_guard lock(mutex_);
+    return used_;
+}
+
+bool memory_budget::within_share_locked(const connection* c, std::size_t n) const {
+    const auto it = held_.find(c);
+    const std::size_t held = it == held_.end() ? 0 : it->second;
+    if (held == 0) return true;  // everyone may have something in flight
+    // Connections holding bytes or waiting for them (c among them).
+    std::size_t active = held_.size();
+    for (const waiter& w : waiters_)
+        if (w.who != c && held_.find(w.who) == held_.end()) ++active;
+    return held + n <= limit_ / std::max<std::size_t>(active, 1);
+}
+
+void memory_budget::take_locked(const connection* c, std::size_t n) {
+    used_ += n;
+    held_[c] += n;
+}
+
+bool memory_budget::try_take(const connection* c, std::size_t n) {
+    std::lock_guard lock(mutex_);
+    if (used_ + n > limit_ || !within_share_locked(c, n)) return false;
+    for (const waiter& w : waiters_)
+        if (within_share_locked(w.who, w.n)) return false;  // its turn first
+    take_locked(c, n);
+    return true;
+}
+
+void memory_budget::force_take(const connection* c, std::size_t n) {
+    std::lock_guard lock(mutex_);
+    take_locked(c, n);
+}
+
+void memory_budget::grant_locked(grants& out) {
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+        if (!within_share_locked(it->who, it->n)) {
+            ++it;  // over its share: others go first
+            continue;
+        }
+        if (used_ + it->n > limit_) break;  // first come, first served among the rest
+        auto c = it->c.lock();
+        if (c) {
+            take_locked(it->who, it->n);
+            out.emplace_back(std::move(c), it->n);
+        }
+        it = waiters_.erase(it);
+    }
+}
+
+void memory_budget::give_back(const connection* c, std::size_t n) {
+    grants granted;
+    {
+        std::lock_guard lock(mutex_);
+        auto it = held_.find(c);
+        assert(used_ >= n && it != held_.end() && it->second >= n);  // every byte given back was taken
+        used_ -= n;
+        if ((it->second -= n) == 0) held_.erase(it);
+        grant_locked(granted);
+    }
+    for (auto& [g, bytes] : granted) g->post_grant(bytes);
+}
+
+void memory_budget::wait(const std::shared_ptr<connection>& c, std::size_t n) {
+    grants granted;
+    {
+        std::lock_guard lock(mutex_);
+        waiters_.push_back({c.get(), c, n});
+        grant_locked(granted);  // bytes may have come back since try_take
+    }
+    for (auto& [g, bytes] : granted) g->post_grant(bytes);
+}
+
+void memory_budget::cancel(const connection* c) {
+    grants granted;
+    {
+        std::lock_guard lock(mutex_);
+        std::erase_if(waiters_, [c](const waiter& w) { return w.who == c; });
+        grant_locked(granted);  // fewer active connections: larger shares
+    }
+    for (auto& [g, bytes] : granted) g->post_grant(bytes);
 }
 
 }  // namespace qed::nbd

@@ -18,7 +18,9 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,12 +39,73 @@ struct limits {
     std::chrono::milliseconds handshake_timeout{10000};
 };
 
+class connection;
+
+/// Bytes of READ/WRITE buffers held by all connections of a server together
+/// (besides each connection's own bound). A connection that would go over
+/// waits without reading its socket (TCP backpressure) until bytes come
+/// back. Fair shares: a connection that already holds bytes may not take
+/// more than limit / (connections holding or waiting) while others wait, so
+/// clients that never read their replies cannot keep the rest from being
+/// served once bytes come back; among those within their share, first come,
+/// first served (small requests don't starve large ones). Thread-safe.
+///
+/// What it cannot do: bytes held by replies a client never reads stay held
+/// until it reads or disconnects. With the pool full of those, a newcomer
+/// waits for bytes to come back; the total never exceeds the limit.
+class memory_budget {
+public:
+    explicit memory_budget(std::size_t limit) : limit_(limit) {}
+    memory_budget(const memory_budget&) = delete;
+    memory_budget& operator=(const memory_budget&) = delete;
+
+    std::size_t limit() const noexcept { return limit_; }
+    std::size_t used() const;
+    /// Take `n` bytes for `c` if they fit, within its share, and nobody
+    /// eligible is waiting; false otherwise.
+    bool try_take(const connection* c, std::size_t n);
+    /// Take `n` bytes regardless (small reply metadata already built).
+    void force_take(const connection* c, std::size_t n);
+    /// Give bytes back; grants go to waiters whose turn it is.
+    void give_back(const connection* c, std::size_t n);
+    /// Wait for `n` bytes: `c->post_grant(n)` is called once they are taken
+    /// on its behalf.
+    void wait(const std::shared_ptr<connection>& c, std::size_t n);
+    /// Leave the line (the connection is closing); no grant follows.
+    void cancel(const connection* c);
+
+private:
+    struct waiter {
+        const connection* who;
+        std::weak_ptr<connection> c;
+        std::size_t n;
+    };
+    using grants = std::vector<std::pair<std::shared_ptr<connection>, std::size_t>>;
+    bool within_share_locked(const connection* c, std::size_t n) const;
+    void grant_locked(grants& out);
+    void take_locked(const connection* c, std::size_t n);
+
+    const std::size_t limit_;
+    mutable std::mutex mutex_;
+    std::size_t used_ = 0;
+    std::map<const connection*, std::size_t> held_;  ///< bytes held, per connection holding any
+    std::deque<waiter> waiters_;
+};
+
+/// --detect-zeroes: writes of zeros become WRITE_ZEROES (as qemu-nbd's).
+enum class detect_zeroes { off, on, unmap };
+
 /// What all connections of a server share: the export and how to serve it.
 struct export_context {
     qed::image image;
     export_info info;
     limits lim;
     bool writethrough = false;  ///< every write is FUA (cache=writethrough/directsync)
+    detect_zeroes zeroes = detect_zeroes::off;
+    /// Not null: the bound on buffers across all connections.
+    memory_budget* budget = nullptr;
+    /// Not null: TLS is required (NBD_OPT_STARTTLS before anything else).
+    tls_server* tls = nullptr;
     /// Diagnostics about clients (connects, protocol violations); may be empty.
     std::function<void(std::string_view)> log;
     /// Failures of the image itself (I/O errors); may be empty.
@@ -53,7 +116,8 @@ class connection : public std::enable_shared_from_this<connection> {
 public:
     using closed_handler = std::function<void(connection&)>;
 
-    connection(socket_type socket, export_context& ctx, std::uint64_t id, closed_handler closed);
+    /// `peer`: the client's address, for the log.
+    connection(socket_type socket, export_context& ctx, std::uint64_t id, std::string peer, closed_handler closed);
     connection(const connection&) = delete;
     connection& operator=(const connection&) = delete;
     ~connection();
@@ -68,6 +132,10 @@ public:
     void abort();
 
     std::uint64_t id() const noexcept { return id_; }
+    const std::string& peer() const noexcept { return peer_; }
+    /// memory_budget::wait() came through: `n` bytes were taken for us.
+    /// Runs on_granted() on the connection's executor.
+    void post_grant(std::size_t n);
 
 private:
     struct transaction;
@@ -79,13 +147,19 @@ private:
         header,     ///< waiting for a request header
         payload,    ///< reading a WRITE payload
         discard,    ///< skipping the payload of a refused WRITE
-        paused,     ///< at a limit: resumes when a reply has been written
+        paused,     ///< at its own limit: resumes when a reply has been written
+        waiting,    ///< a request read, waiting for the server-wide memory budget
         done,       ///< no more requests will be read
     };
 
     void on_handshake(std::error_code ec, const session& s);
     void read_next();
     void on_header(boost::system::error_code ec);
+    void on_granted(std::size_t n);
+    void admit(transaction_ptr t);
+    void proceed(transaction_ptr t, std::size_t need);
+    void resume();
+    void drop_pending();
     void read_payload(transaction_ptr t);
     void discard_payload(transaction_ptr t, std::uint64_t left);
     void start_request(transaction_ptr t);
@@ -106,9 +180,11 @@ private:
     void log(std::string_view what) const;
     void warn(std::string_view what) const;
 
-    socket_type socket_;
+    nbd_stream stream_;
     export_context& ctx_;
     std::uint64_t id_;
+    std::string peer_;
+    handshake_report report_;
     closed_handler closed_;
     boost::asio::steady_timer handshake_timer_;
     session session_;
@@ -120,6 +196,7 @@ private:
     std::size_t in_flight_ = 0;  ///< requests read and not yet answered (or dropped)
     std::size_t buffered_ = 0;   ///< bytes of request buffers held
     std::array<std::byte, request_size> header_{};
+    transaction_ptr pending_;              ///< read, not yet admitted (paused or waiting)
     std::vector<std::byte> scratch_;       ///< discarded payloads land here
     std::deque<transaction_ptr> replies_;  ///< ready, not yet being written
     std::vector<transaction_ptr> batch_;   ///< being written now

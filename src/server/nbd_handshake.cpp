@@ -6,9 +6,12 @@
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/compose.hpp>
 #include <boost/asio/read.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/asio/write.hpp>
 #include <memory>
 #include <optional>
+
+#include "server/nbd_tls.hpp"
 
 namespace qed::nbd {
 
@@ -35,6 +38,10 @@ public:
                 return "unknown export name";
             case errc::handshake_timeout:
                 return "handshake timed out";
+            case errc::tls_required:
+                return "client did not start TLS, which this server requires";
+            case errc::tls_refused:
+                return "TLS refused";
         }
         return "unknown nbd error";
     }
@@ -132,6 +139,15 @@ negotiator::next negotiator::handle(std::uint32_t option, std::span<const std::b
         drop_reason_ = errc::not_fixed_newstyle;
         return next::drop;
     }
+    if (tls_required_ && !tls_active_ && option != opt_starttls && option != opt_abort) {
+        // Nothing but STARTTLS before TLS; EXPORT_NAME cannot be refused.
+        refused_without_tls_ = true;
+        if (option == opt_export_name) {
+            drop_reason_ = errc::tls_required;
+            return next::drop;
+        }
+        return error(option, rep_err_tls_reqd, "TLS is required on this server: start with NBD_OPT_STARTTLS", out);
+    }
     switch (option) {
         case opt_export_name:
             return export_name(data, out);
@@ -142,7 +158,10 @@ negotiator::next negotiator::handle(std::uint32_t option, std::span<const std::b
             return list(data, out);
         case opt_starttls:
             if (!data.empty()) return error(option, rep_err_invalid, "STARTTLS takes no data", out);
-            return error(option, rep_err_policy, "TLS is not configured on this server", out);
+            if (!tls_required_) return error(option, rep_err_policy, "TLS is not configured on this server", out);
+            if (tls_active_) return error(option, rep_err_invalid, "TLS is already active", out);
+            append_option_reply(out, option, rep_ack);
+            return next::starttls;
         case opt_info:
         case opt_go:
             return info_or_go(option, data, out);
@@ -162,6 +181,10 @@ negotiator::next negotiator::handle(std::uint32_t option, std::span<const std::b
 }
 
 negotiator::next negotiator::handle_oversized(std::uint32_t option, std::vector<std::byte>& out) {
+    if (tls_required_ && !tls_active_ && option != opt_export_name && fixed_) {
+        refused_without_tls_ = true;
+        return error(option, rep_err_tls_reqd, "TLS is required on this server: start with NBD_OPT_STARTTLS", out);
+    }
     if (option == opt_export_name || !fixed_) {
         drop_reason_ = option == opt_export_name ? errc::unknown_export : errc::not_fixed_newstyle;
         return next::drop;
@@ -308,30 +331,51 @@ public:
         option_data,    ///< its data read
         discarding,     ///< skipping the data of an oversized option
         reply_sent,     ///< the reply to an option written
+        tls_handshake,  ///< STARTTLS acknowledged; the TLS handshake is running
     };
 
-    handshake_op(socket_type& socket, const export_info& info) : socket_(socket), st_(std::make_unique<state>(info)) {}
+    handshake_op(nbd_stream& stream, const export_info& info, tls_server* tls, handshake_report& report)
+        : stream_(stream), tls_(tls), report_(report), st_(std::make_unique<state>(info)) {}
 
     template <class Self>
     void operator()(Self& self, boost::system::error_code ec = {}, std::size_t n = 0) {
-        if (ec) return self.complete(std::error_code(ec), session{});
         state& s = *st_;
+        if (ec) {
+            if (s.at == step::tls_handshake) {
+                const bool gone = ec == boost::asio::error::eof || ec == boost::asio::error::connection_reset ||
+                                  ec == boost::asio::ssl::error::stream_truncated;
+                report_.refusal =
+                    "TLS handshake failed: " +
+                    tls_->failure_reason(
+                        stream_.tls()->native_handle(),
+                        gone ? "the client hung up (did it reject the server's certificate?)" : ec.message());
+                return self.complete(make_error_code(errc::tls_refused), session{});
+            }
+            if (s.talk && s.talk->refused_without_tls() && !report_.tls)
+                report_.refusal = "refused: the client did not start TLS, which this server requires";
+            else if (report_.tls && (ec == boost::asio::error::eof || ec == boost::asio::ssl::error::stream_truncated))
+                // The server cannot see why; this is what it usually means.
+                report_.refusal =
+                    "client hung up right after the TLS handshake (did it reject the server's certificate?)";
+            return self.complete(std::error_code(ec), session{});
+        }
         switch (s.at) {
             case step::starting:
                 put64(s.small.data(), init_magic);
                 put64(s.small.data() + 8, opts_magic);
                 put16(s.small.data() + 16, flag_fixed_newstyle | flag_no_zeroes);
                 s.at = step::greeting_sent;
-                return boost::asio::async_write(socket_, boost::asio::buffer(s.small.data(), greeting_size),
+                return boost::asio::async_write(stream_, boost::asio::buffer(s.small.data(), greeting_size),
                                                 std::move(self));
             case step::greeting_sent:
                 s.at = step::client_flags;
-                return boost::asio::async_read(socket_, boost::asio::buffer(s.small.data(), 4), std::move(self));
+                return boost::asio::async_read(stream_, boost::asio::buffer(s.small.data(), 4), std::move(self));
             case step::client_flags: {
                 const std::uint32_t flags = get32(s.small.data());
                 if (flags & ~(flag_c_fixed_newstyle | flag_c_no_zeroes))
                     return self.complete(make_error_code(errc::bad_client_flags), session{});
-                s.talk.emplace(s.info, (flags & flag_c_fixed_newstyle) != 0, (flags & flag_c_no_zeroes) != 0);
+                s.talk.emplace(s.info, (flags & flag_c_fixed_newstyle) != 0, (flags & flag_c_no_zeroes) != 0,
+                               tls_ != nullptr);
                 return read_option_header(self);
             }
             case step::option_header: {
@@ -348,7 +392,7 @@ public:
                 s.data.resize(length);
                 s.at = step::option_data;
                 if (length == 0) return answer(self, s.talk->handle(s.option, {}, s.out));
-                return boost::asio::async_read(socket_, boost::asio::buffer(s.data), std::move(self));
+                return boost::asio::async_read(stream_, boost::asio::buffer(s.data), std::move(self));
             }
             case step::option_data:
                 return answer(self, s.talk->handle(s.option, s.data, s.out));
@@ -364,11 +408,27 @@ public:
                     case negotiator::next::transmission:
                         return self.complete({}, s.talk->result());
                     case negotiator::next::abort:
+                        if (s.talk->refused_without_tls() && !report_.tls)
+                            report_.refusal = "refused: the client did not start TLS, which this server requires";
                         return self.complete(make_error_code(errc::aborted), session{});
+                    case negotiator::next::starttls:
+                        stream_.start_tls(tls_->context());
+                        s.at = step::tls_handshake;
+                        return stream_.async_tls_handshake(std::move(self));
                     case negotiator::next::drop:
                         break;  // never written
                 }
                 return self.complete(make_error_code(errc::aborted), session{});
+            case step::tls_handshake: {
+                report_.tls = true;
+                std::string refusal = tls_->authorize(stream_.tls()->native_handle(), report_.identity);
+                if (!refusal.empty()) {
+                    report_.refusal = "refused: " + refusal;
+                    return self.complete(make_error_code(errc::tls_refused), session{});
+                }
+                s.talk->tls_started();
+                return read_option_header(self);
+            }
         }
     }
 
@@ -389,35 +449,42 @@ private:
     template <class Self>
     void read_option_header(Self& self) {
         st_->at = step::option_header;
-        boost::asio::async_read(socket_, boost::asio::buffer(st_->small.data(), option_header_size), std::move(self));
+        boost::asio::async_read(stream_, boost::asio::buffer(st_->small.data(), option_header_size), std::move(self));
     }
 
     template <class Self>
     void discard_some(Self& self) {
         const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(st_->discard_left, st_->data.size()));
-        boost::asio::async_read(socket_, boost::asio::buffer(st_->data.data(), n), std::move(self));
+        boost::asio::async_read(stream_, boost::asio::buffer(st_->data.data(), n), std::move(self));
     }
 
     template <class Self>
     void answer(Self& self, negotiator::next what) {
         state& s = *st_;
-        if (what == negotiator::next::drop) return self.complete(s.talk->drop_reason(), session{});
+        if (what == negotiator::next::drop) {
+            if (s.talk->drop_reason() == errc::tls_required)
+                report_.refusal = "refused: the client did not start TLS, which this server requires";
+            return self.complete(s.talk->drop_reason(), session{});
+        }
         s.after = what;
         s.at = step::reply_sent;
         s.data.clear();
         s.data.shrink_to_fit();
-        boost::asio::async_write(socket_, boost::asio::buffer(s.out), std::move(self));
+        boost::asio::async_write(stream_, boost::asio::buffer(s.out), std::move(self));
     }
 
-    socket_type& socket_;
+    nbd_stream& stream_;
+    tls_server* tls_;
+    handshake_report& report_;
     std::unique_ptr<state> st_;
 };
 
 }  // namespace
 
-void initiate_handshake(socket_type& socket, const export_info& info, handshake_handler handler) {
-    boost::asio::async_compose<handshake_handler, void(std::error_code, session)>(handshake_op(socket, info), handler,
-                                                                                  socket);
+void initiate_handshake(nbd_stream& stream, const export_info& info, tls_server* tls, handshake_report& report,
+                        handshake_handler handler) {
+    boost::asio::async_compose<handshake_handler, void(std::error_code, session)>(
+        handshake_op(stream, info, tls, report), handler, stream.socket());
 }
 
 }  // namespace qed::nbd

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "server/nbd_protocol.hpp"
+#include "server/nbd_stream.hpp"
 
 namespace qed::nbd {
 
@@ -27,6 +28,8 @@ enum class errc {
     not_fixed_newstyle,  ///< plain newstyle client sent something other than EXPORT_NAME
     unknown_export,      ///< EXPORT_NAME for an export we don't have (cannot be answered)
     handshake_timeout,   ///< the handshake took longer than allowed
+    tls_required,        ///< EXPORT_NAME without TLS on a server that requires it
+    tls_refused,         ///< the TLS handshake failed or the client is not allowed
 };
 
 const std::error_category& category() noexcept;
@@ -67,10 +70,13 @@ public:
         transmission,  ///< send the reply, enter the transmission phase
         abort,         ///< send the reply, then close (soft disconnect)
         drop,          ///< close at once without a reply (hard disconnect)
+        starttls,      ///< send the reply, then the TLS handshake; options go on over TLS
     };
 
-    negotiator(const export_info& info, bool fixed_newstyle, bool no_zeroes)
-        : info_(info), fixed_(fixed_newstyle), no_zeroes_(no_zeroes) {}
+    /// `tls_required`: TLS is configured, so every option but STARTTLS and
+    /// ABORT is refused with NBD_REP_ERR_TLS_REQD until TLS is up.
+    negotiator(const export_info& info, bool fixed_newstyle, bool no_zeroes, bool tls_required = false)
+        : info_(info), fixed_(fixed_newstyle), no_zeroes_(no_zeroes), tls_required_(tls_required) {}
 
     /// Handle `option` with its `data`; append the bytes to send to `out`.
     next handle(std::uint32_t option, std::span<const std::byte> data, std::vector<std::byte>& out);
@@ -80,6 +86,10 @@ public:
     const session& result() const noexcept { return session_; }
     /// Why handle() returned next::drop.
     std::error_code drop_reason() const noexcept { return drop_reason_; }
+    /// The TLS handshake after next::starttls succeeded.
+    void tls_started() noexcept { tls_active_ = true; }
+    /// Some option was refused with NBD_REP_ERR_TLS_REQD.
+    bool refused_without_tls() const noexcept { return refused_without_tls_; }
 
 private:
     next export_name(std::span<const std::byte> data, std::vector<std::byte>& out);
@@ -92,6 +102,9 @@ private:
     const export_info& info_;
     bool fixed_;
     bool no_zeroes_;
+    bool tls_required_;
+    bool tls_active_ = false;
+    bool refused_without_tls_ = false;
     session session_;
     std::error_code drop_reason_;
 };
@@ -103,19 +116,33 @@ void append_option_reply(std::vector<std::byte>& out, std::uint32_t option, std:
 /// Longest option data kept in memory; longer data is read and discarded.
 inline constexpr std::size_t max_option_length = 256 * 1024;
 
+class tls_server;
+
+/// What the handshake found out about the client, for the server's log;
+/// filled in as it goes, so it is meaningful after a failure too.
+struct handshake_report {
+    bool tls = false;      ///< the TLS handshake completed
+    std::string identity;  ///< TLS: certificate DN or PSK user
+    std::string refusal;   ///< non-empty: why the client was refused (always logged)
+};
+
 using handshake_handler = boost::asio::any_completion_handler<void(std::error_code, session)>;
-using socket_type = boost::asio::generic::stream_protocol::socket;
 
-void initiate_handshake(socket_type& socket, const export_info& info, handshake_handler handler);
+void initiate_handshake(nbd_stream& stream, const export_info& info, tls_server* tls, handshake_report& report,
+                        handshake_handler handler);
 
-/// Run the server side of the handshake on `socket`: greeting, client
-/// flags, options until NBD_OPT_GO or NBD_OPT_EXPORT_NAME. `info` must
-/// outlive the operation. Signature: void(std::error_code, session).
+/// Run the server side of the handshake on `stream`: greeting, client
+/// flags, options until NBD_OPT_GO or NBD_OPT_EXPORT_NAME. With `tls`
+/// (not null), the client must start TLS first. `info`, `tls` and `report`
+/// must outlive the operation. Signature: void(std::error_code, session).
 template <class Token>
-auto async_handshake(socket_type& socket, const export_info& info, Token&& token) {
+auto async_handshake(nbd_stream& stream, const export_info& info, tls_server* tls, handshake_report& report,
+                     Token&& token) {
     return boost::asio::async_initiate<Token, void(std::error_code, session)>(
-        [](auto handler, socket_type* s, const export_info* i) { initiate_handshake(*s, *i, std::move(handler)); },
-        token, &socket, &info);
+        [](auto handler, nbd_stream* s, const export_info* i, tls_server* t, handshake_report* r) {
+            initiate_handshake(*s, *i, t, *r, std::move(handler));
+        },
+        token, &stream, &info, tls, &report);
 }
 
 }  // namespace qed::nbd

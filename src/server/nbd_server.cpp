@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "server/nbd_server.hpp"
 
+#include <netdb.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -9,13 +11,34 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <cerrno>
+#include <climits>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 
 namespace qed::nbd {
 
 namespace {
+
+/// "127.0.0.1:40322", "[::1]:40322" or "unix socket" for the log.
+std::string peer_name(const socket_type& socket) {
+    boost::system::error_code ec;
+    const auto ep = socket.remote_endpoint(ec);
+    if (ec) return "unknown address";
+    const auto* sa = static_cast<const sockaddr*>(ep.data());
+    if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
+        char host[NI_MAXHOST];
+        char port[NI_MAXSERV];
+        if (::getnameinfo(sa, static_cast<socklen_t>(ep.size()), host, sizeof host, port, sizeof port,
+                          NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+            return "unknown address";
+        return sa->sa_family == AF_INET6 ? "[" + std::string(host) + "]:" + port : std::string(host) + ":" + port;
+    }
+    return "unix socket";
+}
 
 std::string directory_of(const std::string& path) {
     const auto slash = path.rfind('/');
@@ -50,6 +73,57 @@ void server::note(const std::string& message) const {
 void server::start() {
     phase_ = phase::opening;
     wait_for_signal();
+    if (options_.tls) {
+        // Credentials first: a server that cannot do TLS must not open the image.
+        std::string why;
+        tls_ = tls_server::create(*options_.tls, why);
+        if (!tls_) {
+            error("TLS credentials '" + options_.tls->creds.id + "': " + why);
+            exit_code_ = 1;
+            return finish();
+        }
+        ctx_.tls = tls_.get();
+    }
+    if (!options_.snapshot) return open_image();
+
+    // -s: a QED overlay in a private temporary directory, backed by the
+    // image (by absolute path, format as given or probed). The image is
+    // only ever read; the overlay goes away at exit.
+    const char* tmp = std::getenv("TMPDIR");
+    std::string templ = std::string(tmp && *tmp ? tmp : "/var/tmp") + "/qed-nbd-snapshot.XXXXXX";
+    if (!::mkdtemp(templ.data())) {
+        error("-s: cannot create a directory for the temporary overlay in '" + templ.substr(0, templ.rfind('/')) +
+              "': " + std::strerror(errno));
+        exit_code_ = 1;
+        return finish();
+    }
+    overlay_dir_ = templ;
+    char* real = ::realpath(options_.image_path.c_str(), nullptr);
+    if (!real) {
+        error("failed to open '" + options_.image_path + "': " + std::strerror(errno));
+        exit_code_ = 1;
+        return finish();
+    }
+    const std::string backing = real;
+    std::free(real);
+    if (!options_.allowed_backing_dir) options_.allowed_backing_dir = directory_of(backing);
+    create_options c;
+    c.backing_file = backing;
+    c.backing_format = options_.format;
+    const std::string overlay = overlay_dir_ + "/overlay.qed";
+    image::async_create(ioc_.get_executor(), overlay, c, [this, overlay](std::error_code ec) {
+        if (ec) {
+            error("-s: cannot create the temporary overlay '" + overlay + "': " + ec.message());
+            exit_code_ = 1;
+            return finish();
+        }
+        options_.image_path = overlay;
+        options_.format = image_format::qed;
+        open_image();
+    });
+}
+
+void server::open_image() {
     open_options o;
     o.read_only = options_.read_only;
     o.format = options_.format;
@@ -104,7 +178,10 @@ void server::on_open(std::error_code ec, image img) {
     // for ever on the second one.
     if (options_.shared != 1) info.flags |= flag_can_multi_conn;
     ctx_.lim = options_.lim;
+    budget_ = std::make_unique<memory_budget>(options_.memory_limit);
+    ctx_.budget = budget_.get();
     ctx_.writethrough = options_.writethrough;
+    ctx_.zeroes = options_.zeroes;
     if (options_.verbose) ctx_.log = [this](std::string_view line) { error(std::string(line)); };
     ctx_.warn = [this](std::string_view line) { error(std::string(line)); };
 
@@ -131,7 +208,11 @@ void server::on_open(std::error_code ec, image img) {
     const image_info ii = ctx_.image.info();
     note("serving '" + options_.image_path + "' (" + std::string(to_string(ii.format)) + ", " +
          std::to_string(info.size) + " bytes, " + ii.backend + (options_.direct ? ", O_DIRECT" : "") +
-         (options_.read_only ? ", read-only" : "") + ") on " + what);
+         (options_.read_only ? ", read-only" : "") +
+         (tls_ ? std::string(", TLS required (") +
+                     (options_.tls->creds.type == tls_object::kind::psk ? "PSK" : "X.509") + ")"
+               : std::string()) +
+         ") on " + what);
     if (options_.ready) options_.ready();
     for (auto& l : listeners_) accept(*l);
 }
@@ -236,10 +317,11 @@ void server::on_accept(listener& l, boost::system::error_code ec, socket_type so
 
 void server::start_connection(socket_type socket) {
     served_any_ = true;
-    auto c = std::make_shared<connection>(std::move(socket), ctx_, next_id_++,
+    std::string peer = peer_name(socket);
+    auto c = std::make_shared<connection>(std::move(socket), ctx_, next_id_++, std::move(peer),
                                           [this](connection& done) { on_closed(done); });
     connections_.push_back(c);
-    if (ctx_.log) ctx_.log("client " + std::to_string(c->id()) + ": connected");
+    if (ctx_.log) ctx_.log("client " + std::to_string(c->id()) + " (" + c->peer() + "): connected");
     c->start();
 }
 
@@ -335,6 +417,10 @@ void server::finish() {
     for (auto& l : listeners_) l->acceptor.close(ignored);
     if (!options_.socket_path.empty() && !listeners_.empty()) ::unlink(options_.socket_path.c_str());
     if (wrote_pid_file_) ::unlink(options_.pid_file.c_str());
+    if (!overlay_dir_.empty()) {
+        ::unlink((overlay_dir_ + "/overlay.qed").c_str());
+        ::rmdir(overlay_dir_.c_str());
+    }
     note("stopped");
 }
 

@@ -21,6 +21,7 @@
 
 #include "qed/image.hpp"
 #include "server/nbd_connection.hpp"
+#include "server/nbd_tls.hpp"
 
 namespace qed::nbd {
 
@@ -32,6 +33,10 @@ struct server_options {
     bool writethrough = false;  ///< cache=writethrough / directsync
     file_backend backend = file_backend::automatic;
     std::optional<std::string> allowed_backing_dir;
+    /// -s: serve a temporary QED overlay over the image (removed at exit);
+    /// the image itself is only read.
+    bool snapshot = false;
+    detect_zeroes zeroes = detect_zeroes::off;
     std::string export_name;
     std::string description;
     std::string bind_address = "127.0.0.1";
@@ -42,6 +47,11 @@ struct server_options {
     std::string pid_file;
     int verbose = 0;
     limits lim;
+    /// Bytes of READ/WRITE buffers all connections together may hold
+    /// (lim.max_buffered bounds each one).
+    std::size_t memory_limit = 256u << 20;
+    /// Set: serve only over TLS with these credentials (--tls-creds).
+    std::optional<tls_settings> tls;
     /// How long a shutdown waits for connections to drain before closing them.
     std::chrono::milliseconds drain_timeout{10000};
     /// Called once, when the server listens (for --fork).
@@ -84,6 +94,7 @@ private:
     };
 
     void wait_for_signal();
+    void open_image();
     void on_open(std::error_code ec, image img);
     std::error_code listen(std::string& what);
     void accept(listener& l);
@@ -103,6 +114,8 @@ private:
     bool stop_requested_ = false;  ///< a signal came while the image was opening
     int exit_code_ = 0;
     export_context ctx_;
+    std::unique_ptr<tls_server> tls_;
+    std::unique_ptr<memory_budget> budget_;
     boost::asio::signal_set signals_;
     boost::asio::steady_timer drain_timer_;
     boost::asio::steady_timer retry_timer_;
@@ -112,6 +125,7 @@ private:
     std::uint64_t next_id_ = 1;
     bool served_any_ = false;
     bool wrote_pid_file_ = false;
+    std::string overlay_dir_;  ///< -s: the temporary overlay's directory, removed at exit
 };
 
 }  // namespace qed::nbd
