@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-nbd over TLS (NBD_OPT_STARTTLS, OpenSSL through boost::asio::ssl)
 // with GnuTLS clients: qemu-img / qemu-io with tls-creds objects, nbdinfo
 // and nbdcopy with nbds:// URIs. X.509 with client certificates and an

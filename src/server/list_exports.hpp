@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-nbd -L: list a server's exports as a client, in qemu-nbd -L's format,
 // through libnbd.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A connection's byte stream: the socket, and after NBD_OPT_STARTTLS a TLS
 // layer over it. Reads and writes go through whichever is current, so the
 // handshake and the transmission phase don't care which it is.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // TLS for qed-nbd: credentials in qemu-nbd's shape, the OpenSSL context
 // behind boost::asio::ssl, and the check of who the client is.
 //

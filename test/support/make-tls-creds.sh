@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSL-1.0
 # Makes throw-away TLS credentials for the qed-nbd TLS tests in DIR (never
 # checked in): a CA, a server certificate for localhost/127.0.0.1, client
 # certificates (allowed, another name, expired, from another CA) and PSK
