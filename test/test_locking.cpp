@@ -149,9 +149,9 @@ BOOST_AUTO_TEST_CASE(lock_bytes_match_qemu_nbd) {
                 our_base_locks = locks_of(base);
             }
             wait_for_no_locks(image);
-            BOOST_TEST_MESSAGE((ro ? "read-only " : "read-write ") << fs::path(image).filename().string()
-                                                                  << ": qemu-nbd " << join(qemu_locks)
-                                                                  << " | qed-nbd " << join(ours));
+            BOOST_TEST_MESSAGE((ro ? "read-only " : "read-write ")
+                               << fs::path(image).filename().string() << ": qemu-nbd " << join(qemu_locks)
+                               << " | qed-nbd " << join(ours));
             BOOST_CHECK_MESSAGE(ours == qemu_locks, "qed-nbd: " << join(ours) << " qemu-nbd: " << join(qemu_locks));
             BOOST_CHECK_MESSAGE(our_base_locks == qemu_base_locks,
                                 "backing: qed-nbd " << join(our_base_locks) << " qemu-nbd " << join(qemu_base_locks));
@@ -196,8 +196,7 @@ BOOST_AUTO_TEST_CASE(qemu_nbd_serving_refuses_ours) {
         expect_refused(dir, {qed_io_path(), "-f", "qed", "-c", "write -P 0xbb 0 64k", image}, image, locked_write);
         expect_refused(dir, {qed_img_path(), "check", "-r", "all", image}, image, locked_write);
         expect_refused(dir, {qed_img_path(), "resize", "-f", "qed", image, "128M"}, image, locked_write);
-        expect_refused(dir, {qed_io_path(), "-r", "-f", "qed", "-c", "read 0 64k", image}, image,
-                       locked_shared_write);
+        expect_refused(dir, {qed_io_path(), "-r", "-f", "qed", "-c", "read 0 64k", image}, image, locked_shared_write);
         expect_refused(dir, {qed_img_path(), "create", "-q", "-f", "qed", image, "1M"}, image, locked_write);
         // Commit into a backing file that qemu-nbd serves.
         const std::string top_before = read_file(top);
@@ -231,9 +230,9 @@ BOOST_AUTO_TEST_CASE(two_of_our_processes) {
         expect_refused(dir, {qed_img_path(), "check", "-r", "leaks", image}, image, locked_write);
         expect_refused(dir, {qed_img_path(), "info", image}, image, locked_shared_write);
         const auto r = run({qed_io_path(), "-U", "-c", "read 0 64k", image}, dir.path());
-        BOOST_CHECK_MESSAGE(r.status == 1 && r.err.find("force-share=on can only be used with read-only images") !=
-                                                 std::string::npos,
-                            describe({"qed-io -U"}, r));
+        BOOST_CHECK_MESSAGE(
+            r.status == 1 && r.err.find("force-share=on can only be used with read-only images") != std::string::npos,
+            describe({"qed-io -U"}, r));
         expect_ok(dir, {qed_io_path(), "-r", "-U", "-c", "read 0 64k", image});
     }
     // Two readers share the image; a writer is refused by either.
@@ -304,8 +303,8 @@ BOOST_AUTO_TEST_CASE(library_locking_on_and_off) {
         ioc, [&](auto h) { qed::image::async_open(ioc.get_executor(), image, o, std::move(h)); });
     BOOST_CHECK(ec2 == qed::errc::image_locked);
     BOOST_REQUIRE_EQUAL(log.size(), 1u);
-    BOOST_CHECK_EQUAL(log[0], image + ": Failed to get \"write\" lock: Is another process using the image [" +
-                                  image + "]?");
+    BOOST_CHECK_EQUAL(log[0],
+                      image + ": Failed to get \"write\" lock: Is another process using the image [" + image + "]?");
     BOOST_CHECK(read_file(image) == before);
     // Read-only with force-share is let in and adds only consistent-read.
     qed::open_options fs_o = o;

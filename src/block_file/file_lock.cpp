@@ -1,13 +1,12 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "block_file/file_lock.hpp"
 
-#include "block_file/posix_io.hpp"
-
-#include "qed/error.hpp"
-
 #include <fcntl.h>
 
 #include <cerrno>
+
+#include "block_file/posix_io.hpp"
+#include "qed/error.hpp"
 
 namespace qed::detail {
 
@@ -18,11 +17,16 @@ constexpr off_t shared_lock_base = 200;  // held while not sharing it
 
 const char* perm_name(unsigned bit) noexcept {
     switch (bit) {
-        case 0: return "consistent read";
-        case 1: return "write";
-        case 2: return "write unchanged";
-        case 3: return "resize";
-        default: return "change children";
+        case 0:
+            return "consistent read";
+        case 1:
+            return "write";
+        case 2:
+            return "write unchanged";
+        case 3:
+            return "resize";
+        default:
+            return "change children";
     }
 }
 
@@ -75,8 +79,7 @@ std::error_code apply_locks(int fd, const lock_permissions& p, std::string& mess
     for (unsigned b = 0; b < 5; ++b) {
         const unsigned bit = 1u << b;
         if ((p.perm & bit) && ofd_lock(fd, F_OFD_SETLK, F_RDLCK, perm_lock_base + b, fl) < 0) return fail(errno);
-        if (!(p.shared & bit) && ofd_lock(fd, F_OFD_SETLK, F_RDLCK, shared_lock_base + b, fl) < 0)
-            return fail(errno);
+        if (!(p.shared & bit) && ofd_lock(fd, F_OFD_SETLK, F_RDLCK, shared_lock_base + b, fl) < 0) return fail(errno);
     }
     // Test, in QEMU's order: the permissions we take, then the ones we don't share.
     for (unsigned b = 0; b < 5; ++b) {

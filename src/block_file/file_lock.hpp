@@ -13,10 +13,10 @@
 // dying, even by SIGKILL) drops them.
 #pragma once
 
-#include "qed/block_file.hpp"
-
 #include <string>
 #include <system_error>
+
+#include "qed/block_file.hpp"
 
 namespace qed::detail {
 
