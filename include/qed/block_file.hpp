@@ -1,6 +1,6 @@
 // The block file seam: the only way the driver touches storage.
 //
-// Backends: io_uring (boost::asio::random_access_file in mixed mode), a
+// Backends: io_uring (a ring of our own per io_context, through liburing), a
 // thread pool running pread/pwrite (chosen when no io_uring ring can be
 // created), and an in-memory file. Test decorators (fault injection,
 // simulated power loss) sit behind the same interface.
@@ -16,6 +16,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <system_error>
 
 namespace qed {
@@ -34,8 +35,8 @@ struct file_identity {
 
 /// Which implementation backs a file opened from a path.
 enum class file_backend {
-    automatic,  ///< O_DIRECT: io_uring when a ring can be created, else threads; buffered: threads
-    io_uring,   ///< boost::asio::random_access_file on io_uring
+    automatic,  ///< io_uring when the io_context can have a ring, else threads
+    io_uring,   ///< the io_context's own io_uring ring (liburing)
     threads,    ///< pread/pwrite on a thread pool
 };
 
@@ -45,6 +46,9 @@ struct file_options {
     bool create = false;     ///< create (truncate) the file
     bool direct = false;     ///< O_DIRECT: bypass the host page cache
     file_backend backend = file_backend::automatic;
+    /// Receives one line when `automatic` fell back to the thread pool,
+    /// saying why (seccomp, old kernel, locked-memory limit).
+    std::function<void(std::string_view)> log;
 };
 
 /// Asynchronous random-access file.

@@ -128,6 +128,7 @@ boost::asio::awaitable<device_result> open_device(boost::asio::any_io_executor e
     fo.read_only = options.read_only;
     fo.direct = options.direct;
     fo.backend = options.backend;
+    fo.log = options.log;
     std::error_code ec;
     auto file = options.opener(path, fo, ec);
     if (!file) {
@@ -190,6 +191,7 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
     fo.read_only = true;
     fo.direct = parent.direct;
     fo.backend = parent.backend;
+    fo.log = parent.log;
     std::error_code ec;
     auto file = child.opener(target, fo, ec);
     if (!file) {
