@@ -14,6 +14,8 @@
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
+#include <atomic>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -24,6 +26,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 namespace asio = boost::asio;
@@ -211,8 +214,8 @@ struct backend_env {
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(automatic_backend_choice) {
-    // automatic = buffered: threads; O_DIRECT: io_uring when a ring can be
-    // created, else threads.
+    // automatic = io_uring when a ring can be created (buffered and
+    // O_DIRECT), else threads.
     BOOST_TEST_MESSAGE("io_uring available: " << qed::io_uring_available());
     qed::test::tmp_dir d("env");
     BOOST_TEST_MESSAGE("temp dir " << d.path() << ", O_DIRECT supported: " << direct_supported(d.path()));
@@ -223,7 +226,7 @@ BOOST_AUTO_TEST_CASE(automatic_backend_choice) {
     std::error_code ec;
     auto f = qed::open_file(ioc.get_executor(), d / "auto", o, ec);
     BOOST_TEST_REQUIRE(static_cast<bool>(f), ec.message());
-    BOOST_TEST(std::string(f->backend_name()) == "threads");
+    BOOST_TEST(std::string(f->backend_name()) == (qed::io_uring_available() ? "io_uring" : "threads"));
     f.reset();  // one writer at a time: the reopens below would be refused by its lock
     if (direct_supported(d.path())) {
         o.create = false;
@@ -806,4 +809,151 @@ BOOST_AUTO_TEST_CASE(second_writer_refused_until_close) {
     o.read_only = false;
     auto h = qed::open_file(ioc.get_executor(), d / "x", o, ec);
     BOOST_TEST(static_cast<bool>(h), ec.message());
+}
+
+// Real errors from the kernel, through every real backend: /dev/full takes
+// no bytes (ENOSPC) and reads as zeros.
+BOOST_DATA_TEST_CASE(write_errors_reach_the_handler, data::make(std::vector<kind>{kind::threads, kind::io_uring}), k) {
+    backend_env env(k);
+    REQUIRE_BACKEND(env);
+    qed::file_options o;
+    o.read_only = false;
+    o.backend = is_uring(k) ? qed::file_backend::io_uring : qed::file_backend::threads;
+    std::error_code ec;
+    auto f = qed::open_file(env.ioc.get_executor(), "/dev/full", o, ec);
+    if (!f) {
+        BOOST_TEST_MESSAGE("/dev/full: " << ec.message() << ": skipped");
+        return;
+    }
+    aligned_buffer buf(16384);
+    fill(buf.data(), 16384, 0, 40);
+    auto [wec, wn] = env.write(*f, 0, buf.data(), 16384);
+    BOOST_TEST((wec == std::errc::no_space_on_device), wec.message());
+    BOOST_TEST(wn == 0u);
+    std::vector<asio::const_buffer> sg{asio::buffer(buf.data(), 100), asio::buffer(buf.data() + 100, 4000)};
+    auto [sec, sn] = env.write(*f, 4096, sg);
+    BOOST_TEST((sec == std::errc::no_space_on_device), sec.message());
+    BOOST_TEST(sn == 0u);
+    auto [rec, rn] = env.read(*f, 0, buf.data(), 16384);
+    BOOST_TEST_REQUIRE(!rec, rec.message());
+    BOOST_TEST(rn == 16384u);
+    BOOST_TEST(first_nonzero(buf.data(), 16384) == npos);
+}
+
+namespace {
+/// Lowers RLIMIT_FSIZE for the test's lifetime (writes past it fail with
+/// EFBIG instead of raising SIGXFSZ, and a write across it comes back short).
+struct file_size_limit {
+    explicit file_size_limit(rlim_t limit) {
+        old_handler = std::signal(SIGXFSZ, SIG_IGN);
+        ::getrlimit(RLIMIT_FSIZE, &old);
+        rlimit l = old;
+        l.rlim_cur = limit;
+        ok = ::setrlimit(RLIMIT_FSIZE, &l) == 0;
+    }
+    ~file_size_limit() {
+        ::setrlimit(RLIMIT_FSIZE, &old);
+        std::signal(SIGXFSZ, old_handler);
+    }
+    rlimit old{};
+    void (*old_handler)(int) = nullptr;
+    bool ok = false;
+};
+}  // namespace
+
+// A write across the file size limit: the kernel takes the part below it
+// (a short write), the backend continues with the rest, which fails with
+// EFBIG. The bytes below the limit are in the file; the handler hears the
+// error; nothing past the limit exists.
+BOOST_DATA_TEST_CASE(short_write_continued_then_failed, data::make(all_kinds), k) {
+    if (k == kind::memory) return;  // no kernel behind it
+    backend_env env(k);
+    REQUIRE_BACKEND(env);
+    auto f = env.create("fsize");
+    constexpr std::uint64_t limit = 1u << 20;
+    aligned_buffer src(65536);
+    fill(src.data(), 65536, limit - 16384, 41);
+    std::error_code ec;
+    {
+        file_size_limit lim(limit);
+        BOOST_TEST_REQUIRE(lim.ok);
+        // Below the limit: fine.
+        auto [w0, n0] = env.write(*f, limit - 65536, src.data(), 16384);
+        BOOST_TEST_REQUIRE(!w0, w0.message());
+        BOOST_TEST(n0 == 16384u);
+        // Across it: 16 KiB go in, then EFBIG. As four iovecs, so the short
+        // transfer ends inside the list.
+        std::vector<asio::const_buffer> sg;
+        for (int i = 0; i < 4; ++i) sg.emplace_back(src.data() + i * 8192, 8192);
+        auto [w1, n1] = env.write(*f, limit - 16384, sg);
+        BOOST_TEST((w1 == std::errc::file_too_large), w1.message());
+        // Entirely past it.
+        auto [w2, n2] = env.write(*f, limit + 65536, src.data(), 4096);
+        BOOST_TEST((w2 == std::errc::file_too_large), w2.message());
+        BOOST_TEST(n2 == 0u);
+    }
+    BOOST_TEST(f->size(ec) == limit);
+    const auto raw = env.raw("fsize", limit - 16384, 16384);
+    BOOST_TEST(first_mismatch(raw.data(), 16384, limit - 16384, 41) == npos);
+}
+
+// The io_context goes away while reads, writes and flushes are in the
+// kernel: nothing crashes, no handler runs afterwards, and the writes that
+// were in flight each left either their old or their new bytes. Some
+// handlers own the file (as an image's do), so it dies during the shutdown;
+// the test keeps another file alive past the io_context's end.
+BOOST_DATA_TEST_CASE(io_context_destroyed_with_operations_in_flight,
+                     data::make(std::vector<kind>{kind::memory, kind::io_uring, kind::io_uring_direct}), k) {
+    backend_env env(k);
+    REQUIRE_BACKEND(env);
+    constexpr std::size_t n = 128, piece = 4096;
+    {
+        auto f = env.create("gone");
+        aligned_buffer zero(n * piece);
+        fill(zero.data(), zero.size, 0, 50);
+        BOOST_TEST_REQUIRE(!env.write(*f, 0, zero.data(), zero.size).first);
+        BOOST_TEST_REQUIRE(!env.flush(*f));
+    }
+    aligned_buffer src(n * piece), dst(n * piece);
+    fill(src.data(), src.size, 0, 51);
+    std::atomic<unsigned> ran{0};
+    for (int round = 0; round < 20; ++round) {
+        auto ioc = std::make_unique<asio::io_context>();
+        std::shared_ptr<qed::block_file> kept;
+        {
+            qed::file_options o;
+            o.read_only = false;
+            o.direct = is_direct(k);
+            o.backend = qed::file_backend::io_uring;
+            std::error_code ec;
+            std::shared_ptr<qed::block_file> f =
+                k == kind::memory ? qed::make_memory_file(ioc->get_executor(), env.mem.at("gone"))
+                                  : qed::open_file(ioc->get_executor(), env.path("gone"), o, ec);
+            BOOST_TEST_REQUIRE(static_cast<bool>(f), ec.message());
+            kept = k == kind::memory ? qed::make_memory_file(ioc->get_executor(), env.mem.at("gone"))
+                                     : qed::open_file(ioc->get_executor(), env.path("gone"), o, ec);
+            BOOST_TEST_REQUIRE(static_cast<bool>(kept), ec.message());
+            for (std::size_t i = 0; i < n; ++i) {
+                const asio::const_buffer w(src.data() + i * piece, piece);
+                f->async_write_at(i * piece, {&w, 1}, [f, &ran](std::error_code, std::size_t) { ++ran; });
+                const asio::mutable_buffer r(dst.data() + i * piece, piece);
+                kept->async_read_at(i * piece, {&r, 1}, [&ran](std::error_code, std::size_t) { ++ran; });
+            }
+            f->async_flush([f, &ran](std::error_code) { ++ran; });
+        }
+        // Let a few completions through on odd rounds, none on even ones.
+        if (round % 2) ioc->run_one();
+        const unsigned before = ran.load();
+        ioc.reset();
+        BOOST_TEST(ran.load() == before, "a handler ran after the io_context was destroyed");
+        kept.reset();  // after its io_context: must not crash either
+    }
+    auto f = env.open("gone");
+    aligned_buffer got(n * piece);
+    BOOST_TEST_REQUIRE(!env.read(*f, 0, got.data(), got.size).first);
+    for (std::size_t i = 0; i < n; ++i) {
+        const bool old_bytes = first_mismatch(got.data() + i * piece, piece, i * piece, 50) == npos;
+        const bool new_bytes = first_mismatch(got.data() + i * piece, piece, i * piece, 51) == npos;
+        BOOST_TEST((old_bytes || new_bytes), "block " << i << " has neither its old nor its new bytes");
+    }
 }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: BSL-1.0
 // The block file seam: the only way the driver touches storage.
 //
-// Backends: io_uring (boost::asio::random_access_file in mixed mode), a
+// Backends: io_uring (a ring of our own per io_context, through liburing), a
 // thread pool running pread/pwrite (chosen when no io_uring ring can be
 // created), an NBD export (libnbd, for nbd:// names), an RBD image (librbd,
 // for rbd: names), and an in-memory file. Test decorators (fault injection,
@@ -39,8 +39,8 @@ struct file_identity {
 
 /// Which implementation backs a file opened from a path.
 enum class file_backend {
-    automatic,  ///< O_DIRECT: io_uring when a ring can be created, else threads; buffered: threads
-    io_uring,   ///< boost::asio::random_access_file on io_uring
+    automatic,  ///< io_uring when the io_context can have a ring, else threads
+    io_uring,   ///< the io_context's own io_uring ring (liburing)
     threads,    ///< pread/pwrite on a thread pool
 };
 
@@ -63,7 +63,8 @@ struct file_options {
     bool force_share = false;
     /// One-line diagnostics naming the file (a refused lock, locking=auto
     /// falling back; remote files: why a connection failed, why a write past
-    /// the end of an export was refused).
+    /// the end of an export was refused; `automatic` falling back to the
+    /// thread pool, and why).
     std::function<void(std::string_view)> log;
 };
 

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <string>
 
 namespace qed {
 
@@ -48,24 +49,21 @@ std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, co
             return nullptr;
         }
     }
-    // automatic: io_uring for O_DIRECT, the thread pool for buffered I/O.
-    // Buffered writes that allocate blocks or extend the file can't complete
-    // without blocking, so io_uring hands them to its own worker threads
-    // (io-wq), one more hop than our pool; measured with qed-img bench
-    // -t writeback (4 KiB and 64 KiB allocating writes, overwrites, cached
-    // reads) the pool was 10-40% faster on every workload, while with
-    // O_DIRECT io_uring was faster on all but one (bench/README.md).
-    const bool use_uring = options.backend == file_backend::io_uring ||
-                           (options.backend == file_backend::automatic && options.direct);
+    // automatic: io_uring (buffered transfers with IOSQE_ASYNC), the thread
+    // pool only where no ring can be set up. Measured against the pool for
+    // O_DIRECT and page-cache I/O: bench/README.md, "Buffered I/O".
+    const bool use_uring = options.backend != file_backend::threads;
     if (use_uring) {
         std::error_code uring_ec;
-        if (auto f = detail::make_uring_file(ex, fd, options.read_only, buffered, uring_ec)) return f;
+        std::string why;
+        if (auto f = detail::make_uring_file(ex, fd, options.read_only, buffered, uring_ec, why)) return f;
         if (options.backend == file_backend::io_uring) {
             ec = uring_ec;
             ::close(fd);
             if (buffered >= 0) ::close(buffered);
             return nullptr;
         }
+        if (options.log) options.log(path + ": io_uring unavailable (" + why + "): using the thread pool");
     }
     return detail::make_thread_pool_file(ex, fd, options.read_only, buffered);
 }
