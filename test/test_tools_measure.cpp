@@ -65,14 +65,10 @@ BOOST_AUTO_TEST_SUITE(measure, *boost::unit_test::precondition(qemu_available())
 // ---- raw output: the same as qemu-img measure -O raw -----------------------------
 
 const std::vector<std::vector<std::string>> raw_cases = {
-    {"--size", "1G"},
-    {"--size", "1000"},  // rounded up to a sector
-    {"--size", "0"},
-    {"--size", "1G", "-o", "preallocation=off"},
-    {"src.qed"},
-    {"-f", "qed", "src.qed"},
-    {"src.raw"},
-    {"top.qed"},  // over a backing file: the guest size either way
+    {"--size", "1G"}, {"--size", "1000"},  // rounded up to a sector
+    {"--size", "0"},  {"--size", "1G", "-o", "preallocation=off"},
+    {"src.qed"},      {"-f", "qed", "src.qed"},
+    {"src.raw"},      {"top.qed"},  // over a backing file: the guest size either way
 };
 
 BOOST_DATA_TEST_CASE(raw_output_is_what_qemu_img_prints, data::make(raw_cases), c) {
@@ -121,7 +117,9 @@ struct geometry_case {
     std::vector<std::string> options;  // -o for measure, create and convert
     const char* name;
 };
-std::ostream& operator<<(std::ostream& os, const geometry_case& g) { return os << g.name; }
+std::ostream& operator<<(std::ostream& os, const geometry_case& g) {
+    return os << g.name;
+}
 
 const std::vector<geometry_case> geometries = {
     {{}, "default (64 KiB clusters, 4-cluster tables)"},

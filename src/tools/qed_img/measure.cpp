@@ -36,8 +36,9 @@ int target_options(target& t, const std::vector<std::string>& values) {
         if (name == "help") {
             std::printf("Supported options:\n");
             if (t.format == image_format::qed)
-                std::printf("  cluster_size=<size>    Cluster size (in bytes)\n"
-                            "  table_size=<num>       L1/L2 table size (in clusters)\n");
+                std::printf(
+                    "  cluster_size=<size>    Cluster size (in bytes)\n"
+                    "  table_size=<num>       L1/L2 table size (in clusters)\n");
             else
                 std::printf("  preallocation=<str>    Preallocation mode (allowed values: off)\n");
             return 0;
@@ -54,7 +55,8 @@ int target_options(target& t, const std::vector<std::string>& values) {
         } else if (t.format == image_format::raw && name == "preallocation") {
             // The size of a raw file does not depend on its preallocation;
             // create supports none, so accept only what it would do.
-            if (value != "off") return fail("measure: preallocation mode '" + value + "' is not supported (only 'off')");
+            if (value != "off")
+                return fail("measure: preallocation mode '" + value + "' is not supported (only 'off')");
         } else {
             return fail("measure: Invalid parameter '" + name + "' for format '" + std::string(to_string(t.format)) +
                         "'");
