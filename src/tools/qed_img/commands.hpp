@@ -14,6 +14,7 @@ int run_create(const words& args);
 int run_info(const words& args);
 int run_check(const words& args);
 int run_map(const words& args);
+int run_measure(const words& args);
 int run_convert(const words& args);
 int run_commit(const words& args);
 int run_rebase(const words& args);

@@ -31,6 +31,8 @@ const command commands[] = {
     {"create", run_create, "create [-q] [-f fmt] [-b backing_file -F backing_fmt] [-u] [-o options] filename [size]"},
     {"info", run_info, "info [-f fmt] [--output=ofmt] [--backing-chain] filename"},
     {"map", run_map, "map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] filename"},
+    {"measure", run_measure,
+     "measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]"},
     {"rebase", run_rebase,
      "rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename"},
     {"resize", run_resize, "resize [-f fmt] [-q] [--shrink] filename [+ | -]size"},
