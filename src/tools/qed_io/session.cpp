@@ -68,9 +68,11 @@ bool session::open_snapshot(const std::string& path, open_options options) {
     co.backing_file = real;
     co.backing_format = info.format;
     co.backend = options.backend;
-    if (auto ec = create_image(driver_, overlay, co)) {
+    std::string error;
+    if (create_image(driver_, overlay, co, error)) {
         ::unlink(overlay.c_str());
-        report("snapshot: could not create the temporary overlay " + describe(overlay, ec));
+        report("snapshot: could not create the temporary overlay " +
+               error);
         return false;
     }
     open_options oo = options;
