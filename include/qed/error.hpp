@@ -44,6 +44,7 @@ enum class errc {
     not_supported,                ///< operation the format cannot do
     unsupported_compat_features,  ///< header rewrite refused: unknown compat bits
     invalid_argument,             ///< bad option value (sizes, names)
+    not_a_regular_file,           ///< image or backing file is a FIFO, socket, character device...
 };
 
 /// The `qed` error category.

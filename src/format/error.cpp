@@ -49,6 +49,8 @@ public:
         case errc::unsupported_compat_features:
             return "image uses unknown compat features; header cannot be rewritten";
         case errc::invalid_argument: return "invalid argument";
+        case errc::not_a_regular_file:
+            return "not a regular file or block device (a FIFO, socket or character device can't hold an image)";
         }
         return "unknown qed error";
     }
