@@ -16,6 +16,9 @@
 #include <algorithm>
 #include <atomic>
 #include <csignal>
+#include <chrono>
+#include <fstream>
+#include <thread>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -27,6 +30,9 @@
 
 #include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 namespace asio = boost::asio;
@@ -956,4 +962,83 @@ BOOST_DATA_TEST_CASE(io_context_destroyed_with_operations_in_flight,
         const bool new_bytes = first_mismatch(got.data() + i * piece, piece, i * piece, 51) == npos;
         BOOST_TEST((old_bytes || new_bytes), "block " << i << " has neither its old nor its new bytes");
     }
+}
+
+// ===========================================================================
+// Files that can't hold an image (issue 15, case 4): a FIFO used to block
+// open(2) forever (no writer). Every kind is refused at once, read-only or
+// not, buffered or O_DIRECT; a regular file and a block device open.
+// ===========================================================================
+
+namespace {
+
+/// Open `p` with open_file; a watchdog thread unblocks an open(2) that waits
+/// on a FIFO (by opening its write end) so a regression fails instead of hanging.
+std::error_code open_special(const std::string& p, bool read_only, bool direct, bool& blocked) {
+    asio::io_context ioc;
+    qed::file_options o;
+    o.read_only = read_only;
+    o.direct = direct;
+    std::atomic<bool> done{false};
+    blocked = false;
+    std::thread watchdog([&] {
+        for (int i = 0; i < 100 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        if (done) return;
+        blocked = true;
+        const int fd = ::open(p.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd >= 0) ::close(fd);
+    });
+    std::error_code ec;
+    auto f = qed::open_file(ioc.get_executor(), p, o, ec);
+    done = true;
+    watchdog.join();
+    if (f && !ec) return {};
+    return ec;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(special_files_are_refused_at_once) {
+    qed::test::tmp_dir d("special");
+    const std::string fifo = d / "fifo", sock = d / "sock", dir = d / "dir", reg = d / "reg";
+    BOOST_TEST_REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    const int s = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    BOOST_TEST_REQUIRE(s >= 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    BOOST_TEST_REQUIRE(sock.size() < sizeof addr.sun_path);
+    std::strcpy(addr.sun_path, sock.c_str());
+    BOOST_TEST_REQUIRE(::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    BOOST_TEST_REQUIRE(::mkdir(dir.c_str(), 0700) == 0);
+    { std::ofstream(reg) << "x"; }
+    struct special {
+        std::string path;
+        bool directory;  ///< EISDIR, else errc::not_a_regular_file
+    };
+    const special cases[] = {
+        {fifo, false},
+        {sock, false},
+        {"/dev/null", false},  // a character device
+        {dir, true},
+    };
+    for (const auto& c : cases)
+        for (bool read_only : {true, false})
+            for (bool direct : {false, true}) {
+                bool blocked = false;
+                const auto t0 = std::chrono::steady_clock::now();
+                const std::error_code ec = open_special(c.path, read_only, direct, blocked);
+                const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                BOOST_TEST(!blocked, c.path << ": open blocked");
+                BOOST_TEST(secs < 2.0, c.path << ": took " << secs << " s");
+                // O_DIRECT on tmpfs may fail first with EINVAL: refused either way.
+                const bool expected =
+                    c.directory ? ec == std::errc::is_a_directory : ec == qed::errc::not_a_regular_file;
+                BOOST_TEST((expected || (direct && ec == std::errc::invalid_argument)),
+                           c.path << " read_only " << read_only << " direct " << direct << ": " << ec.message());
+            }
+    ::close(s);
+    bool blocked = false;
+    BOOST_TEST(!open_special(reg, true, false, blocked));
+    BOOST_TEST(!open_special(reg, false, false, blocked));
+    BOOST_TEST(make_error_code(qed::errc::not_a_regular_file).message().find("not a regular file") != std::string::npos);
 }

@@ -308,17 +308,41 @@ BOOST_AUTO_TEST_CASE(header_size_huge_does_not_overflow) {
             h.l1_table_offset = std::uint64_t{cs} * hs;  // right after the (huge) header
             BOOST_TEST_CONTEXT("cluster_size " << cs << " header_size " << hs) {
                 BOOST_TEST((check(h, baseline_file) == qed::errc::invalid_header_size));
-                // Even a 1 TiB file can't hold these headers (except the
+                // Even a 1 TiB file can't hold these headers, and above 4 GiB
+                // they are too large anyway (QEMU's limit) (except the
                 // smallest: 0x10001 clusters of 4K fit, and then the L1 table
                 // after them is what's missing).
                 const std::uint64_t header_bytes = std::uint64_t{cs} * hs;
-                if (header_bytes > (1ull << 40))
+                if (header_bytes > (1ull << 40) || header_bytes > qed::max_header_bytes)
                     BOOST_TEST((check(h, 1ull << 40) == qed::errc::invalid_header_size));
                 else
                     BOOST_TEST((check(h, header_bytes) == qed::errc::l1_table_past_eof));
             }
         }
     }
+}
+
+BOOST_AUTO_TEST_CASE(header_and_name_limits) {
+    // The header area may be up to 4 GiB - 1 (QEMU's limit), the name up to 1 MiB.
+    auto h = baseline();
+    h.cluster_size = 4096;
+    h.header_size = static_cast<std::uint32_t>(qed::max_header_bytes / 4096);  // 4 GiB - 4 KiB
+    h.l1_table_offset = std::uint64_t{h.header_size} * 4096;
+    const std::uint64_t file = h.l1_table_offset + 4096 * h.table_size;
+    BOOST_TEST(!check(h, file));
+    h.features = qed::feature_backing_file;
+    h.backing_filename_offset = 64;
+    h.backing_filename_size = qed::max_backing_name_size;
+    BOOST_TEST(!check(h, file));
+    h.backing_filename_size = qed::max_backing_name_size + 1;
+    std::string detail;
+    BOOST_TEST((check(h, file, &detail) == qed::errc::backing_name_too_long));
+    BOOST_TEST(detail.find("backing file name length") != std::string::npos, detail);
+    h.features = 0;
+    h.header_size += 1;  // exactly 4 GiB
+    h.l1_table_offset += 4096;
+    BOOST_TEST((check(h, file + 4096, &detail) == qed::errc::invalid_header_size));
+    BOOST_TEST(detail.find("QED header size is too large") != std::string::npos, detail);
 }
 
 BOOST_AUTO_TEST_CASE(header_size_larger_than_one_is_fine) {

@@ -7,6 +7,7 @@
 
 #include "qed/image.hpp"
 #include "support/memory_fs.hpp"
+#include "support/recording_file.hpp"
 #include "support/sync.hpp"
 #include "support/tmp_dir.hpp"
 
@@ -72,6 +73,29 @@ BOOST_AUTO_TEST_CASE(capacity_bounds_unused_entries) {
     BOOST_TEST(cached(c, 9 * 0x10000));
     BOOST_TEST(cached(c, 10 * 0x10000));
     BOOST_TEST(c.size() == 3u);
+}
+
+BOOST_AUTO_TEST_CASE(make_room_evicts_before_a_new_table_exists) {
+    // A new table is allocated only after the cache made room for it: with
+    // capacity 1 and huge tables, the old one is gone first.
+    l2_cache c(2);
+    insert_unused(c, 0x10000);
+    insert_unused(c, 0x20000);
+    auto held = c.find(0x20000);  // in use: stays
+    c.make_room();
+    BOOST_TEST(c.size() == 1u);
+    BOOST_TEST(cached(c, 0x20000));
+    c.make_room();  // nothing unused left to evict
+    BOOST_TEST(c.size() == 1u);
+    held.reset();
+    c.set_capacity(1);
+    c.make_room();
+    BOOST_TEST(c.size() == 0u);
+    insert_unused(c, 0x30000);
+    insert_unused(c, 0x40000);
+    c.set_capacity(5);
+    BOOST_TEST(c.capacity() == 5u);
+    BOOST_TEST(c.size() == 1u);
 }
 
 BOOST_AUTO_TEST_CASE(capacity_zero_means_one) {
@@ -553,6 +577,72 @@ BOOST_DATA_TEST_CASE(concurrent_misses_on_one_table, data::make(image_cases), gc
     BOOST_TEST(cr.corruptions == 0u);
     BOOST_TEST(cr.leaks == 0u);
     BOOST_TEST_REQUIRE(!again.close());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ===========================================================================
+// The cache's budget in bytes (open_options::l2_cache_bytes): with 1 MiB
+// tables, a budget of 3 MiB keeps 3 tables, so cycling through 3 tables
+// reads each once, while through a budget of 2 MiB (or l2_cache_size 2, the
+// secondary cap) every lookup of the cycle misses.
+// ===========================================================================
+
+BOOST_AUTO_TEST_SUITE(byte_budget)
+
+BOOST_AUTO_TEST_CASE(tables_kept_follow_the_byte_budget) {
+    asio::io_context ioc;
+    qed::test::memory_fs fs{ioc.get_executor()};
+    constexpr std::uint32_t cs = 65536, ts = 16;
+    constexpr std::uint64_t table_bytes = std::uint64_t{cs} * ts;  // 1 MiB
+    constexpr std::uint64_t span = table_bytes / 8 * cs;           // 8 GiB per table
+    qed::create_options co;
+    co.size = 4 * span;
+    co.cluster_size = cs;
+    co.table_size = ts;
+    co.opener = fs.opener();
+    BOOST_TEST_REQUIRE(!qed::test::create(ioc, "img.qed", co));
+    std::vector<std::uint8_t> sector(512, 0x5c);
+    {
+        qed::open_options o;
+        o.opener = fs.opener();
+        auto [ec, img] = qed::test::open(ioc, "img.qed", o);
+        BOOST_TEST_REQUIRE(!ec, ec.message());
+        for (std::uint64_t t = 0; t < 3; ++t) BOOST_TEST_REQUIRE(!img.write(t * span, sector.data(), sector.size()));
+        BOOST_TEST_REQUIRE(!img.close());
+    }
+    // Table reads (1 MiB at once) while reading a sector of tables 0, 1, 2, 0, 1, 2.
+    auto table_reads = [&](std::size_t entries, std::size_t bytes) {
+        std::size_t n = 0;
+        fs.wrap = [&n](std::shared_ptr<qed::block_file> f, const std::string& name) -> std::shared_ptr<qed::block_file> {
+            return std::make_shared<qed::test::recording_file>(
+                std::move(f), std::make_shared<qed::test::io_log>(), name, [&n](const qed::test::io_record& r) {
+                    if (r.what == qed::test::io_record::read && r.length == table_bytes) ++n;
+                });
+        };
+        qed::open_options o;
+        o.opener = fs.opener();
+        o.read_only = true;
+        o.l2_cache_size = entries;
+        o.l2_cache_bytes = bytes;
+        auto [ec, img] = qed::test::open(ioc, "img.qed", o);
+        BOOST_TEST_REQUIRE(!ec, ec.message());
+        const std::size_t after_open = n;  // the L1 table is 1 MiB too
+        std::vector<std::uint8_t> got(512);
+        for (int round = 0; round < 2; ++round)
+            for (std::uint64_t t = 0; t < 3; ++t) {
+                BOOST_TEST_REQUIRE(!img.read(t * span, got.data(), got.size()));
+                BOOST_TEST_REQUIRE(got == sector);
+            }
+        BOOST_TEST_REQUIRE(!img.close());
+        fs.wrap = nullptr;
+        return n - after_open;
+    };
+    BOOST_TEST(table_reads(50, 3 * table_bytes) == 3u);       // the budget holds all three
+    BOOST_TEST(table_reads(50, 3 * table_bytes - 1) == 6u);   // two fit: every lookup of the cycle misses
+    BOOST_TEST(table_reads(2, std::size_t{32} << 20) == 6u);  // the entry cap still applies
+    BOOST_TEST(table_reads(50, 0) == 6u);                     // a budget below one table still keeps one
+    BOOST_TEST(table_reads(50, std::size_t{32} << 20) == 3u); // the defaults: 32 MiB
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -28,6 +28,8 @@
 
 #include <functional>
 
+#include <sys/resource.h>
+
 namespace bdata = boost::unit_test::data;
 using namespace qed;
 using namespace qed::test;
@@ -175,6 +177,9 @@ const header_case header_cases[] = {
      [](crafted& c) { put_u32(c.bytes, f_header_size, 0xffffffffu); }, E(errc::invalid_header_size), "header_size"},
     {"header_size beyond the end of the file", [](crafted& c) { put_u32(c.bytes, f_header_size, 100); },
      E(errc::invalid_header_size), "header_size"},
+    {"header_size * cluster_size above 4 GiB (QEMU: QED header size is too large)",
+     [](crafted& c) { put_u32(c.bytes, f_header_size, (1u << 20) + 1); }, E(errc::invalid_header_size),
+     "QED header size is too large"},
     {"image_size not a multiple of 512", [](crafted& c) { put_u64(c.bytes, f_image_size, image_size + 100); },
      E(errc::image_size_unaligned), "image_size"},
     {"image_size beyond what L1 can address", [](crafted& c) { put_u64(c.bytes, f_image_size, 8ull << 30); },
@@ -218,6 +223,19 @@ const header_case header_cases[] = {
          put_u32(c.bytes, f_name_size, 0xffffffffu);
      },
      E(errc::backing_name_out_of_range), "outside the header"},
+    {"backing name length 0xFFFFFF00 (issue 15: two 4 GiB buffers)",
+     [](crafted& c) {
+         c.set_backing("base.raw");
+         put_u32(c.bytes, f_name_size, 0xFFFFFF00u);
+     },
+     E(errc::backing_name_out_of_range), "outside the header"},
+    {"backing name one byte over the limit, inside a large enough header",
+     [](crafted& c) {
+         c = crafted(260);  // 1040 KiB of header clusters
+         c.set_backing("base.raw");
+         put_u32(c.bytes, f_name_size, max_backing_name_size + 1);
+     },
+     E(errc::backing_name_too_long), "backing file name length"},
     {"backing flag with an empty name",
      [](crafted& c) {
          c.set_backing("base.raw");
@@ -577,6 +595,50 @@ BOOST_DATA_TEST_CASE(table_problem_is_contained, bdata::make(table_cases), tc) {
             check_good_ranges(img3, tc);
             BOOST_REQUIRE(!img3.close());
         }
+    }
+}
+
+// Issue 15, case 1: a 4 KiB file, extended sparsely to what its header
+// claims (65,537 header clusters of 64 KiB, a backing name of 0xFFFFFF00
+// bytes), made every tool allocate 8.39 GB. Now open refuses it before
+// allocating anything the header sizes: the peak RSS of this process grows
+// by less than 16 MiB (it would grow by 4 GiB per buffer).
+BOOST_AUTO_TEST_CASE(a_header_claiming_4_GiB_allocates_nothing_it_claims) {
+    struct case1 {
+        std::uint32_t header_clusters, name_size;
+        std::error_code expected;
+        const char* word;
+    };
+    const case1 cases[] = {
+        {65537, 0xFFFFFF00u, E(errc::invalid_header_size), "QED header size is too large"},
+        {65535, 0xFFFE0000u, E(errc::backing_name_too_long), "exceeds the limit"},
+    };
+    for (const auto& k : cases) {
+        constexpr std::uint32_t big = 65536;
+        std::vector<std::uint8_t> b(4096, 'a');
+        put_u32(b, f_magic, qed::magic);
+        put_u32(b, f_cluster_size, big);
+        put_u32(b, f_table_size, 4);
+        put_u32(b, f_header_size, k.header_clusters);
+        put_u64(b, f_features, feature_backing_file);
+        put_u64(b, f_l1, std::uint64_t{k.header_clusters} * big);
+        put_u64(b, f_image_size, 1ull << 30);
+        put_u32(b, f_name_offset, header_struct_size);
+        put_u32(b, f_name_size, k.name_size);
+        env e;
+        e.put("img.qed", b);
+        e.fs.storage("img.qed")->resize((std::uint64_t{k.header_clusters} + 8) * big);  // sparse
+        rusage before{};
+        ::getrusage(RUSAGE_SELF, &before);
+        for (bool read_only : {true, false}) {
+            auto [ec, img] = e.open_image(read_only);
+            BOOST_CHECK_MESSAGE(ec == k.expected, k.header_clusters << ": " << ec.message() << e.all_log());
+            BOOST_CHECK_MESSAGE(e.logged(k.word), e.all_log());
+        }
+        rusage after{};
+        ::getrusage(RUSAGE_SELF, &after);
+        BOOST_CHECK_LT(after.ru_maxrss - before.ru_maxrss, 16 * 1024);  // KiB
+        BOOST_CHECK_LE(e.fs.storage("img.qed")->memory_used(), 64u * 1024);  // nothing written
     }
 }
 

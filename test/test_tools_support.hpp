@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -32,6 +33,8 @@ struct result {
     int status = -1;         ///< exit status (valid when `exited`)
     bool exited = false;     ///< ended with exit(), not a signal
     bool timed_out = false;  ///< killed after the time limit
+    long max_rss_kib = 0;    ///< the child's peak resident set (getrusage ru_maxrss)
+    double seconds = 0;      ///< wall-clock time it ran
     std::string out, err;
 
     /// Standard output without qemu-io's timing lines (they hold speeds).
@@ -89,7 +92,8 @@ inline result run(const std::vector<std::string>& argv, const std::string& cwd =
     ::close(in_pipe[1]);
 
     result r;
-    const auto deadline = std::chrono::steady_clock::now() + limit;
+    const auto started = std::chrono::steady_clock::now();
+    const auto deadline = started + limit;
     pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
     int open_fds = 2;
     char buf[65536];
@@ -117,7 +121,10 @@ inline result run(const std::vector<std::string>& argv, const std::string& cwd =
     for (auto& f : fds)
         if (f.fd >= 0) ::close(f.fd);
     int status = 0;
-    ::waitpid(pid, &status, 0);
+    struct rusage usage {};
+    ::wait4(pid, &status, 0, &usage);
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    r.max_rss_kib = usage.ru_maxrss;
     r.exited = WIFEXITED(status);
     r.status = r.exited ? WEXITSTATUS(status) : -1;
     return r;

@@ -55,6 +55,7 @@ enum class errc {
     unsupported_compat_features,  ///< header rewrite refused: unknown compat bits
     invalid_argument,             ///< bad option value (sizes, names)
     image_locked,                 ///< another process holds a conflicting image lock
+    not_a_regular_file,           ///< image or backing file is a FIFO, socket, character device...
 };
 
 /// The `qed` error category.

@@ -36,6 +36,17 @@ inline constexpr std::uint32_t default_table_size = 4;
 inline constexpr std::uint32_t sector_size = 512;
 inline constexpr std::size_t header_struct_size = 64;
 
+/// Largest header area (header_size * cluster_size, in bytes) a header may
+/// declare. QEMU refuses more ("QED header size is too large"); the backing
+/// name's offset and length are 32-bit fields, so more could never be used.
+inline constexpr std::uint64_t max_header_bytes = 0xffff'ffffULL;
+
+/// Longest backing file name read from or written to a header, in bytes.
+/// QEMU stops at 4095 (../shared/REFERENCE.md bug 3: names it writes must
+/// still open here, so we go much further: 256 times PATH_MAX); the limit
+/// bounds the buffer a header can make an open allocate, whatever it claims.
+inline constexpr std::uint32_t max_backing_name_size = 1024 * 1024;
+
 /// L2 entry value of a zero cluster (reads as zeros, hides the backing file).
 inline constexpr std::uint64_t zero_cluster_entry = 1;
 

@@ -67,7 +67,16 @@ struct open_options {
     std::optional<image_format> format;  ///< nullopt: probe the magic
     file_backend backend = file_backend::automatic;  ///< file implementation
     bool direct = false;                 ///< O_DIRECT (cache=none)
-    std::size_t l2_cache_size = 50;      ///< L2 tables kept in memory
+    /// Most L2 tables kept in memory (a secondary cap: l2_cache_bytes
+    /// usually decides for large tables).
+    std::size_t l2_cache_size = 50;
+    /// Most bytes of L2 tables kept in memory, as QEMU's qcow2 l2-cache-size
+    /// (whose default is 32 MiB on Linux). The cache holds
+    /// max(1, min(l2_cache_size, l2_cache_bytes / table bytes)) tables: 50
+    /// of the default 256 KiB tables, but a single one of 1 GiB (64 MiB
+    /// clusters, table_size 16). Tables in use by requests in flight are
+    /// kept beyond the cap until those requests finish.
+    std::size_t l2_cache_bytes = std::size_t{32} << 20;
     /// Quiet time after the last allocating write before NEED_CHECK is cleared.
     std::chrono::milliseconds need_check_timeout{5000};
     unsigned max_backing_depth = 16;  ///< longer backing chains are refused

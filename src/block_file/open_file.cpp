@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSL-1.0
 // Opening a file by path and choosing its backend.
 #include "qed/block_file.hpp"
+#include "qed/error.hpp"
 
 #include "block_file/file_lock.hpp"
 #include "block_file/nbd_file.hpp"
@@ -10,12 +11,38 @@
 #include "block_file/uring_file.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <string>
 
 namespace qed {
+namespace {
+
+/// Images live in regular files or block devices. Anything else is refused
+/// before it is used: a FIFO or character device would block reads forever
+/// or stream bytes that are not an image. The caller opened with O_NONBLOCK
+/// so that open(2) itself never waits (a FIFO without a writer); the check is
+/// on the descriptor, so the path can't be swapped in between. On success
+/// O_NONBLOCK is cleared again. `same_as`, when >= 0, is a descriptor that
+/// must refer to the same file (the buffered twin of an O_DIRECT one).
+std::error_code check_file_type(int fd, int same_as = -1) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return detail::errno_code(errno);
+    if (S_ISDIR(st.st_mode)) return detail::errno_code(EISDIR);
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) return errc::not_a_regular_file;
+    if (same_as >= 0) {
+        struct stat first {};
+        if (::fstat(same_as, &first) != 0) return detail::errno_code(errno);
+        if (first.st_dev != st.st_dev || first.st_ino != st.st_ino) return errc::not_a_regular_file;
+    }
+    const int fl = ::fcntl(fd, F_GETFL);
+    if (fl < 0 || ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) return detail::errno_code(errno);
+    return {};
+}
+
+}  // namespace
 
 bool is_remote_name(std::string_view name) noexcept { return detail::is_nbd_name(name) || detail::is_rbd_name(name); }
 
@@ -29,9 +56,14 @@ std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, co
     // leaves a file another process is using alone.
     const bool create = options.create && !options.read_only;
     if (create) flags |= O_CREAT;
-    const int fd = ::open(path.c_str(), flags | (options.direct ? O_DIRECT : 0), 0644);
+    const int fd = ::open(path.c_str(), flags | O_NONBLOCK | (options.direct ? O_DIRECT : 0), 0644);
     if (fd < 0) {
-        ec = detail::errno_code(errno);
+        // ENXIO: what open(2) of a UNIX socket fails with.
+        ec = errno == ENXIO ? std::error_code(errc::not_a_regular_file) : detail::errno_code(errno);
+        return nullptr;
+    }
+    if ((ec = check_file_type(fd))) {
+        ::close(fd);
         return nullptr;
     }
     if ((ec = detail::lock_file(fd, path, options)) || (create && ::ftruncate(fd, 0) < 0)) {
@@ -42,9 +74,12 @@ std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, co
     // With O_DIRECT, misaligned transfers use a second, buffered descriptor.
     int buffered = -1;
     if (options.direct) {
-        buffered = ::open(path.c_str(), (flags & ~O_CREAT), 0644);
-        if (buffered < 0) {
-            ec = detail::errno_code(errno);
+        buffered = ::open(path.c_str(), (flags & ~O_CREAT) | O_NONBLOCK, 0644);
+        if (buffered < 0 || (ec = check_file_type(buffered, fd))) {
+            if (buffered < 0)
+                ec = detail::errno_code(errno);
+            else
+                ::close(buffered);
             ::close(fd);
             return nullptr;
         }

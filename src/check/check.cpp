@@ -4,6 +4,8 @@
 #include "image/co_io.hpp"
 #include "image/qed_image.hpp"
 
+#include <algorithm>
+#include <cassert>
 #include <cstdio>
 
 namespace qed::detail {
@@ -71,7 +73,16 @@ boost::asio::awaitable<std::error_code> run_check(qed_image& img, check_options:
 
     table& l1 = *img.l1_;
     bool l1_changed = false;
-    table l2(g.table_entries);
+    // An L2 table (up to 1 GiB) is walked in pieces of at most 1 MiB, so
+    // check holds the L1 table, the bitmap and one piece, whatever the
+    // geometry. A piece is a whole number of write blocks (io_align_ <= 1 MiB
+    // divides it), so a repaired piece is written back alone. Power failing
+    // between two such writes leaves some invalid entries cleared and the
+    // rest as they were: each is a state the next check repairs the same
+    // way (clearing an invalid entry loses nothing that could be read).
+    const std::uint32_t piece_entries = std::min<std::uint32_t>(g.table_entries, (1u << 20) / 8);
+    assert(g.table_entries % piece_entries == 0);  // both powers of two
+    table l2(piece_entries);
     std::uint64_t prev_host = 0;
     for (std::uint32_t i = 0; i < l1.size(); ++i) {
         const std::uint64_t off = l1[i];
@@ -94,47 +105,51 @@ boost::asio::awaitable<std::error_code> run_check(qed_image& img, check_options:
             note("L2 table at " + hex(off) + " shares clusters with another table or data");
             continue;  // don't trust what it says
         }
-        if (auto ec = co_await co::read_table(*img.file_, off, l2)) {
-            ++out.check_errors;
-            note("cannot read L2 table at " + hex(off) + ": " + ec.message());
-            continue;
-        }
-        bool changed = false;
-        for (std::uint32_t j = 0; j < l2.size(); ++j) {
-            const std::uint64_t e = l2[j];
-            if (e == 0 || e == zero_cluster_entry) continue;
-            if (!img.valid_data_offset(e)) {
-                note("L2 table at " + hex(off) + " entry " + std::to_string(j) + ": invalid cluster offset " +
-                     hex(e) + (img.inside_l1(e, g.cluster_size) ? " (inside the L1 table)" : "") +
-                     (fix_corruptions ? " (cleared)" : ""));
-                if (fix_corruptions) {
-                    l2[j] = 0;
-                    changed = true;
-                    ++out.corruptions_fixed;
-                } else {
-                    ++out.corruptions;
-                }
-                continue;
-            }
-            if (used.mark(e >> g.cluster_bits, 1)) {
-                ++out.corruptions;
-                note("cluster " + hex(e) + " is referenced more than once");
-                continue;
-            }
-            ++out.allocated_clusters;
-            if (prev_host && e != prev_host + g.cluster_size) ++out.fragmented_clusters;
-            prev_host = e;
-        }
-        if (changed) {
-            if (auto ec = co_await co::write_table(*img.file_, off, l2, 0, l2.size(), img.io_align_)) {
+        for (std::uint32_t base = 0; base < g.table_entries; base += piece_entries) {
+            const std::uint64_t piece_off = off + std::uint64_t{base} * sizeof(std::uint64_t);
+            if (auto ec = co_await co::read_table(*img.file_, piece_off, l2)) {
                 ++out.check_errors;
-                note("cannot write repaired L2 table at " + hex(off) + ": " + ec.message());
+                note("cannot read L2 table at " + hex(off) + ": " + ec.message());
+                break;
+            }
+            bool changed = false;
+            for (std::uint32_t k = 0; k < l2.size(); ++k) {
+                const std::uint32_t j = base + k;
+                const std::uint64_t e = l2[k];
+                if (e == 0 || e == zero_cluster_entry) continue;
+                if (!img.valid_data_offset(e)) {
+                    note("L2 table at " + hex(off) + " entry " + std::to_string(j) + ": invalid cluster offset " +
+                         hex(e) + (img.inside_l1(e, g.cluster_size) ? " (inside the L1 table)" : "") +
+                         (fix_corruptions ? " (cleared)" : ""));
+                    if (fix_corruptions) {
+                        l2[k] = 0;
+                        changed = true;
+                        ++out.corruptions_fixed;
+                    } else {
+                        ++out.corruptions;
+                    }
+                    continue;
+                }
+                if (used.mark(e >> g.cluster_bits, 1)) {
+                    ++out.corruptions;
+                    note("cluster " + hex(e) + " is referenced more than once");
+                    continue;
+                }
+                ++out.allocated_clusters;
+                if (prev_host && e != prev_host + g.cluster_size) ++out.fragmented_clusters;
+                prev_host = e;
+            }
+            if (changed) {
+                if (auto ec = co_await co::write_table(*img.file_, piece_off, l2, 0, l2.size(), img.io_align_)) {
+                    ++out.check_errors;
+                    note("cannot write repaired L2 table at " + hex(off) + ": " + ec.message());
+                }
             }
         }
     }
     if (l1_changed) {
-        if (auto ec = co_await co::write_table(*img.file_, img.header_.l1_table_offset, l1, 0, l1.size(),
-                                               img.io_align_)) {
+        if (auto ec =
+                co_await co::write_table(*img.file_, img.header_.l1_table_offset, l1, 0, l1.size(), img.io_align_)) {
             ++out.check_errors;
             note("cannot write repaired L1 table: " + ec.message());
         }

@@ -57,7 +57,18 @@ boost::asio::awaitable<std::error_code> qed_image::do_block_status(std::uint64_t
                         co_return ec;
                     continue;
                 }
-                const std::uint64_t len = r.run.length;
+                std::uint64_t len = r.run.length;
+                if (r.run.what == cluster_run::kind::no_table) {
+                    // Every following empty L1 entry joins this run in one
+                    // step: the cost is one L1 read per entry, never a
+                    // lookup per L2 span, so an empty maximum-size image
+                    // answers in one extent. (pos + len is the start of the
+                    // next L1 entry's range, or `end`.)
+                    const std::uint64_t span = geo_.l2_span();
+                    std::uint64_t stop = pos + len;
+                    while (stop < end && (*l1_)[geo_.l1_index(stop)] == 0) stop += std::min(span, end - stop);
+                    len = stop - pos;
+                }
                 switch (r.run.what) {
                 case cluster_run::kind::data:
                     append_extent(*out, {pos, len, depth, true, false, true, r.run.host_offset});

@@ -69,6 +69,7 @@ void load_l2(qed_image& img, std::uint64_t offset, op_handler handler) {
         }
         return;
     }
+    img.cache_.make_room();  // before allocating: the table may be 1 GiB
     auto entry = std::make_shared<l2_entry>(offset, img.geo_.table_entries);
     entry->waiters.push_back(std::move(handler));
     img.cache_.insert(entry);

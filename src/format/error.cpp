@@ -51,6 +51,8 @@ public:
             return "image uses unknown compat features; header cannot be rewritten";
         case errc::invalid_argument: return "invalid argument";
         case errc::image_locked: return "image is locked by another process";
+        case errc::not_a_regular_file:
+            return "not a regular file or block device (a FIFO, socket or character device can't hold an image)";
         }
         return "unknown qed error";
     }

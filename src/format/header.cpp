@@ -114,6 +114,11 @@ std::error_code validate(const header& h, std::uint64_t file_size, std::string* 
     const geometry g(h);
     // header_size is 32 bits and cluster_size at most 2^26, so the product
     // fits in 64 bits; it must still lie inside the file.
+    if (g.header_bytes > max_header_bytes)
+        return fail(errc::invalid_header_size, detail,
+                    "QED header size is too large: header_size " + std::to_string(h.header_size) +
+                        " clusters (" + std::to_string(g.header_bytes) + " bytes; the limit is " +
+                        std::to_string(max_header_bytes) + ")");
     if (h.header_size == 0 || g.header_bytes > file_size)
         return fail(errc::invalid_header_size, detail,
                     "header_size " + std::to_string(h.header_size) + " clusters (" +
@@ -146,6 +151,10 @@ std::error_code validate(const header& h, std::uint64_t file_size, std::string* 
                             std::to_string(h.backing_filename_size) +
                             " lies outside the header clusters (" + std::to_string(g.header_bytes) +
                             " bytes)");
+        if (h.backing_filename_size > max_backing_name_size)
+            return fail(errc::backing_name_too_long, detail,
+                        "backing file name length " + std::to_string(h.backing_filename_size) +
+                            " bytes exceeds the limit of " + std::to_string(max_backing_name_size));
     }
     return {};
 }

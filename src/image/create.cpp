@@ -26,7 +26,7 @@ boost::asio::awaitable<std::error_code> create_image(boost::asio::any_io_executo
     if (o.format == image_format::qed) {
         if (!is_valid_cluster_size(o.cluster_size)) co_return errc::invalid_cluster_size;
         if (!is_valid_table_size(o.table_size)) co_return errc::invalid_table_size;
-        if (o.backing_file.size() > 0xffffffffu - header_struct_size) co_return errc::backing_name_too_long;
+        if (o.backing_file.size() > max_backing_name_size) co_return errc::backing_name_too_long;  // we could not open it
     } else if (!o.backing_file.empty()) {
         co_return errc::not_supported;  // raw images have no backing file
     }

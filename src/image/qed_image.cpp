@@ -317,7 +317,8 @@ boost::asio::awaitable<std::error_code> qed_image::do_change_backing_file(std::s
     if (options_.read_only) co_return errc::read_only;
     // Unknown compat features may own the bytes after the header.
     if (!name.empty() && (header_.compat_features & ~known_compat_features)) co_return errc::unsupported_compat_features;
-    if (header_struct_size + name.size() > geo_.header_bytes) co_return errc::backing_name_too_long;
+    if (name.size() > max_backing_name_size || header_struct_size + name.size() > geo_.header_bytes)
+        co_return errc::backing_name_too_long;
 
     // Open the new chain first: a missing or looping backing file is
     // refused before anything on disk changes.

@@ -52,16 +52,19 @@ boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vec
     std::string detail;
     if ((ec = validate(header_, size, &detail))) co_return fail(ec, detail);
     geo_ = geometry(header_);
+    // The cache's budget in tables, now that their size is known.
+    cache_.set_capacity(std::min<std::uint64_t>(options_.l2_cache_size, options_.l2_cache_bytes / geo_.table_bytes));
 
     if (header_.has(feature_backing_file)) {
         if (header_.backing_filename_size == 0)
             co_return fail(errc::bad_backing_name, "backing file flag set but the name is empty");
-        // Any length that fits in the header clusters: no fixed-size buffer.
+        // validate() bounded the length by the header clusters (inside the
+        // file) and by max_backing_name_size: one buffer of at most 1 MiB.
+        assert(header_.backing_filename_size <= max_backing_name_size);  // checked by validate()
         backing_name_.resize(header_.backing_filename_size);
-        std::vector<std::byte> buf(header_.backing_filename_size);
-        if ((ec = co_await co::read(*file_, header_.backing_filename_offset, buf.data(), buf.size())))
+        if ((ec = co_await co::read(*file_, header_.backing_filename_offset, backing_name_.data(),
+                                    backing_name_.size())))
             co_return fail(ec, "");
-        std::memcpy(backing_name_.data(), buf.data(), buf.size());
         if (backing_name_.find('\0') != std::string::npos)
             co_return fail(errc::bad_backing_name, "backing file name contains a NUL byte");
         backing_full_ = resolve_backing_path(filename_, backing_name_);

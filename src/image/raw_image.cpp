@@ -123,6 +123,19 @@ void raw_image::block_status(std::uint64_t offset, std::uint64_t length, unsigne
             run = end - pos;
         }
         run = std::max<std::uint64_t>(std::min(run, end - pos), 1);
+        // Extents are whole sectors, as requests are: a file whose size is
+        // not a multiple of 512 ends in a partial data sector (the rest of it
+        // reads as zeros), which counts as data. A hole ending inside a
+        // sector (never seen on a real filesystem) gives the sector to data.
+        if (const std::uint64_t stop = pos + run; stop % sector_size && stop < end) {
+            const std::uint64_t down = stop / sector_size * sector_size;
+            if (!data && down > pos) {
+                run = down - pos;
+            } else {
+                data = true;
+                run = std::min(end, down + sector_size) - pos;
+            }
+        }
         extent e{pos, run, depth, true, !data, data, pos};
         if (!out.empty() && out.back().data == e.data && out.back().offset + out.back().length == pos)
             out.back().length += run;

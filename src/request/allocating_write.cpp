@@ -189,6 +189,7 @@ void allocating_write::plan() {
     }
     for (auto& [l1_index, tu] : tables_) {
         if (tu.existing) continue;
+        img_.cache_.make_room();  // before allocating: the table may be 1 GiB
         tu.fresh = std::make_shared<l2_entry>(img_.new_clusters(g.table_size), g.table_entries);
     }
     batch_end_ = img_.file_end_;

@@ -23,8 +23,12 @@ void l2_cache::erase(std::uint64_t offset) {
     map_.erase(it);
 }
 
-void l2_cache::trim() {
-    for (auto it = lru_.begin(); map_.size() > capacity_ && it != lru_.end();) {
+void l2_cache::trim() { evict_down_to(capacity_); }
+
+void l2_cache::make_room() { evict_down_to(capacity_ - 1); }
+
+void l2_cache::evict_down_to(std::size_t n) {
+    for (auto it = lru_.begin(); map_.size() > n && it != lru_.end();) {
         auto m = map_.find(*it);
         // use_count 1: only the cache holds it, so nobody can be updating it.
         if (m->second.use_count() == 1 && m->second->loaded) {

@@ -48,11 +48,23 @@ public:
     void clear_unused();
     /// Bring the cache back within capacity after requests released entries.
     void trim();
+    /// Evict unused entries until one more fits within capacity: called
+    /// before a new table is allocated, so a cache of huge tables (up to
+    /// 1 GiB each) never holds the evicted one and the new one at once.
+    void make_room();
+
+    /// Change the most entries kept (at least 1), evicting unused ones.
+    void set_capacity(std::size_t capacity) {
+        capacity_ = capacity ? capacity : 1;
+        trim();
+    }
 
     std::size_t size() const noexcept { return map_.size(); }
     std::size_t capacity() const noexcept { return capacity_; }
 
 private:
+    void evict_down_to(std::size_t n);  // unused, loaded entries, least recently used first
+
     std::size_t capacity_;
     std::unordered_map<std::uint64_t, l2_ref> map_;
     std::list<std::uint64_t> lru_;  // front = least recently used

@@ -8,6 +8,7 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -133,6 +134,20 @@ inline std::vector<std::uint8_t> contents(const memory_storage& s) {
     std::vector<std::uint8_t> out(static_cast<std::size_t>(s.size()));
     s.read(0, {reinterpret_cast<std::byte*>(out.data()), out.size()});
     return out;
+}
+
+/// The storage still holds `data` and, past it, only zeros (what the input
+/// extended sparsely holds), given `pages_before`, its memory_used() when it
+/// held just that. A page written past the input would raise memory_used();
+/// the pages holding the input are compared byte by byte (plus 1 MiB past
+/// it, more than any page), so a file of many GiB costs what it holds.
+inline bool same_file(const memory_storage& s, std::uint64_t pages_before, const std::uint8_t* data,
+                      std::size_t size) {
+    if (s.memory_used() != pages_before || s.size() < size) return false;
+    std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::min<std::uint64_t>(s.size(), size + (1u << 20))));
+    s.read(0, {reinterpret_cast<std::byte*>(buf.data()), buf.size()});
+    return std::equal(data, data + size, buf.begin()) &&
+           std::all_of(buf.begin() + static_cast<std::ptrdiff_t>(size), buf.end(), [](std::uint8_t b) { return b == 0; });
 }
 
 }  // namespace qed::fuzz

@@ -216,7 +216,8 @@ int run_commit(const words& words) {
     plan.progress = [&meter](std::uint64_t done, std::uint64_t total) {
         meter.update(total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0);
     };
-    if (auto ec = run_copy(d, plan, segments)) return give_up(base_path + ": commit failed: " + ec.message(), &backing);
+    if (auto ec = run_copy(d, plan, segments))
+        return give_up("commit failed: " + copy_failure(plan, ec, path, base_path, base_path), &backing);
     // The backing file holds everything durably before the image lets go.
     if (auto ec = flush(d, backing)) return give_up(describe(base_path, ec), &backing);
     if (auto ec = close_image(d, backing)) return give_up(describe(base_path, ec), nullptr);

@@ -249,7 +249,8 @@ int run_convert(const words& words) {
     plan.progress = [&meter](std::uint64_t done, std::uint64_t total) {
         meter.update(total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0);
     };
-    if (auto ec = run_copy(d, plan, segments)) return abandon(dst_path + ": copy failed: " + ec.message(), &target);
+    if (auto ec = run_copy(d, plan, segments))
+        return abandon(copy_failure(plan, ec, src_path, dst_path, dst_path), &target);
     if (auto ec = flush(d, target)) return abandon(describe(dst_path, ec), &target);
     if (auto ec = close_image(d, target)) return abandon(describe(dst_path, ec), nullptr);
     close_image(d, src.img);

@@ -12,18 +12,31 @@ namespace {
 
 using step = step_fn;
 
-void read_into(image img, std::uint64_t off, std::byte* p, std::uint64_t n, job_done done) {
+/// `done`, noting in the plan which image failed first.
+job_done noting(const copy_plan& plan, copy_side side, job_done done) {
+    return [&plan, side, done = std::move(done)](std::error_code ec) {
+        if (ec && plan.failed == copy_side::none) plan.failed = side;
+        done(ec);
+    };
+}
+
+void read_into(const copy_plan& plan, copy_side side, std::uint64_t off, std::byte* p, std::uint64_t n,
+               job_done done) {
+    image img = side == copy_side::reference ? plan.reference : plan.source;
     img.async_read_at(off, boost::asio::buffer(p, static_cast<std::size_t>(n)),
-                      [done](std::error_code ec, std::size_t) { done(ec); });
+                      [done = noting(plan, side, std::move(done))](std::error_code ec, std::size_t) { done(ec); });
 }
 
-void write_from(image img, std::uint64_t off, const std::byte* p, std::uint64_t n, job_done done) {
-    img.async_write_at(off, boost::asio::buffer(p, static_cast<std::size_t>(n)),
-                       [done](std::error_code ec, std::size_t) { done(ec); });
+void write_from(const copy_plan& plan, std::uint64_t off, const std::byte* p, std::uint64_t n, job_done done) {
+    image img = plan.target;
+    img.async_write_at(
+        off, boost::asio::buffer(p, static_cast<std::size_t>(n)),
+        [done = noting(plan, copy_side::target, std::move(done))](std::error_code ec, std::size_t) { done(ec); });
 }
 
-void zero_range(image img, std::uint64_t off, std::uint64_t n, job_done done) {
-    img.async_write_zeroes(off, n, zero_options{}, [done](std::error_code ec) { done(ec); });
+void zero_range(const copy_plan& plan, std::uint64_t off, std::uint64_t n, job_done done) {
+    image img = plan.target;
+    img.async_write_zeroes(off, n, zero_options{}, noting(plan, copy_side::target, std::move(done)));
 }
 
 /// One cell of the grid: its segments and the buffers they use.
@@ -94,23 +107,23 @@ void run_cell(const copy_plan& plan, std::shared_ptr<cell> c, job_done done) {
     for (const auto& s : c->parts) {
         if (s.what == segment::action::zero) continue;
         std::byte* p = c->source.data() + (s.offset - c->start);
-        reads->push_back([&plan, s, p](job_done d) { read_into(plan.source, s.offset, p, s.length, d); });
+        reads->push_back([&plan, s, p](job_done d) { read_into(plan, copy_side::source, s.offset, p, s.length, d); });
         if (s.what != segment::action::update || !plan.reference) continue;
         // The reference may be shorter: what lies past its end reads as zeros.
         if (s.offset >= plan.reference_size) continue;
         const std::uint64_t n = std::min(s.length, plan.reference_size - s.offset);
         std::byte* q = c->reference.data() + (s.offset - c->start);
-        reads->push_back([&plan, s, q, n](job_done d) { read_into(plan.reference, s.offset, q, n, d); });
+        reads->push_back([&plan, s, q, n](job_done d) { read_into(plan, copy_side::reference, s.offset, q, n, d); });
     }
     run_steps(reads, [&plan, c, done](std::error_code ec) {
         if (ec) return done(ec);
         auto writes = std::make_shared<std::vector<step>>();
         for (const auto& r : plan_writes(plan, *c)) {
             if (r.zero) {
-                writes->push_back([&plan, r](job_done d) { zero_range(plan.target, r.offset, r.length, d); });
+                writes->push_back([&plan, r](job_done d) { zero_range(plan, r.offset, r.length, d); });
             } else {
                 const std::byte* p = c->source.data() + (r.offset - c->start);
-                writes->push_back([&plan, r, p](job_done d) { write_from(plan.target, r.offset, p, r.length, d); });
+                writes->push_back([&plan, r, p](job_done d) { write_from(plan, r.offset, p, r.length, d); });
             }
         }
         // The cell (and its buffers) lives until its last write is done.
@@ -189,7 +202,19 @@ private:
 
 }  // namespace
 
+std::string copy_failure(const copy_plan& plan, std::error_code ec, const std::string& source_name,
+                         const std::string& reference_name, const std::string& target_name) {
+    switch (plan.failed) {
+    case copy_side::source: return source_name + ": read failed: " + ec.message();
+    case copy_side::reference: return reference_name + ": read failed: " + ec.message();
+    case copy_side::target: return target_name + ": write failed: " + ec.message();
+    case copy_side::none: break;
+    }
+    return target_name + ": copy failed: " + ec.message();  // not an image operation (never_completed)
+}
+
 std::error_code run_copy(driver& d, const copy_plan& plan, const std::vector<segment>& segments) {
+    plan.failed = copy_side::none;
     cell_cursor cursor(segments, plan.cell_size);
     std::uint64_t total = 0;
     for (const auto& s : segments) total += s.length;

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "common/driver.hpp"
@@ -22,6 +23,9 @@ struct segment {
     std::uint64_t length = 0;
     action what = action::copy;
 };
+
+/// Which image an operation of a failed copy was on.
+enum class copy_side { none, source, reference, target };
 
 struct copy_plan {
     image source;
@@ -41,10 +45,17 @@ struct copy_plan {
     std::uint64_t cell_size = 2u << 20;
     /// Called as cells finish with (bytes of guest range done, total bytes).
     std::function<void(std::uint64_t, std::uint64_t)> progress;
+    /// Set by run_copy: the image of the first operation that failed.
+    mutable copy_side failed = copy_side::none;
 };
 
 /// Carry out `segments` (sorted, non-overlapping, 512-byte aligned).
 std::error_code run_copy(driver& d, const copy_plan& plan, const std::vector<segment>& segments);
+
+/// One error line for a failed run_copy: the file that failed (named by
+/// the caller for each side), whether reading or writing, and the cause.
+std::string copy_failure(const copy_plan& plan, std::error_code ec, const std::string& source_name,
+                         const std::string& reference_name, const std::string& target_name);
 
 /// Cells and depth suited to a target with `cluster_size` clusters (0: raw):
 /// cells of whole clusters, at most about 256 MiB of buffers in flight.

@@ -108,7 +108,8 @@ int run_rebase(const words& words) {
             meter.update(total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0);
         };
         if (auto ec = run_copy(d, plan, segments))
-            return give_up(path + ": could not copy data before rebasing: " + ec.message(), &fresh);
+            return give_up("could not copy data before rebasing: " + copy_failure(plan, ec, path, full, path),
+                           &fresh);
         if (auto ec = flush(d, img)) return give_up(describe(path, ec), &fresh);
         close_image(d, fresh);
         meter.finish();
