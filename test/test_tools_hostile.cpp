@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // What a hostile file may cost a tool (issue 15): small files whose headers
 // claim gigabytes, maximum-size images, files that are not files, and raw
 // sources of odd sizes. Every tool must give one clear error (or succeed)
