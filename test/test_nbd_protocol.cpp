@@ -387,7 +387,7 @@ BOOST_FIXTURE_TEST_CASE(handshake_go_and_export_info, fixture) {
             BOOST_CHECK(f & nbd::flag_send_fua);
             BOOST_CHECK(f & nbd::flag_send_write_zeroes);
             BOOST_CHECK(f & nbd::flag_send_df);
-            BOOST_CHECK(!(f & nbd::flag_send_trim));  // the driver has no discard
+            BOOST_CHECK(!(f & nbd::flag_send_trim));  // only with --discard=unmap
             BOOST_CHECK(!(f & nbd::flag_read_only));
             BOOST_CHECK(!(f & nbd::flag_can_multi_conn));  // -e 1: one client at a time
         } else if (what == nbd::info_block_size) {

@@ -41,6 +41,7 @@ struct export_context {
     qed::image image;
     export_info info;
     limits lim;
+    bool discard = false;       ///< TRIM advertised (--discard=unmap): discard the range
     bool writethrough = false;  ///< every write is FUA (cache=writethrough/directsync)
     /// Diagnostics about clients (connects, protocol violations); may be empty.
     std::function<void(std::string_view)> log;
