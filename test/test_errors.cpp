@@ -8,6 +8,9 @@
 //   - the image reopens (repaired if dirty) with no corruption;
 //   - every write that reported success reads back its data, every failed
 //     write leaves each sector with its old or its new contents.
+#include <algorithm>
+#include <cerrno>
+
 #include "qed/image.hpp"
 
 #include "support/fault_file.hpp"
@@ -337,5 +340,55 @@ BOOST_AUTO_TEST_CASE(a_dead_disk_fails_everything_cleanly) {
     std::vector<std::uint8_t> zero(8 * cs, 0), got(8 * cs);
     BOOST_REQUIRE(!re.read(0, got.data(), got.size()));
     BOOST_CHECK(got == zero);
+    BOOST_REQUIRE(!re.close());
+}
+
+// Discard: the hole punch fails (EIO or ENOSPC). The request reports the
+// error, the clusters it had not punched keep their data, the ones punched
+// before the failure read zeros, and the image stays consistent: discard
+// changes no metadata, so there is nothing to repair.
+BOOST_DATA_TEST_CASE(a_failed_punch_fails_the_discard_and_changes_nothing_else,
+                     bdata::make({EIO, ENOSPC}), err) {
+    fixture f(false);
+    auto [oec, img] = open(f.ioc, "img.qed", f.options());
+    BOOST_REQUIRE(!oec);
+    // Data in two L2 tables: one punch per table's run.
+    const std::uint64_t a = span - 8 * cs, n = 16 * cs;
+    std::vector<std::uint8_t> data(n);
+    for (std::uint64_t s = 0; s < n / 512; ++s) fill_sector(&data[s * 512], 77, a / 512 + s);
+    BOOST_REQUIRE(!img.write(a, data.data(), n));
+    BOOST_REQUIRE(!img.flush());
+    f.plan->error = std::error_code(err, std::generic_category());
+
+    // The first punch fails: nothing is discarded.
+    f.plan->fail_at[fault_plan::write] = f.plan->count[fault_plan::write];
+    BOOST_CHECK(img.discard(a, n) == f.plan->error);
+    std::vector<std::uint8_t> got(n);
+    BOOST_REQUIRE(!img.read(a, got.data(), n));
+    BOOST_CHECK(got == data);
+
+    // The second punch fails (the range spans two tables, so there are at
+    // least two): the clusters before it read zeros, the rest are intact.
+    f.plan->fail_at[fault_plan::write] = f.plan->count[fault_plan::write] + 1;
+    BOOST_CHECK(img.discard(a, n) == f.plan->error);
+    BOOST_REQUIRE(!img.read(a, got.data(), n));
+    std::uint64_t zeroed = 0;
+    while (zeroed < n && std::all_of(got.begin() + zeroed, got.begin() + zeroed + cs, [](std::uint8_t b) { return b == 0; }))
+        zeroed += cs;
+    BOOST_CHECK(zeroed > 0);
+    BOOST_CHECK(zeroed < n);
+    BOOST_CHECK(std::equal(got.begin() + zeroed, got.end(), data.begin() + zeroed));
+
+    // The disk is fine again: the discard completes, the image is clean.
+    BOOST_CHECK(!img.discard(a, n));
+    BOOST_REQUIRE(!img.read(a, got.data(), n));
+    BOOST_CHECK(std::all_of(got.begin(), got.end(), [](std::uint8_t b) { return b == 0; }));
+    BOOST_REQUIRE(!img.close());
+    auto [rec, re] = open(f.ioc, "img.qed", f.options());
+    BOOST_REQUIRE_MESSAGE(!rec, rec.message());
+    auto [cec, r] = re.check();
+    BOOST_REQUIRE(!cec);
+    BOOST_CHECK_EQUAL(r.corruptions, 0u);
+    BOOST_CHECK_EQUAL(r.leaks, 0u);
     BOOST_REQUIRE(!re.close());
 }

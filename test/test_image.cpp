@@ -704,7 +704,15 @@ BOOST_DATA_TEST_CASE(no_unmap_allocates_real_zeros, data::make(all_layouts), l) 
     expect_pattern(img, c, 2 * c, 0, "zeros hide the backing file");
     expect_pattern(img, 0, c, 11, "backing before");
     expect_pattern(img, 3 * c, c, 11, "backing after");
-    expect_extents(img, 0, 4 * c, {data_ext(0, c, 1, 0), data_ext(c, 2 * c, 0, fresh), data_ext(3 * c, c, 1, 3 * c)});
+    // The clusters are allocated here (depth 0, at `fresh`); whether block
+    // status calls them data or zero depends on whether the file holds their
+    // zeros as bytes or as a hole (it asks the file; the memory file keeps
+    // 64 KiB pages, so 64 KiB clusters of zeros may be holes).
+    const auto got = status(img, 0, 4 * c);
+    const std::vector<extent> as_data{data_ext(0, c, 1, 0), data_ext(c, 2 * c, 0, fresh), data_ext(3 * c, c, 1, 3 * c)};
+    const std::vector<extent> as_hole{data_ext(0, c, 1, 0), {c, 2 * c, 0, true, true, false, fresh},
+                                      data_ext(3 * c, c, 1, 3 * c)};
+    BOOST_TEST((got == as_data || got == as_hole), "block status: " << describe(got));
     const auto on_disk = e.bytes("top.qed", fresh, 2 * c);
     BOOST_TEST(first_mismatch(on_disk, 0, on_disk.size(), 0, 0) == -1);
     expect_clean(img);

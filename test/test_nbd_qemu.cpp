@@ -3,6 +3,8 @@
 // over nbd://127.0.0.1:PORT, several clients at once, a client killed in
 // the middle of a transfer; afterwards QEMU's own QED driver checks and
 // reads the image file.
+#include <sys/stat.h>
+
 #include "test_nbd_support.hpp"
 
 using namespace nbdtest;
@@ -121,6 +123,56 @@ BOOST_AUTO_TEST_CASE(qemu_io_patterns_zeros_and_fua) {
     BOOST_CHECK_MESSAGE(qmap.out.find("\"start\": 8388608, \"length\": 2097152, \"depth\": 0, \"present\": true, "
                                       "\"zero\": true, \"data\": false") != std::string::npos,
                         qmap.out);
+}
+
+// --discard=unmap: TRIM is advertised, and a client's discard gives whole
+// clusters' space back (du shrinks), they read as zeros, qemu-img check is
+// clean. Without the option (qemu-nbd's default, ignore) TRIM isn't offered.
+BOOST_AUTO_TEST_CASE(trim_with_discard_unmap) {
+    temp_dir dir("trim");
+    const std::string image = dir / "disk.qed";
+    NBD_RUN_OK(dir.path(), {"qemu-img", "create", "-q", "-f", "qed", image, "64M"});
+    NBD_RUN_OK(dir.path(), {"qemu-io", "-f", "qed", "-c", "write -P 0x6b 0 32M", image});
+    const auto du = [&] {
+        struct stat st {};
+        BOOST_REQUIRE(::stat(image.c_str(), &st) == 0);
+        return static_cast<std::uint64_t>(st.st_blocks) * 512;
+    };
+    const std::uint64_t before = du();
+    {
+        server srv(dir);
+        srv.start({"-t"}, image);
+        if (have("nbdinfo")) {
+            // nbdinfo --can: exit 0 when the export can, 2 when it can't.
+            const auto r = nbdtest::run({"nbdinfo", "--can", "trim", srv.uri()}, dir.path());
+            BOOST_CHECK_MESSAGE(r.status == 2, "TRIM offered without --discard=unmap: " << r.status << " " << r.err);
+        }
+        // QEMU's client doesn't send TRIM to an export without it: nothing changes.
+        NBD_RUN_OK(dir.path(), qemu_io(srv.uri(), {"discard 0 1M"}));
+        BOOST_CHECK_EQUAL(srv.stop(), 0);
+        check_io_output(NBD_RUN_OK(dir.path(), {"qemu-io", "-f", "qed", "-r", "-c", "read -P 0x6b 0 1M", image}));
+    }
+    server srv(dir);
+    srv.start({"-t", "--discard=unmap"}, image);
+    if (have("nbdinfo")) NBD_RUN_OK(dir.path(), {"nbdinfo", "--can", "trim", srv.uri()});
+    // 1M+4k..25M-4k: clusters from 1M+64k to 25M-64k are whole.
+    check_io_output(NBD_RUN_OK(dir.path(), qemu_io(srv.uri(), {"discard 1052672 25157632", "flush"})));
+    const std::vector<std::string> reads{"read -P 0x6b 0 1M", "read -P 0x6b 1M 64k", "read -P 0 1088k 25034752",
+                                         "read -P 0x6b 26148864 64k", "read -P 0x6b 25M 7M"};
+    check_io_output(NBD_RUN_OK(dir.path(), qemu_io(srv.uri(), reads, true)));
+    const auto map = NBD_RUN_OK(dir.path(), {"qemu-img", "map", "-f", "raw", "--output=json", srv.uri()});
+    BOOST_CHECK_MESSAGE(map.out.find("\"start\": 1114112, \"length\": 25034752, \"depth\": 0, \"present\": true, "
+                                     "\"zero\": true, \"data\": false") != std::string::npos,
+                        map.out);
+    BOOST_CHECK_EQUAL(srv.stop(), 0);
+    const std::uint64_t after = du();
+    BOOST_TEST_MESSAGE("du: " << before << " -> " << after << " bytes");
+    BOOST_CHECK_MESSAGE(after + 22 * 1024 * 1024 <= before, "du " << before << " -> " << after);
+    qemu_check_clean(dir, image);
+    std::vector<std::string> argv{"qemu-io", "-f", "qed", "-r"};
+    for (const auto& c : reads) argv.insert(argv.end(), {"-c", c});
+    argv.push_back(image);
+    check_io_output(NBD_RUN_OK(dir.path(), argv));
 }
 
 BOOST_AUTO_TEST_CASE(several_clients_at_once) {

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: BSL-1.0
-// The image API: create, open, read, write, write-zeroes, flush, block
+// The image API: create, open, read, write, write-zeroes, discard, flush, block
 // status, check, change backing file, grow, close.
 //
 // Threading: an image lives on one executor (pass a strand if the io_context
@@ -235,6 +235,25 @@ public:
     auto async_write_zeroes(std::uint64_t offset, std::uint64_t length, Token&& token) {
         return async_write_zeroes(offset, length, zero_options{}, std::forward<Token>(token));
     }
+
+    /// Discard (trim) [offset, offset + length): the caller no longer needs
+    /// these bytes, and the host file system may have their space back.
+    ///  - QED: every data cluster lying entirely inside the range has its
+    ///    storage deallocated in place (a hole punched in the image file):
+    ///    the file's allocated blocks shrink, its size and the cluster tables
+    ///    do not change, and the cluster reads as zeros from then on. With a
+    ///    backing file too: a discarded cluster keeps hiding the backing
+    ///    file (it reads zeros, never the backing file's older data, which
+    ///    the guest had overwritten). Partial clusters at either end, zero
+    ///    clusters and unallocated clusters (which keep reading from the
+    ///    backing file) are left as they are.
+    ///  - raw: the whole range is punched and reads as zeros.
+    /// Where the file cannot punch holes nothing changes. So afterwards each
+    /// cluster of the range reads as its old contents or as zeros; use
+    /// async_write_zeroes when zeros are required. Same checks as a write
+    /// (alignment, bounds, errc::read_only). Signature: void(boost::system::error_code).
+    template <class Token>
+    auto async_discard(std::uint64_t offset, std::uint64_t length, Token&& token);
 
     /// Make every completed write durable. Signature: void(boost::system::error_code).
     template <class Token>

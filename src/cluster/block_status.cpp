@@ -2,6 +2,8 @@
 // Block status: which guest ranges are data, zero clusters or unallocated,
 // and at which level of the backing chain the data lives.
 #include "cluster/find_cluster.hpp"
+
+#include <algorithm>
 #include "image/co_io.hpp"
 #include "image/qed_image.hpp"
 
@@ -21,6 +23,28 @@ void append_extent(std::vector<extent>& out, const extent& e) {
         }
     }
     out.push_back(e);
+}
+
+/// A run of data clusters at `host`: ranges the image file holds as holes
+/// (discarded or zeroed in place, or never written) are reported as zero,
+/// not data, as for a raw file's holes; they stay present (allocated here,
+/// hiding any backing file). One SEEK_DATA/SEEK_HOLE pair per change of
+/// state; a file that can't tell is all data.
+void append_data_run(const block_file& file, std::vector<extent>& out, std::uint64_t pos, std::uint64_t len,
+                     unsigned depth, std::uint64_t host) {
+    while (len) {
+        bool data = true;
+        std::uint64_t run = len;
+        if (file.allocation(host, len, data, run)) {
+            data = true;
+            run = len;
+        }
+        run = std::clamp<std::uint64_t>(run, 1, len);
+        append_extent(out, {pos, run, depth, true, !data, data, host});
+        pos += run;
+        host += run;
+        len -= run;
+    }
 }
 
 }  // namespace
@@ -71,7 +95,7 @@ boost::asio::awaitable<std::error_code> qed_image::do_block_status(std::uint64_t
                 }
                 switch (r.run.what) {
                 case cluster_run::kind::data:
-                    append_extent(*out, {pos, len, depth, true, false, true, r.run.host_offset});
+                    append_data_run(*file_, *out, pos, len, depth, r.run.host_offset);
                     break;
                 case cluster_run::kind::zero:
                     append_extent(*out, {pos, len, depth, true, true, false, std::nullopt});

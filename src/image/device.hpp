@@ -35,6 +35,8 @@ public:
     virtual void write(std::uint64_t offset, const_buffers buffers, write_options options, io_handler handler) = 0;
     virtual void write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options,
                               op_handler handler) = 0;
+    /// See image::async_discard.
+    virtual void discard(std::uint64_t offset, std::uint64_t length, op_handler handler) = 0;
     virtual void flush(op_handler handler) = 0;
     /// Extents of [offset, offset + length); `depth` is this device's level in the chain.
     virtual void block_status(std::uint64_t offset, std::uint64_t length, unsigned depth,

@@ -127,6 +127,14 @@ void initiate_write_zeroes(const std::shared_ptr<device>& dev, std::uint64_t off
     });
 }
 
+void initiate_discard(const std::shared_ptr<device>& dev, std::uint64_t offset, std::uint64_t length,
+                      op_handler handler) {
+    if (!dev) return fail_no_image(std::move(handler));
+    boost::asio::dispatch(dev->get_executor(), [dev, offset, length, h = std::move(handler)]() mutable {
+        dev->discard(offset, length, std::move(h));
+    });
+}
+
 void initiate_flush(const std::shared_ptr<device>& dev, op_handler handler) {
     if (!dev) return fail_no_image(std::move(handler));
     boost::asio::dispatch(dev->get_executor(), [dev, h = std::move(handler)]() mutable { dev->flush(std::move(h)); });

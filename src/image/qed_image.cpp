@@ -117,6 +117,19 @@ void qed_image::write_zeroes(std::uint64_t offset, std::uint64_t length, zero_op
     });
 }
 
+void qed_image::discard(std::uint64_t offset, std::uint64_t length, op_handler handler) {
+    run_request([this, self = self_of(this), offset, length, h = std::move(handler)]() mutable {
+        std::error_code ec = closed_                ? make_error_code(errc::closed)
+                             : options_.read_only ? make_error_code(errc::read_only)
+                                                  : validate_request(offset, length, header_.image_size);
+        if (ec || length == 0) {
+            complete_later(std::move(h), ec);
+            return request_done();
+        }
+        aiocb::start_discard(std::move(self), offset, length, std::move(h));
+    });
+}
+
 void qed_image::flush(op_handler handler) {
     run_request([this, self = self_of(this), h = std::move(handler)]() mutable {
         if (closed_) {

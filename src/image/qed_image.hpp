@@ -46,6 +46,7 @@ public:
     void write(std::uint64_t offset, const_buffers buffers, write_options options, io_handler handler) override;
     void write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options,
                       op_handler handler) override;
+    void discard(std::uint64_t offset, std::uint64_t length, op_handler handler) override;
     void flush(op_handler handler) override;
     void block_status(std::uint64_t offset, std::uint64_t length, unsigned depth,
                       status_handler handler) override;

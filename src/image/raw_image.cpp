@@ -81,6 +81,19 @@ void raw_image::write_zeroes(std::uint64_t offset, std::uint64_t length, zero_op
     });
 }
 
+// A raw file has no clusters: the whole range is punched. It changes data
+// bytes only (no metadata of ours): after a crash each block reads old data
+// or zeros. Files that can't punch holes keep the data (discard is a hint).
+void raw_image::discard(std::uint64_t offset, std::uint64_t length, op_handler handler) {
+    if (auto ec = check_io(offset, length, true)) return complete_later(std::move(handler), ec);
+    if (length == 0) return complete_later(std::move(handler), std::error_code{});
+    auto self = shared_from_this();
+    file_->async_punch_hole(offset, length, [this, self, h = std::move(handler)](std::error_code ec) mutable {
+        if (ec == make_error_code(errc::not_supported)) ec = {};
+        complete(std::move(h), ec);
+    });
+}
+
 // Zeros in pieces of at most 64 MiB (64 iovecs of the shared zero block).
 void raw_image::zero_step(std::uint64_t offset, std::uint64_t end, bool fua, op_handler handler) {
     if (!file_) return complete(std::move(handler), make_error_code(errc::closed));  // closed while in flight

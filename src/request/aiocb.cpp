@@ -61,6 +61,13 @@ void aiocb::start_write_zeroes(std::shared_ptr<qed_image> img, std::uint64_t pos
     a->next_io();
 }
 
+void aiocb::start_discard(std::shared_ptr<qed_image> img, std::uint64_t pos, std::uint64_t len,
+                          op_handler handler) {
+    auto* a = new aiocb(std::move(img), kind::discard, pos, len);
+    a->op_handler_.swap(handler);
+    a->next_io();
+}
+
 void aiocb::next_io() {
     // Runs answered from memory (zeros, holes without a backing file) loop
     // here instead of recursing.
@@ -82,6 +89,7 @@ void aiocb::next_io() {
         case kind::read: pending = do_read(r.run); break;
         case kind::write: pending = do_write(r.run); break;
         case kind::write_zeroes: pending = do_write_zeroes(r.run); break;
+        case kind::discard: pending = do_discard(r.run); break;
         }
         if (pending) {
             went_async_ = true;
@@ -161,6 +169,35 @@ bool aiocb::do_write_zeroes(const cluster_run& run) {
     } else {
         enqueue(alloc_claim::mode::zero_data, cur_len_);
     }
+    return true;
+}
+
+// Discard: the whole data clusters of this run give their storage back, in
+// place. Nothing else is touched: no table entry changes, no allocation, no
+// NEED_CHECK, so discard never waits for the allocating-write queue.
+//
+// Crash reasoning: the only on-disk step is the hole punch (fallocate
+// PUNCH_HOLE | KEEP_SIZE) over data bytes of clusters that stay referenced.
+// If power fails before, during or after it, every file-system block of
+// those clusters holds either its old bytes or zeros, and the image's
+// metadata is exactly what it was: the image opens clean and each discarded
+// cluster reads old data or zeros, both of which discard allows. Like a
+// write, the punch is durable after the next completed flush.
+bool aiocb::do_discard(const cluster_run& run) {
+    if (run.what != cluster_run::kind::data) return false;  // zero/unallocated: nothing stored to give back
+    const geometry& g = img_->geo_;
+    const std::uint64_t run_end = pos_ + cur_len_;
+    // Whole clusters only; the image's last cluster counts as whole when the
+    // range reaches the end of the image (its tail is past the guest size).
+    const std::uint64_t first = g.start_of_cluster(pos_) == pos_ ? pos_ : g.start_of_cluster(pos_) + g.cluster_size;
+    const std::uint64_t last = run_end == img_->header_.image_size ? run_end : g.start_of_cluster(run_end);
+    if (first >= last) return false;  // partial clusters only: left alone
+    const std::uint64_t host = run.host_offset + (first - pos_);
+    img_->file_->async_punch_hole(host, last - first, [this](std::error_code ec) {
+        // Files without hole punching keep the data: discard is a hint.
+        if (ec == make_error_code(errc::not_supported)) ec = {};
+        run_done(ec);
+    });
     return true;
 }
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: BSL-1.0
-// One request (read, write or write-zeroes) walking its range one cluster
+// One request (read, write, write-zeroes or discard) walking its range one cluster
 // run at a time, as the seed's state machine does:
 //
 //   next_io -> find_cluster (L1 -> L2 cache -> L2 read)
@@ -38,7 +38,7 @@ struct alloc_claim {
 
 class aiocb {
 public:
-    enum class kind { read, write, write_zeroes };
+    enum class kind { read, write, write_zeroes, discard };
 
     static void start_read(std::shared_ptr<qed_image> img, std::uint64_t pos, mutable_buffers buffers,
                            io_handler handler);
@@ -46,6 +46,8 @@ public:
                             write_options options, io_handler handler);
     static void start_write_zeroes(std::shared_ptr<qed_image> img, std::uint64_t pos, std::uint64_t len,
                                    zero_options options, op_handler handler);
+    static void start_discard(std::shared_ptr<qed_image> img, std::uint64_t pos, std::uint64_t len,
+                              op_handler handler);
 
     // ---- called by the allocating-write queue -----------------------------
     const alloc_claim& claim() const noexcept { return claim_; }
@@ -62,6 +64,7 @@ private:
     bool do_read(const cluster_run& run);
     bool do_write(const cluster_run& run);
     bool do_write_zeroes(const cluster_run& run);
+    bool do_discard(const cluster_run& run);
     void enqueue(alloc_claim::mode how, std::uint64_t len);
     void run_done(std::error_code ec);
     void finish(std::error_code ec);

@@ -38,6 +38,8 @@ void usage(std::ostream& out) {
            "  -t, --persistent          keep running after the last client disconnects\n"
            "      --cache=MODE          none, writeback (default), writethrough, directsync\n"
            "  -n, --nocache             same as --cache=none\n"
+           "      --discard=MODE        ignore (default: TRIM not offered) or unmap (TRIM\n"
+           "                            gives whole clusters' space back to the host)\n"
            "      --aio=MODE            io_uring or threads (default: io_uring if available)\n"
            "      --allow-backing-dir=DIR\n"
            "                            backing files must lie in DIR (default: the\n"
@@ -95,6 +97,7 @@ enum long_only {
     opt_memory_limit,
     opt_connection_memory_limit,
     opt_detect_zeroes,
+    opt_discard,
 };
 
 /// "64M", "1G", "65536": bytes; false if malformed or out of range.
@@ -178,6 +181,7 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
         {"persistent", no_argument, nullptr, 't'},
         {"nocache", no_argument, nullptr, 'n'},
         {"cache", required_argument, nullptr, opt_cache},
+        {"discard", required_argument, nullptr, opt_discard},
         {"aio", required_argument, nullptr, opt_aio},
         {"allow-backing-dir", required_argument, nullptr, opt_allow_backing_dir},
         {"pid-file", required_argument, nullptr, opt_pid_file},
@@ -270,6 +274,13 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
                 } else {
                     return fail("invalid cache mode '" + m + "' (none, writeback, writethrough, directsync)");
                 }
+                break;
+            }
+            case opt_discard: {
+                const std::string m = optarg;
+                if (m == "unmap" || m == "on") o.discard = true;
+                else if (m == "ignore" || m == "off") o.discard = false;
+                else return fail("invalid discard mode '" + m + "' (ignore, unmap)");
                 break;
             }
             case opt_aio: {

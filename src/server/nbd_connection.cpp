@@ -44,7 +44,7 @@ bool all_zero(const std::byte* p, std::size_t n) noexcept {
 }
 
 bool is_write(std::uint16_t type) noexcept {
-    return type == cmd_write || type == cmd_write_zeroes;
+    return type == cmd_write || type == cmd_write_zeroes || type == cmd_trim;
 }
 
 }  // namespace
@@ -299,8 +299,12 @@ std::uint32_t connection::validate(const transaction& t, std::string& why) const
         case cmd_block_status:
             allowed |= cmd_flag_req_one;
             break;
+        case cmd_trim:
+            if (ctx_.discard) break;
+            why = "TRIM not advertised (qed-nbd --discard=unmap enables it)";
+            return err_inval;
         default:
-            // TRIM is not advertised (the driver has no discard), nor CACHE/RESIZE.
+            // CACHE and RESIZE are not advertised.
             why = "unsupported command " + std::string(command_name(r.type)) + " (" + std::to_string(r.type) + ")";
             return err_inval;
     }
@@ -386,6 +390,15 @@ void connection::start_request(transaction_ptr t) {
             });
             return;
         }
+        case cmd_trim:
+            // Whole clusters of the range give their space back (image::async_discard);
+            // FUA: the discard is durable before the reply.
+            ctx_.image.async_discard(r.offset, r.length, [self, t = std::move(t), fua](const auto& ec) mutable {
+                if (ec || !fua) return self->on_done(std::move(t), ec);
+                auto& img = self->ctx_.image;
+                img.async_flush([self, t = std::move(t)](const auto& fec) mutable { self->on_done(std::move(t), fec); });
+            });
+            return;
         case cmd_flush:
             ctx_.image.async_flush(
                 [self, t = std::move(t)](std::error_code ec) mutable { self->on_done(std::move(t), ec); });

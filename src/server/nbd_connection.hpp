@@ -100,6 +100,7 @@ struct export_context {
     qed::image image;
     export_info info;
     limits lim;
+    bool discard = false;       ///< TRIM advertised (--discard=unmap): discard the range
     bool writethrough = false;  ///< every write is FUA (cache=writethrough/directsync)
     detect_zeroes zeroes = detect_zeroes::off;
     /// Not null: the bound on buffers across all connections.

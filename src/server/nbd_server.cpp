@@ -170,7 +170,7 @@ void server::on_open(std::error_code ec, image img) {
     if (options_.read_only)
         info.flags |= flag_read_only;
     else
-        info.flags |= flag_send_fua | flag_send_write_zeroes;
+        info.flags |= flag_send_fua | flag_send_write_zeroes | (options_.discard ? flag_send_trim : 0);
     // Multi-conn: every connection goes to the same in-process image (one
     // cache, one file), and a flush flushes the file, so it covers writes
     // completed on any connection. Advertised only when more than one client
@@ -182,6 +182,7 @@ void server::on_open(std::error_code ec, image img) {
     ctx_.budget = budget_.get();
     ctx_.writethrough = options_.writethrough;
     ctx_.zeroes = options_.zeroes;
+    ctx_.discard = options_.discard && !options_.read_only;
     if (options_.verbose) ctx_.log = [this](std::string_view line) { error(std::string(line)); };
     ctx_.warn = [this](std::string_view line) { error(std::string(line)); };
 

@@ -31,6 +31,7 @@ struct server_options {
     bool read_only = false;
     bool direct = false;        ///< cache=none / directsync
     bool writethrough = false;  ///< cache=writethrough / directsync
+    bool discard = false;       ///< --discard=unmap: advertise and honour TRIM
     file_backend backend = file_backend::automatic;
     std::optional<std::string> allowed_backing_dir;
     /// -s: serve a temporary QED overlay over the image (removed at exit);

@@ -64,6 +64,9 @@ public:
     }
     std::uint64_t size(std::error_code& ec) const override { return inner_->size(ec); }
     std::size_t alignment() const noexcept override { return inner_->alignment(); }
+    std::error_code allocation(std::uint64_t off, std::uint64_t len, bool& data, std::uint64_t& run) const override {
+        return inner_->allocation(off, len, data, run);
+    }
     file_identity identity() const noexcept override { return inner_->identity(); }
     bool read_only() const noexcept override { return inner_->read_only(); }
     const char* backend_name() const noexcept override { return "fault"; }

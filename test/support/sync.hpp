@@ -45,6 +45,9 @@ struct sync_image {
     std::error_code write_zeroes(std::uint64_t off, std::uint64_t n, zero_options o = {}) {
         return std::get<0>(await<std::error_code>(ioc, [&](auto h) { img.async_write_zeroes(off, n, o, std::move(h)); }));
     }
+    std::error_code discard(std::uint64_t off, std::uint64_t n) {
+        return std::get<0>(await<std::error_code>(ioc, [&](auto h) { img.async_discard(off, n, std::move(h)); }));
+    }
     std::error_code flush() {
         return std::get<0>(await<std::error_code>(ioc, [&](auto h) { img.async_flush(std::move(h)); }));
     }

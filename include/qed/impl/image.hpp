@@ -28,6 +28,8 @@ void initiate_write(const std::shared_ptr<device>& dev, std::uint64_t offset, co
                     write_options options, io_handler handler);
 void initiate_write_zeroes(const std::shared_ptr<device>& dev, std::uint64_t offset, std::uint64_t length,
                            zero_options options, op_handler handler);
+void initiate_discard(const std::shared_ptr<device>& dev, std::uint64_t offset, std::uint64_t length,
+                      op_handler handler);
 void initiate_flush(const std::shared_ptr<device>& dev, op_handler handler);
 void initiate_block_status(const std::shared_ptr<device>& dev, std::uint64_t offset, std::uint64_t length,
                            status_handler handler);
@@ -98,6 +100,15 @@ auto image::async_write_zeroes(std::uint64_t offset, std::uint64_t length, zero_
             detail::initiate_write_zeroes(a_dev_, a_offset, a_length, a_options, std::move(handler));
         },
         token, dev_, offset, length, options);
+}
+
+template <class Token>
+auto image::async_discard(std::uint64_t offset, std::uint64_t length, Token&& token) {
+    return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
+        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, std::uint64_t a_offset, std::uint64_t a_length) {
+            detail::initiate_discard(a_dev_, a_offset, a_length, std::move(handler));
+        },
+        token, dev_, offset, length);
 }
 
 template <class Token>

@@ -388,12 +388,15 @@ bool cmd_discard(session& s, const argv_t& argv) {
     std::error_code ec;
     if (r->offset > s.img().size() || r->length > s.img().size() - r->offset) {
         ec = make_error_code(errc::out_of_range);
-    } else if (s.img().info().format == image_format::raw) {
-        // Discarded bytes of a raw file read as zeros afterwards (qemu-io
-        // punches a hole; the library writes zeros, which reads the same).
-        ec = s.wait([&](done_fn done) { s.write_zeroes(r->offset, r->length, false, done); });
+    } else {
+        // The library discards 512-byte sectors; like QEMU's block layer,
+        // the unaligned head and tail of the range are left alone. QED gives
+        // whole clusters' space back (they read as zeros); raw punches.
+        const std::uint64_t first = (r->offset + sector_size - 1) / sector_size * sector_size;
+        const std::uint64_t last = (r->offset + r->length) / sector_size * sector_size;
+        if (first < last)
+            ec = s.wait([&](done_fn done) { s.img().async_discard(first, last - first, std::move(done)); });
     }
-    // QED keeps discarded clusters allocated, as QEMU's driver does.
     if (ec) {
         std::printf("discard failed: %s\n", error_text(ec).c_str());
         return false;
@@ -687,7 +690,7 @@ const command commands[] = {
     {"alloc", "", 1, 2, true, false, "offset [count]", "checks if offset is allocated in the file", "", cmd_alloc},
     {"close", "c", 0, 0, true, false, "", "close the current open file", "", cmd_close},
     {"discard", "", 2, -1, true, true, "[-Cq] off len", "discards a number of bytes at a specified offset",
-     " QED keeps discarded clusters allocated (as QEMU's driver does); the\n range is only checked.", cmd_discard},
+     " Whole clusters of a QED image give their space back to the host file\n system and read as zeros; a raw file gets a hole punched.", cmd_discard},
     {"flush", "", 0, 0, true, false, "", "flush all in-core file state to disk", "", cmd_flush},
     {"help", "?", 0, 1, false, false, "[command]", "help for one or all commands", "", cmd_help},
     {"info", "", 0, 0, true, false, "", "prints information about the current file", "", cmd_info},
