@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // image::async_discard: whole data clusters give their storage back in place
 // (the file's allocated bytes shrink, the tables don't change), partial
 // clusters and unallocated clusters are left alone, a discarded cluster
