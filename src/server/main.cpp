@@ -384,9 +384,8 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
                 return fail(std::string("unknown option '") + argv[optind - 1] + "'");
         }
     }
-    // As qemu-nbd: unmap applies only where discards are honoured. (When
-    // --discard=unmap exists, this check accepts it together with it.)
-    if (o.zeroes == qed::nbd::detect_zeroes::unmap)
+    // As qemu-nbd: unmap applies only where discards are honoured.
+    if (o.zeroes == qed::nbd::detect_zeroes::unmap && !o.discard)
         return fail("--detect-zeroes=unmap is not allowed without --discard=unmap");
     if (list_mode) {
         // qemu-nbd -L: be a client of the server at -k or -b/-p.
