@@ -322,3 +322,43 @@ BOOST_AUTO_TEST_CASE(write_s_fills_the_buffer_from_a_file_repeated) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(qed_img_dd)
+
+BOOST_AUTO_TEST_CASE(dd_copies_with_bs_skip_and_count_as_qemu_img_does) {
+    scratch s;
+    must(s.img({"create", "-q", "-f", "qed", "in.qed", "1M"}));
+    for (int i = 0; i < 16; ++i)
+        must(s.io({"-c", "write -P " + std::to_string(i + 1) + " " + std::to_string(i * 65536) + " 64k", "in.qed"}));
+    for (const std::string bs : {"5", "512", "1999", "64K", "1M"}) {
+        const result r = s.img({"dd", "if=in.qed", "of=out.qed", "bs=" + bs, "-O", "qed"});
+        must(r);
+        BOOST_TEST(r.out.empty());
+        must(s.img({"compare", "-q", "in.qed", "out.qed"}));
+        must(s.img({"check", "-q", "out.qed"}));
+    }
+    // count counts from the start of the input, as in qemu-img: 4 blocks, 2 skipped.
+    must(s.img({"dd", "-f", "qed", "if=in.qed", "of=part.raw", "bs=64k", "skip=2", "count=4"}));
+    BOOST_TEST(fs::file_size(s.path("part.raw")) == 131072u);
+    must(s.io({"-f", "raw", "-c", "read -P 3 0 64k", "-c", "read -P 4 64k 64k", "part.raw"}));
+    // Skipping past the end: an empty output, after saying so.
+    const result past = s.img({"dd", "if=in.qed", "of=empty.raw", "bs=64k", "skip=20"});
+    must(past);
+    BOOST_TEST(past.err == "qed-img: in.qed: cannot skip to specified offset\n");
+    BOOST_TEST(fs::file_size(s.path("empty.raw")) == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(dd_refuses_bad_operands_with_one_line) {
+    scratch s;
+    must(s.img({"create", "-q", "-f", "qed", "in.qed", "1M"}));
+    BOOST_TEST(s.img({"dd", "if=in.qed"}).err == "qed-img: Must specify both input and output files\n");
+    BOOST_TEST(s.img({"dd", "if=in.qed", "of=x", "bogus"}).err == "qed-img: unrecognized operand bogus\n");
+    BOOST_TEST(s.img({"dd", "if=in.qed", "of=x", "conv=notrunc"}).err == "qed-img: unrecognized operand conv=notrunc\n");
+    BOOST_TEST(s.img({"dd", "if=in.qed", "of=x", "bs=0"}).err == "qed-img: invalid number: '0'\n");
+    const result odd = s.img({"dd", "if=in.qed", "of=x", "bs=5", "skip=1"});
+    BOOST_TEST(odd.status == 1);
+    BOOST_TEST(odd.err.find("multiples of 512") != std::string::npos);
+    BOOST_TEST(!s.exists("x"));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
