@@ -92,7 +92,8 @@ int run_dd(const words& all) {
     // The library reads and writes whole sectors.
     if (in_pos % sector_size || out_size % sector_size)
         return finish(fail(dd.in + ": skip=" + std::to_string(in_pos) + " bytes and a length of " +
-                           std::to_string(out_size) + " bytes: dd copies whole 512-byte sectors; choose bs, skip "
+                           std::to_string(out_size) +
+                           " bytes: dd copies whole 512-byte sectors; choose bs, skip "
                            "and count so that both are multiples of 512"));
 
     create_options co;
