@@ -47,8 +47,8 @@ BOOST_AUTO_TEST_CASE(a_base_two_levels_down_receives_both_levels_above_it) {
     scratch s;
     make_chain(s);
     must(s.img({"commit", "-b", "t.base", "sub/t"}));
-    must(s.io({"-c", "read -P 0x11 0 64k", "-c", "read -P 0x22 64k 64k", "-c", "read -P 0x33 128k 64k",
-               "-c", "read -P 0 192k 64k", "sub/t.base"}));
+    must(s.io({"-c", "read -P 0x11 0 64k", "-c", "read -P 0x22 64k 64k", "-c", "read -P 0x33 128k 64k", "-c",
+               "read -P 0 192k 64k", "sub/t.base"}));
     must(s.img({"check", "-q", "sub/t.base"}));
     // The images above keep what they had.
     must(s.io({"-c", "read -P 0x22 64k 64k", "sub/t.mid"}));
@@ -104,7 +104,8 @@ BOOST_AUTO_TEST_CASE(read_v_shows_only_letters_and_digits) {
     must(s.io({"-c", "write -P 0x2a 0 8", "-c", "write -P 0x41 8 8", "t.qed"}));
     const result r = s.io({"-c", "read -v 0 16", "t.qed"});
     must(r);
-    BOOST_TEST(r.out.rfind("00000000:  2a 2a 2a 2a 2a 2a 2a 2a 41 41 41 41 41 41 41 41  ........AAAAAAAA\n", 0) == 0, r);
+    BOOST_TEST(r.out.rfind("00000000:  2a 2a 2a 2a 2a 2a 2a 2a 41 41 41 41 41 41 41 41  ........AAAAAAAA\n", 0) == 0,
+               r);
 }
 
 BOOST_AUTO_TEST_CASE(a_missing_backing_file_is_reported_as_qemu_io_does) {
@@ -185,8 +186,9 @@ BOOST_AUTO_TEST_CASE(a_probed_raw_image_warns_and_keeps_block_0_raw) {
     // Byte by byte, "QED\0" would make the file probe as a QED image.
     const result r = s.io({"-c", "write -P 0x51 0 1", "-c", "write -P 0x45 1 1", "-c", "write -P 0x44 2 1", "d.raw"});
     BOOST_TEST(r.status == 1);
-    BOOST_TEST(r.err.rfind("qed-io: warning: Image format was not specified for 'd.raw' and probing guessed raw.\n", 0) ==
-               0, r);
+    BOOST_TEST(
+        r.err.rfind("qed-io: warning: Image format was not specified for 'd.raw' and probing guessed raw.\n", 0) == 0,
+        r);
     BOOST_TEST(r.out.find("write failed: Operation not permitted\n") != std::string::npos, r);
     BOOST_TEST(s.read_file("d.raw").substr(0, 4) == std::string("QE\0\0", 4));
     BOOST_TEST(s.img({"info", "d.raw"}).out.find("file format: raw") != std::string::npos);
@@ -286,9 +288,9 @@ BOOST_AUTO_TEST_CASE(writes_in_snapshot_mode_leave_the_image_and_no_file_behind)
     const std::string raw_before = s.read_file("d.raw");
     for (const std::string f : {"t.qed", "d.raw"}) {
         // the overlay reads through to the image and holds the writes
-        const result r = s.io({"-s", "-c", "write -P 0xa 32k 64k", "-c", "read -P 0xa 32k 64k", "-c",
-                               f == "t.qed" ? "read -P 1 0 32k" : "read -P 0 0 32k", "-f",
-                               f == "t.qed" ? "qed" : "raw", f});
+        const result r =
+            s.io({"-s", "-c", "write -P 0xa 32k 64k", "-c", "read -P 0xa 32k 64k", "-c",
+                  f == "t.qed" ? "read -P 1 0 32k" : "read -P 0 0 32k", "-f", f == "t.qed" ? "qed" : "raw", f});
         must(r);
     }
     BOOST_TEST((s.read_file("t.qed") == qed_before));
@@ -309,9 +311,7 @@ BOOST_AUTO_TEST_SUITE(qed_io_write_from_file)
 BOOST_AUTO_TEST_CASE(write_s_fills_the_buffer_from_a_file_repeated) {
     scratch s;
     must(s.img({"create", "-q", "-f", "qed", "t.qed", "1M"}));
-    {
-        std::ofstream(s.path("pat"), std::ios::binary) << "abc";
-    }
+    { std::ofstream(s.path("pat"), std::ios::binary) << "abc"; }
     must(s.io({"-c", "write -s pat 100 8", "t.qed"}));
     must(s.img({"convert", "-O", "raw", "t.qed", "out.raw"}));
     BOOST_TEST(s.read_file("out.raw").substr(96, 16) == std::string("\0\0\0\0abcabcab\0\0\0\0", 16));
@@ -320,6 +320,47 @@ BOOST_AUTO_TEST_CASE(write_s_fills_the_buffer_from_a_file_repeated) {
     BOOST_TEST(missing.out == "nope: No such file or directory\n");
     BOOST_TEST(s.io({"-c", "write -s pat -P 1 0 8", "t.qed"}).out ==
                "Only one of -z, -P, and -s can be specified at the same time\n");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(qed_img_dd)
+
+BOOST_AUTO_TEST_CASE(dd_copies_with_bs_skip_and_count_as_qemu_img_does) {
+    scratch s;
+    must(s.img({"create", "-q", "-f", "qed", "in.qed", "1M"}));
+    for (int i = 0; i < 16; ++i)
+        must(s.io({"-c", "write -P " + std::to_string(i + 1) + " " + std::to_string(i * 65536) + " 64k", "in.qed"}));
+    for (const std::string bs : {"5", "512", "1999", "64K", "1M"}) {
+        const result r = s.img({"dd", "if=in.qed", "of=out.qed", "bs=" + bs, "-O", "qed"});
+        must(r);
+        BOOST_TEST(r.out.empty());
+        must(s.img({"compare", "-q", "in.qed", "out.qed"}));
+        must(s.img({"check", "-q", "out.qed"}));
+    }
+    // count counts from the start of the input, as in qemu-img: 4 blocks, 2 skipped.
+    must(s.img({"dd", "-f", "qed", "if=in.qed", "of=part.raw", "bs=64k", "skip=2", "count=4"}));
+    BOOST_TEST(fs::file_size(s.path("part.raw")) == 131072u);
+    must(s.io({"-f", "raw", "-c", "read -P 3 0 64k", "-c", "read -P 4 64k 64k", "part.raw"}));
+    // Skipping past the end: an empty output, after saying so.
+    const result past = s.img({"dd", "if=in.qed", "of=empty.raw", "bs=64k", "skip=20"});
+    must(past);
+    BOOST_TEST(past.err == "qed-img: in.qed: cannot skip to specified offset\n");
+    BOOST_TEST(fs::file_size(s.path("empty.raw")) == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(dd_refuses_bad_operands_with_one_line) {
+    scratch s;
+    must(s.img({"create", "-q", "-f", "qed", "in.qed", "1M"}));
+    BOOST_TEST(s.img({"dd", "if=in.qed"}).err == "qed-img: Must specify both input and output files\n");
+    BOOST_TEST(s.img({"dd", "if=in.qed", "of=x", "bogus"}).err == "qed-img: unrecognized operand bogus\n");
+    BOOST_TEST(s.img({"dd", "if=in.qed", "of=x", "conv=notrunc"}).err ==
+               "qed-img: unrecognized operand conv=notrunc\n");
+    BOOST_TEST(s.img({"dd", "if=in.qed", "of=x", "bs=0"}).err == "qed-img: invalid number: '0'\n");
+    const result odd = s.img({"dd", "if=in.qed", "of=x", "bs=5", "skip=1"});
+    BOOST_TEST(odd.status == 1);
+    BOOST_TEST(odd.err.find("multiples of 512") != std::string::npos);
+    BOOST_TEST(!s.exists("x"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

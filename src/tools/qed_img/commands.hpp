@@ -20,6 +20,7 @@ int run_commit(const words& args);
 int run_rebase(const words& args);
 int run_resize(const words& args);
 int run_compare(const words& args);
+int run_dd(const words& args);
 int run_bench(const words& args);
 
 }  // namespace qed::tools::img

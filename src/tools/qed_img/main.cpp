@@ -29,6 +29,7 @@ const command commands[] = {
      "convert [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] "
      "[-o options] [-m num_requests] filename output_filename"},
     {"create", run_create, "create [-q] [-f fmt] [-b backing_file -F backing_fmt] [-u] [-o options] filename [size]"},
+    {"dd", run_dd, "dd [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output"},
     {"info", run_info, "info [-f fmt] [--output=ofmt] [--backing-chain] filename"},
     {"map", run_map, "map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] filename"},
     {"measure", run_measure,
