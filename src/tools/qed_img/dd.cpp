@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // qed-img dd: copy an image's bytes into a new image, dd(1)-style operands
 // as qemu-img takes them: if=, of=, bs= (default 512), count=, skip=.
 #include <cinttypes>
