@@ -100,7 +100,8 @@ int run_dd(const words& all) {
     create_options co;
     co.format = out_fmt.value_or(image_format::raw);
     co.size = out_size;
-    if (auto ec = create_image(d, dd.out, co)) return finish(fail(describe(dd.out, ec)));
+    std::string create_error;
+    if (create_image(d, dd.out, co, create_error)) return finish(fail(create_error));
     open_options wo;
     wo.format = co.format;
     auto dst = open_image(d, dd.out, wo);
