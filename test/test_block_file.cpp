@@ -931,6 +931,7 @@ BOOST_DATA_TEST_CASE(io_context_destroyed_with_operations_in_flight,
             o.read_only = false;
             o.direct = is_direct(k);
             o.backend = qed::file_backend::io_uring;
+            o.locking = qed::lock_mode::off;  // two handles on one file, on purpose
             std::error_code ec;
             std::shared_ptr<qed::block_file> f =
                 k == kind::memory ? qed::make_memory_file(ioc->get_executor(), env.mem.at("gone"))

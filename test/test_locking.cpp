@@ -71,12 +71,20 @@ const std::vector<std::string> ro_locks{"OFDLCK READ 100-100", "OFDLCK READ 201-
 
 /// A holder started in the background (qemu-nbd, qed-io sleeping...).
 struct holder {
-    holder(const temp_dir& dir, const std::vector<std::string>& argv, const std::string& image) {
+    holder(const temp_dir& dir, const std::vector<std::string>& argv, const std::string& image) : image_(image) {
         const std::string n = std::to_string(++count);
         proc.start(argv, dir.path() / ("holder-" + n + ".out"), dir.path() / ("holder-" + n + ".err"));
         wait_for_locks(image);
     }
-    ~holder() { proc.kill_hard(); }
+    // The kernel drops a dead process's locks when the last reference to
+    // its open file goes, which for a file registered with an io_uring ring
+    // is the ring's teardown, done asynchronously after exit: wait for it,
+    // so the next holder's locks are the ones the next check sees.
+    ~holder() {
+        proc.kill_hard();
+        wait_for_no_locks(image_);
+    }
+    std::string image_;
     child proc;
     static inline int count = 0;
 };

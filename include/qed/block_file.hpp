@@ -61,6 +61,9 @@ struct file_options {
     lock_mode locking = lock_mode::automatic;
     /// Read-only open that lets others hold every permission (qemu -U).
     bool force_share = false;
+    /// Accept a character device (QEMU's host_device protocol, asked for by
+    /// name). FIFOs, sockets and directories are refused whatever this says.
+    bool character_device = false;
     /// One-line diagnostics naming the file (a refused lock, locking=auto
     /// falling back; remote files: why a connection failed, why a write past
     /// the end of an export was refused; `automatic` falling back to the

@@ -91,6 +91,10 @@ struct open_options {
     /// Read-only open that lets others hold every permission, as qemu's
     /// -U / --force-share (a read-write open with it is refused).
     bool force_share = false;
+    /// The image (not its backing files) may be a character device, as with
+    /// QEMU's host_device protocol; by default only regular files and block
+    /// devices are opened.
+    bool character_device = false;
     file_opener opener;  ///< empty: open_file
     log_sink log;        ///< empty: diagnostics are dropped
 };

@@ -21,17 +21,19 @@ namespace qed {
 namespace {
 
 /// Images live in regular files or block devices. Anything else is refused
-/// before it is used: a FIFO or character device would block reads forever
+/// before it is used (a character device only when asked for, as QEMU's
+/// host_device protocol): a FIFO or character device would block reads forever
 /// or stream bytes that are not an image. The caller opened with O_NONBLOCK
 /// so that open(2) itself never waits (a FIFO without a writer); the check is
 /// on the descriptor, so the path can't be swapped in between. On success
 /// O_NONBLOCK is cleared again. `same_as`, when >= 0, is a descriptor that
 /// must refer to the same file (the buffered twin of an O_DIRECT one).
-std::error_code check_file_type(int fd, int same_as = -1) {
+std::error_code check_file_type(int fd, bool character_device, int same_as = -1) {
     struct stat st {};
     if (::fstat(fd, &st) != 0) return detail::errno_code(errno);
     if (S_ISDIR(st.st_mode)) return detail::errno_code(EISDIR);
-    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) return errc::not_a_regular_file;
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode) && !(character_device && S_ISCHR(st.st_mode)))
+        return errc::not_a_regular_file;
     if (same_as >= 0) {
         struct stat first {};
         if (::fstat(same_as, &first) != 0) return detail::errno_code(errno);
@@ -62,7 +64,7 @@ std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, co
         ec = errno == ENXIO ? std::error_code(errc::not_a_regular_file) : detail::errno_code(errno);
         return nullptr;
     }
-    if ((ec = check_file_type(fd))) {
+    if ((ec = check_file_type(fd, options.character_device))) {
         ::close(fd);
         return nullptr;
     }
@@ -75,7 +77,7 @@ std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, co
     int buffered = -1;
     if (options.direct) {
         buffered = ::open(path.c_str(), (flags & ~O_CREAT) | O_NONBLOCK, 0644);
-        if (buffered < 0 || (ec = check_file_type(buffered, fd))) {
+        if (buffered < 0 || (ec = check_file_type(buffered, options.character_device, fd))) {
             if (buffered < 0)
                 ec = detail::errno_code(errno);
             else

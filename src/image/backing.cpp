@@ -157,6 +157,7 @@ boost::asio::awaitable<device_result> open_device(boost::asio::any_io_executor e
     fo.read_only = options.read_only;
     fo.direct = options.direct;
     fo.backend = options.backend;
+    fo.character_device = options.character_device;  // the image only, never a backing file
     // Set when the opener explained the failure itself (a lock, a connection).
     const auto logged = lock_options(fo, options);
     std::error_code ec;

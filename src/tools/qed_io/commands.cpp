@@ -637,7 +637,7 @@ bool cmd_open(session& s, const argv_t& argv) {
             else if (key == "read-only")
                 o.read_only = value == "on" || value == "true";
             else if (key == "locking" && (value == "on" || value == "off" || value == "auto"))
-                ;  // one process at a time is what the tools assume; nothing to switch
+                o.locking = value == "on" ? lock_mode::on : value == "off" ? lock_mode::off : lock_mode::automatic;
             else {
                 report("can't open: option '" + item + "' is not supported (qed-io takes driver, filename, "
                        "file.filename, read-only and locking)");
@@ -652,6 +652,7 @@ bool cmd_open(session& s, const argv_t& argv) {
     if (driver == "file" || driver == "host_device" || driver == "host_cdrom") {
         if (!protocol_file_ok(driver, file, o.read_only)) return false;
         o.format = image_format::raw;
+        o.character_device = driver != "file";  // host_device/host_cdrom take character devices
     } else if (!driver.empty()) {
         o.format = parse_format(driver);
         if (!o.format) {
