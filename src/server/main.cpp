@@ -42,6 +42,8 @@ void usage(std::ostream& out) {
            "      --allow-backing-dir=DIR\n"
            "                            backing files must lie in DIR (default: the\n"
            "                            image's own directory)\n"
+           "      --allow-remote-backing\n"
+           "                            also accept backing files on nbd:// and rbd:\n"
            "      --handshake-limit=N   seconds a client may take to negotiate (default 10)\n"
            "      --pid-file=PATH       write the server's pid to PATH once it listens\n"
            "      --fork                run in the background once the server listens\n"
@@ -63,7 +65,7 @@ bool parse_unsigned(const char* s, unsigned long max, unsigned long& out) {
     return true;
 }
 
-enum long_only { opt_cache = 256, opt_aio, opt_allow_backing_dir, opt_pid_file, opt_fork, opt_handshake_limit };
+enum long_only { opt_cache = 256, opt_aio, opt_allow_backing_dir, opt_pid_file, opt_fork, opt_handshake_limit, opt_allow_remote_backing };
 
 /// Parses argv into `o`; returns -1 to go on, or an exit code.
 int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
@@ -81,6 +83,7 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
         {"cache", required_argument, nullptr, opt_cache},
         {"aio", required_argument, nullptr, opt_aio},
         {"allow-backing-dir", required_argument, nullptr, opt_allow_backing_dir},
+        {"allow-remote-backing", no_argument, nullptr, opt_allow_remote_backing},
         {"pid-file", required_argument, nullptr, opt_pid_file},
         {"fork", no_argument, nullptr, opt_fork},
         {"handshake-limit", required_argument, nullptr, opt_handshake_limit},
@@ -170,6 +173,9 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
             }
             case opt_allow_backing_dir:
                 o.allowed_backing_dir = optarg;
+                break;
+            case opt_allow_remote_backing:
+                o.allow_remote_backing = true;
                 break;
             case opt_pid_file:
                 o.pid_file = optarg;

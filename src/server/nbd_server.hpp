@@ -31,6 +31,7 @@ struct server_options {
     bool writethrough = false;  ///< cache=writethrough / directsync
     file_backend backend = file_backend::automatic;
     std::optional<std::string> allowed_backing_dir;
+    bool allow_remote_backing = false;  ///< also accept nbd:// and rbd: backing files
     std::string export_name;
     std::string description;
     std::string bind_address = "127.0.0.1";
