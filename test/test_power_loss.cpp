@@ -38,6 +38,7 @@
 
 #include "support/memory_fs.hpp"
 #include "support/model.hpp"
+#include "support/fixed_size_file.hpp"
 #include "support/power_loss_file.hpp"
 #include "support/qed_inspect.hpp"
 #include "support/qemu_tools.hpp"
@@ -76,6 +77,7 @@ struct workload {
     bool race_only = false; // only the racing streams (below), to try many completion orders
     unsigned second_crash_every = 0;  // crash again during the repair, on every n-th crash point
     bool timer = false;     // need-check timer at 0 ms: NEED_CHECK is cleared whenever allocations pause
+    bool fixed = false;     // the image is on storage of fixed size holding old bytes (an NBD export)
 };
 std::ostream& operator<<(std::ostream& os, const workload& w) { return os << w.name; }
 
@@ -104,6 +106,13 @@ const workload workloads[] = {
     {"race_raw_backing_b", 1, backing_kind::raw, 24, 6, 0, true},
     {"race_raw_backing_c", 1, backing_kind::raw, 27, 10, 0, true},
     {"race_raw_backing_d", 1, backing_kind::raw, 28, 10, 0, true},
+    // On fixed-size storage (an NBD export) full of old bytes: create writes
+    // the L1 table as zeros before the header, open finds the end of the
+    // data from the tables, new clusters are written whole, clusters written
+    // but not linked before the crash are reused.
+    {"fixed_no_backing_ts1", 1, backing_kind::none, 31, 3, 0, false, 3, false, true},
+    {"fixed_raw_backing_ts1_reordered", 1, backing_kind::raw, 32, 8, 0, false, 0, false, true},
+    {"fixed_no_backing_ts1_timer", 1, backing_kind::none, 33, 5, 0, false, 4, true, true},
 };
 
 // ---------------------------------------------------------------------------
@@ -254,6 +263,7 @@ script make_script(const workload& w) {
 // ---------------------------------------------------------------------------
 
 struct images {
+    bool fixed = false;                    // top is on fixed-size storage (fixed_size_file)
     std::shared_ptr<memory_storage> top;   // as created (clean)
     std::string base_name;                 // "" without backing
     std::shared_ptr<memory_storage> base;
@@ -310,6 +320,27 @@ images make_images(const workload& w, script& sc) {
         co.backing_file = im.base_name;
         co.backing_format = image_format::qed;
     }
+    im.fixed = w.fixed;
+    if (w.fixed) {
+        // Storage of fixed capacity, room for every cluster the workload
+        // allocates, holding old bytes everywhere: sectors of another
+        // guest's data (tag 99), so any byte of a new cluster not written
+        // whole, or a stale table entry, shows.
+        auto& st = fs.storage("top.qed");
+        const std::uint64_t capacity = sc.size + 64 * cs * std::uint64_t{w.table_size} + 64 * cs;
+        std::vector<std::uint8_t> junk(capacity);
+        for (std::uint64_t s = 0; s < capacity / 512; ++s) fill_sector(&junk[s * 512], 99, s);
+        st->write(0, {reinterpret_cast<const std::byte*>(junk.data()), junk.size()});
+        co.opener = [inner = fs.opener()](const std::string& path, const file_options& o,
+                                          std::error_code& ec) -> std::shared_ptr<block_file> {
+            if (path != "top.qed") return inner(path, o, ec);
+            // Open without create: an export is never truncated.
+            file_options keep = o;
+            keep.create = false;
+            auto f = inner(path, keep, ec);
+            return f ? std::make_shared<fixed_size_file>(std::move(f)) : nullptr;
+        };
+    }
     BOOST_REQUIRE(!create(ioc, "top.qed", co));
     im.top = fs.storage("top.qed")->clone();
     if (!im.base_name.empty()) im.base = fs.storage(im.base_name);
@@ -349,9 +380,12 @@ run_result run_workload(const workload& w, const script& sc, const images& im, s
     fs.storage("top.qed") = im.top->clone();
     if (im.base) fs.storage(im.base_name) = im.base;
     auto st = res.st;
-    fs.wrap = [&fs, st](std::shared_ptr<block_file> f, const std::string& path) -> std::shared_ptr<block_file> {
+    fs.wrap = [&fs, st, fixed = im.fixed](std::shared_ptr<block_file> f,
+                                          const std::string& path) -> std::shared_ptr<block_file> {
         if (path != "top.qed") return f;
-        return std::make_shared<power_loss_file>(std::move(f), *fs.storage("top.qed"), st);
+        auto pl = std::make_shared<power_loss_file>(std::move(f), *fs.storage("top.qed"), st);
+        if (fixed) return std::make_shared<fixed_size_file>(std::move(pl));
+        return pl;
     };
     open_options oo;
     oo.opener = fs.opener();
@@ -627,6 +661,11 @@ std::string verify_image(const script& sc, const images& im, const legal_values&
     memory_fs fs{ioc.get_executor()};
     fs.storage("top.qed") = top;
     if (im.base) fs.storage(im.base_name) = im.base;
+    if (im.fixed)
+        fs.wrap = [](std::shared_ptr<block_file> f, const std::string& path) -> std::shared_ptr<block_file> {
+            if (path != "top.qed") return f;
+            return std::make_shared<fixed_size_file>(std::move(f));
+        };
     const bool dirty = header_of(bytes_of(*top)).has(feature_need_check);
     if (count_dirty && dirty) ++t.dirty_images;
     std::vector<std::string> log;
@@ -712,9 +751,12 @@ std::string crash_during_repair(const script& sc, const images& im, const legal_
         memory_fs fs{ioc.get_executor()};
         fs.storage("top.qed") = first->clone();
         if (im.base) fs.storage(im.base_name) = im.base;
-        fs.wrap = [&fs, st](std::shared_ptr<block_file> f, const std::string& path) -> std::shared_ptr<block_file> {
+        fs.wrap = [&fs, st, fixed = im.fixed](std::shared_ptr<block_file> f,
+                                              const std::string& path) -> std::shared_ptr<block_file> {
             if (path != "top.qed") return f;
-            return std::make_shared<power_loss_file>(std::move(f), *fs.storage("top.qed"), st);
+            auto pl = std::make_shared<power_loss_file>(std::move(f), *fs.storage("top.qed"), st);
+            if (fixed) return std::make_shared<fixed_size_file>(std::move(pl));
+            return pl;
         };
         open_options oo;
         oo.opener = fs.opener();

@@ -9,6 +9,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include <cerrno>
+#include <fstream>
 
 using namespace nbdtest;
 
@@ -560,3 +561,40 @@ BOOST_AUTO_TEST_CASE(qemu_nbd_export_and_qed_nbd_on_top) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// qed-nbd confines backing files to a directory; a remote backing file is
+// refused unless --allow-remote-backing says the image's owner trusts it.
+BOOST_AUTO_TEST_CASE(qed_nbd_serves_overlay_on_remote_backing) {
+    temp_dir dir("remote-allow");
+    const std::string base = dir / "base.raw";
+    const std::string g = random_bytes(4 << 20, 23);
+    {
+        std::ofstream(base, std::ios::binary).write(g.data(), static_cast<std::streamsize>(g.size()));
+    }
+    nbd_server gold(dir);
+    gold.qemu_nbd(base, "raw", true);
+    lib l;
+    const std::string overlay = dir / "overlay.qed";
+    BOOST_REQUIRE(!l.create(overlay, 0, gold.uri(), std::nullopt));
+    {
+        auto img = l.must_open(overlay);
+        BOOST_REQUIRE(!l.write(img, 8192, std::string(4096, 'o')));
+        l.close(img);
+    }
+    std::string expect = g;
+    expect.replace(8192, 4096, std::string(4096, 'o'));
+
+    server refused(dir);
+    const auto [st, err] = refused.start_failing({"-f", "qed"}, overlay);
+    BOOST_CHECK_NE(st, 0);
+    BOOST_CHECK_MESSAGE(err.find("--allow-remote-backing") != std::string::npos, err);
+
+    server front(dir);
+    front.start({"-f", "qed", "-r", "--allow-remote-backing"}, overlay, true);
+    const std::string out = dir / "copy.raw";
+    NBD_RUN_OK(dir.path(), {"nbdcopy", front.uri(), out});
+    const std::string copy = read_file(out);
+    BOOST_REQUIRE_EQUAL(copy.size(), expect.size());
+    BOOST_CHECK(copy == expect);
+    BOOST_CHECK_EQUAL(front.stop(), 0);
+}

@@ -82,6 +82,10 @@ struct open_options {
     unsigned max_backing_depth = 16;  ///< longer backing chains are refused
     /// When set, every backing file must resolve inside this directory.
     std::optional<std::string> allowed_backing_dir;
+    /// With allowed_backing_dir: also accept remote backing files (nbd://,
+    /// rbd:), which no directory can contain. The image's owner vouches for
+    /// the servers its backing names point at.
+    bool allow_remote_backing = false;
     bool open_backing = true;    ///< false: leave the backing file closed (metadata tools)
     bool repair_on_open = true;  ///< read-write open of a dirty image checks and repairs it
     /// QEMU-compatible image locks on the image and every backing file,

@@ -314,6 +314,11 @@ std::shared_ptr<block_file> open_rbd_file(const asio::any_io_executor& ex, const
     r = ::rados_conf_read_file(h->cluster, n.conf.empty() ? nullptr : n.conf.c_str());
     if (r < 0 && !n.conf.empty()) return fail(rbd_code(r), "cannot read " + n.conf + ": " + rbd_code(r).message());
     ::rados_conf_parse_env(h->cluster, nullptr);
+    // librbd's cache follows the cache mode, as QEMU's rbd driver sets it:
+    // on for writeback (a flush writes it out, as a disk's cache), off for
+    // O_DIRECT (cache=none). An rbd_cache=... in the name still wins.
+    if ((r = ::rados_conf_set(h->cluster, "rbd_cache", options.direct ? "false" : "true")) < 0)
+        return fail(rbd_code(r), "cannot set rbd_cache: " + rbd_code(r).message());
     for (const auto& [k, v] : n.options) {
         if ((r = ::rados_conf_set(h->cluster, k.c_str(), v.c_str())) < 0)
             return fail(rbd_code(r), "bad option " + k + "=" + v + ": " + rbd_code(r).message());

@@ -185,11 +185,12 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
     path = without_file_protocol(path);
     const bool remote = is_remote_name(path);
     std::string target = remote ? path : tidy_path(path);  // a URI's "//" is not a path's
-    if (parent.allowed_backing_dir && remote) {
-        log(path + ": backing file is outside the allowed directory " + *parent.allowed_backing_dir);
+    if (parent.allowed_backing_dir && remote && !parent.allow_remote_backing) {
+        log(path + ": remote backing file refused (backing files must lie in " + *parent.allowed_backing_dir +
+            "; allow remote ones with qed-nbd --allow-remote-backing, open_options::allow_remote_backing)");
         co_return device_result{errc::backing_not_allowed, nullptr};
     }
-    if (parent.allowed_backing_dir) {
+    if (parent.allowed_backing_dir && !remote) {
         // Canonical paths: symlinks and ".." can't lead out of the directory.
         char dir_buf[PATH_MAX];
         char file_buf[PATH_MAX];

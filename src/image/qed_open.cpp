@@ -74,7 +74,13 @@ boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vec
     l1_ = std::make_unique<table>(geo_.table_entries);
     if ((ec = co_await co::read_table(*file_, header_.l1_table_offset, *l1_))) co_return fail(ec, "");
     writeback_.attach({file_.get(), io_align_, l1_.get(), header_.l1_table_offset,
-                       [this] { return header_.has(feature_backing_file) || need_check_unflushed_; },
+                       // Fixed-size storage holds old bytes where a new cluster goes: a
+                       // table entry durable before the cluster's data would expose them
+                       // after a power loss (a growing file reads zeros there instead).
+                       [this] {
+                           return header_.has(feature_backing_file) || need_check_unflushed_ ||
+                                  file_->fixed_size();
+                       },
                        [this] { need_check_unflushed_ = false; },
                        [this]() -> std::shared_ptr<void> { return shared_from_this(); }});
     file_end_ = geo_.start_of_cluster(size);

@@ -44,6 +44,8 @@ void usage(std::ostream& out) {
            "      --allow-backing-dir=DIR\n"
            "                            backing files must lie in DIR (default: the\n"
            "                            image's own directory)\n"
+           "      --allow-remote-backing\n"
+           "                            also accept backing files on nbd:// and rbd:\n"
            "      --handshake-limit=N   seconds a client may take to negotiate (default 10)\n"
            "      --memory-limit=SIZE   bytes of request buffers all clients together may\n"
            "                            hold (default 256M; then clients wait)\n"
@@ -84,6 +86,7 @@ bool parse_unsigned(const char* s, unsigned long max, unsigned long& out) {
     return true;
 }
 
+<<<<<<< HEAD
 enum long_only {
     opt_cache = 256,
     opt_aio,
@@ -166,6 +169,9 @@ int resolve_tls(const std::vector<qed::nbd::tls_object>& objects, const std::str
     o.tls = std::move(t);
     return 0;
 }
+=======
+enum long_only { opt_cache = 256, opt_aio, opt_allow_backing_dir, opt_pid_file, opt_fork, opt_handshake_limit, opt_allow_remote_backing };
+>>>>>>> remote
 
 /// Parses argv into `o`; returns -1 to go on, or an exit code.
 int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
@@ -184,6 +190,7 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
         {"discard", required_argument, nullptr, opt_discard},
         {"aio", required_argument, nullptr, opt_aio},
         {"allow-backing-dir", required_argument, nullptr, opt_allow_backing_dir},
+        {"allow-remote-backing", no_argument, nullptr, opt_allow_remote_backing},
         {"pid-file", required_argument, nullptr, opt_pid_file},
         {"fork", no_argument, nullptr, opt_fork},
         {"handshake-limit", required_argument, nullptr, opt_handshake_limit},
@@ -295,6 +302,9 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
             }
             case opt_allow_backing_dir:
                 o.allowed_backing_dir = optarg;
+                break;
+            case opt_allow_remote_backing:
+                o.allow_remote_backing = true;
                 break;
             case opt_pid_file:
                 o.pid_file = optarg;

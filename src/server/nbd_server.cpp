@@ -133,6 +133,7 @@ void server::open_image() {
     // to make the server open arbitrary files through a crafted image.
     o.allowed_backing_dir =
         options_.allowed_backing_dir ? *options_.allowed_backing_dir : directory_of(options_.image_path);
+    o.allow_remote_backing = options_.allow_remote_backing;
     o.log = [this](std::string_view line) { error(std::string(line)); };
     image::async_open(ioc_.get_executor(), options_.image_path, std::move(o),
                       [this](std::error_code ec, image img) { on_open(ec, std::move(img)); });
