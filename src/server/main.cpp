@@ -86,7 +86,6 @@ bool parse_unsigned(const char* s, unsigned long max, unsigned long& out) {
     return true;
 }
 
-<<<<<<< HEAD
 enum long_only {
     opt_cache = 256,
     opt_aio,
@@ -101,6 +100,7 @@ enum long_only {
     opt_connection_memory_limit,
     opt_detect_zeroes,
     opt_discard,
+    opt_allow_remote_backing,
 };
 
 /// "64M", "1G", "65536": bytes; false if malformed or out of range.
@@ -169,9 +169,6 @@ int resolve_tls(const std::vector<qed::nbd::tls_object>& objects, const std::str
     o.tls = std::move(t);
     return 0;
 }
-=======
-enum long_only { opt_cache = 256, opt_aio, opt_allow_backing_dir, opt_pid_file, opt_fork, opt_handshake_limit, opt_allow_remote_backing };
->>>>>>> remote
 
 /// Parses argv into `o`; returns -1 to go on, or an exit code.
 int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {

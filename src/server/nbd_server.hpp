@@ -34,14 +34,11 @@ struct server_options {
     bool discard = false;       ///< --discard=unmap: advertise and honour TRIM
     file_backend backend = file_backend::automatic;
     std::optional<std::string> allowed_backing_dir;
-<<<<<<< HEAD
     /// -s: serve a temporary QED overlay over the image (removed at exit);
     /// the image itself is only read.
     bool snapshot = false;
     detect_zeroes zeroes = detect_zeroes::off;
-=======
     bool allow_remote_backing = false;  ///< also accept nbd:// and rbd: backing files
->>>>>>> remote
     std::string export_name;
     std::string description;
     std::string bind_address = "127.0.0.1";
