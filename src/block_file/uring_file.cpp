@@ -41,6 +41,7 @@
 #include <liburing.h>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <linux/falloc.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -508,7 +509,11 @@ struct sync_op final : op {
     void complete(int res, uring_service& ring) override {
         if (res == -EINTR || res == -EAGAIN) return ring.again(this);
         std::error_code ec;
-        if (res < 0) {
+        struct stat st {};
+        if (res == -EINVAL && k == datasync && ::fstat(fd->fd, &st) == 0 && !S_ISREG(st.st_mode)) {
+            // A special file (a character device such as /dev/null) has
+            // nothing to synchronize, as the thread pool's flush also says.
+        } else if (res < 0) {
             ec = (k == punch && (res == -EOPNOTSUPP || res == -ENOSYS)) ? make_error_code(errc::not_supported)
                                                                          : errno_code(-res);
         }

@@ -114,6 +114,14 @@ std::error_code validate(const header& h, std::uint64_t file_size, std::string* 
     const geometry g(h);
     // header_size is 32 bits and cluster_size at most 2^26, so the product
     // fits in 64 bits; it must still lie inside the file.
+    // qemu tests the L1 offset against the header area first, so a header
+    // area that also covers the L1 table reads "QED table offset is
+    // invalid" there; the tools match either line.
+    if (g.header_bytes > max_header_bytes && h.l1_table_offset < g.header_bytes)
+        return fail(errc::invalid_header_size, detail,
+                    "QED table offset is invalid: header_size " + std::to_string(h.header_size) + " clusters (" +
+                        std::to_string(g.header_bytes) + " bytes) covers the L1 table at " +
+                        std::to_string(h.l1_table_offset) + " (the limit is " + std::to_string(max_header_bytes) + ")");
     if (g.header_bytes > max_header_bytes)
         return fail(errc::invalid_header_size, detail,
                     "QED header size is too large: header_size " + std::to_string(h.header_size) +

@@ -120,7 +120,7 @@ boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vec
             if (bec.category() == std::system_category() || bec.category() == std::generic_category())
                 co_return fail(bec, "Could not open backing file: Could not open '" + backing_full_ +
                                         "': " + bec.message());
-            co_return fail(bec, "Could not open backing file: " + bec.message());
+            co_return fail(bec, "Could not open backing file: " + backing_full_ + ": " + bec.message());
         }
         backing_ = std::move(dev);
     }

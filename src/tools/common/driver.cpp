@@ -89,8 +89,16 @@ open_result open_image(driver& d, const std::string& path, open_options options)
         // match (the library's detail goes to programs that log everything).
         const std::string own = path + ": ";
         const bool about_top = out.error.rfind(own, 0) == 0 &&
-                               out.error.compare(own.size(), 26, "Could not open backing file") != 0;
-        if (const char* q = qemu_header_refusal(out.ec); q && about_top) out.error = own + q;
+                               out.error.compare(own.size(), 27, "Could not open backing file") != 0;
+        // qemu says "QED header size is too large" where the header area
+        // passes the format's limit (the library's line starts with it), and
+        // "QED table offset is invalid" where it only overruns the file.
+        static constexpr std::string_view too_large = "QED header size is too large";
+        if (about_top && out.ec == errc::invalid_header_size &&
+            out.error.compare(own.size(), too_large.size(), too_large) == 0)
+            out.error = own + std::string(too_large);
+        else if (const char* q = qemu_header_refusal(out.ec); q && about_top)
+            out.error = own + q;
         return out;
     }
     out.img = std::move(std::get<1>(*r));
