@@ -71,6 +71,15 @@ std::error_code validate_request(std::uint64_t offset, std::uint64_t length, std
     return {};
 }
 
+// Admission of one request, the same for every kind: a closed image, a
+// write (write, write-zeroes, discard) to a read-only one, then the bounds.
+static std::error_code admit(bool closed, bool refuse_writes, std::uint64_t offset, std::uint64_t length,
+                             std::uint64_t image_size) noexcept {
+    if (closed) return make_error_code(errc::closed);
+    if (refuse_writes) return make_error_code(errc::read_only);
+    return validate_request(offset, length, image_size);
+}
+
 namespace {
 std::shared_ptr<qed_image> self_of(qed_image* p) {
     return std::static_pointer_cast<qed_image>(p->shared_from_this());
@@ -79,8 +88,7 @@ std::shared_ptr<qed_image> self_of(qed_image* p) {
 
 void qed_image::read(std::uint64_t offset, mutable_buffers buffers, io_handler handler) {
     run_request([this, self = self_of(this), offset, buffers = std::move(buffers), h = std::move(handler)]() mutable {
-        std::error_code ec = closed_ ? make_error_code(errc::closed)
-                                     : validate_request(offset, total_size(buffers), header_.image_size);
+        const std::error_code ec = admit(closed_, false, offset, total_size(buffers), header_.image_size);
         if (ec || buffers.empty()) {
             complete_later(std::move(h), ec, std::size_t{0});
             return request_done();
@@ -92,10 +100,8 @@ void qed_image::read(std::uint64_t offset, mutable_buffers buffers, io_handler h
 void qed_image::write(std::uint64_t offset, const_buffers buffers, write_options options, io_handler handler) {
     run_request([this, self = self_of(this), offset, buffers = std::move(buffers), options,
                  h = std::move(handler)]() mutable {
-        std::error_code ec = closed_ ? make_error_code(errc::closed)
-                             : options_.read_only
-                                 ? make_error_code(errc::read_only)
-                                 : validate_request(offset, total_size(buffers), header_.image_size);
+        const std::error_code ec =
+            admit(closed_, options_.read_only, offset, total_size(buffers), header_.image_size);
         if (ec || buffers.empty()) {
             complete_later(std::move(h), ec, std::size_t{0});
             return request_done();
@@ -106,9 +112,7 @@ void qed_image::write(std::uint64_t offset, const_buffers buffers, write_options
 
 void qed_image::write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options, op_handler handler) {
     run_request([this, self = self_of(this), offset, length, options, h = std::move(handler)]() mutable {
-        std::error_code ec = closed_                ? make_error_code(errc::closed)
-                             : options_.read_only ? make_error_code(errc::read_only)
-                                                  : validate_request(offset, length, header_.image_size);
+        const std::error_code ec = admit(closed_, options_.read_only, offset, length, header_.image_size);
         if (ec || length == 0) {
             complete_later(std::move(h), ec);
             return request_done();
@@ -119,9 +123,7 @@ void qed_image::write_zeroes(std::uint64_t offset, std::uint64_t length, zero_op
 
 void qed_image::discard(std::uint64_t offset, std::uint64_t length, op_handler handler) {
     run_request([this, self = self_of(this), offset, length, h = std::move(handler)]() mutable {
-        std::error_code ec = closed_                ? make_error_code(errc::closed)
-                             : options_.read_only ? make_error_code(errc::read_only)
-                                                  : validate_request(offset, length, header_.image_size);
+        const std::error_code ec = admit(closed_, options_.read_only, offset, length, header_.image_size);
         if (ec || length == 0) {
             complete_later(std::move(h), ec);
             return request_done();
