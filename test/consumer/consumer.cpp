@@ -3,6 +3,7 @@
 // the current directory with each kind of completion token — callbacks,
 // use_future (throwing, and the non-throwing forms) and use_awaitable (same).
 // Exits non-zero, with one line saying what differed, on any mismatch.
+#include <qed/as_tuple_future.hpp>
 #include <qed/image.hpp>
 
 #include <boost/asio/as_tuple.hpp>
@@ -103,11 +104,15 @@ void with_futures() {
         }
         expect(threw, "use_future: an unaligned read throws system_error with qed::errc::unaligned_request");
 
-        // Non-throwing forms. Asio 1.81's as_tuple can't adapt use_future;
-        // use_future(f) with f returning a tuple gives the same future.
-        auto tuple_of = [](boost::system::error_code ec, std::size_t n) { return std::tuple(ec, n); };
-        auto [tec, tn] = img.async_read_at(100, asio::buffer(back), asio::use_future(tuple_of)).get();
-        expect(tec == qed::errc::unaligned_request && tn == 0, "use_future(tuple): error code and count");
+        // Non-throwing forms: as_tuple (Asio 1.81 needs qed/as_tuple_future.hpp
+        // for it with use_future, for Asio's own operations as well) and
+        // redirect_error.
+        auto [tec, tn] = img.async_read_at(100, asio::buffer(back), asio::as_tuple(asio::use_future)).get();
+        expect(tec == qed::errc::unaligned_request && tn == 0, "as_tuple(use_future): error code and count");
+        auto [okec, okn] = img.async_read_at(4096, asio::buffer(back), asio::as_tuple(asio::use_future)).get();
+        expect(!okec && okn == back.size(), "as_tuple(use_future): success gives no error and the count");
+        auto [fec] = img.async_flush(asio::as_tuple(asio::use_future)).get();
+        expect(!fec, "as_tuple(use_future): flush gives a one-element tuple");
         boost::system::error_code rec;
         const std::size_t rn = img.async_read_at(100, asio::buffer(back), asio::redirect_error(asio::use_future, rec)).get();
         expect(rec == qed::errc::unaligned_request && rn == 0, "redirect_error(use_future): error code");
