@@ -25,6 +25,7 @@
 #include <mutex>
 #include <thread>
 
+#include "qed/as_tuple_future.hpp"
 #include "qed/image.hpp"
 #include "support/image_fixture.hpp"
 #include "support/tmp_dir.hpp"
@@ -191,9 +192,20 @@ BOOST_AUTO_TEST_CASE(use_future_with_the_io_context_on_another_thread) {
     BOOST_TEST_REQUIRE(ready(fbr));
     BOOST_TEST((thrown(fbr) == errc::unaligned_request));
     // ...and the non-throwing forms give the error code and byte count.
-    // (Asio 1.81's as_tuple cannot adapt use_future, not even for Asio's own
-    // timers; use_future(f) with a function returning a tuple is the same
-    // thing, and redirect_error works as usual.)
+    // as_tuple(use_future) needs qed/as_tuple_future.hpp on Asio 1.81;
+    // use_future(f) with a function returning a tuple is the same thing,
+    // and redirect_error works as usual.
+    auto fat = img.async_read_at(100, asio::buffer(r), asio::as_tuple(asio::use_future));
+    BOOST_TEST_REQUIRE(ready(fat));
+    auto [aec, an] = fat.get();
+    static_assert(std::is_same_v<decltype(aec), boost::system::error_code>);
+    BOOST_TEST((aec == errc::unaligned_request));
+    BOOST_TEST(an == 0u);
+    auto fast = img.async_block_status(0, 4096, asio::as_tuple(asio::use_future));
+    BOOST_TEST_REQUIRE(ready(fast));
+    auto [asec, asext] = fast.get();
+    BOOST_TEST(!asec);
+    BOOST_TEST(asext.size() == 1u);
     const auto tuple_of = [](boost::system::error_code ec, auto value) { return std::tuple(ec, std::move(value)); };
     auto fbt = img.async_read_at(100, asio::buffer(r), asio::use_future(tuple_of));
     BOOST_TEST_REQUIRE(ready(fbt));
