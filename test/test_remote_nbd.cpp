@@ -308,6 +308,19 @@ BOOST_AUTO_TEST_CASE(connection_errors_name_the_export) {
     auto img3 = l.must_open(srv.uri(), true);  // raw: all zeros
     BOOST_CHECK(l.read(img3, 0, 4096) == std::string(4096, '\0'));
     l.close(img3);
+
+    // An export name the server doesn't have: QEMU's words, then what the
+    // server said (libnbd passes that text on only as a debug message).
+    const std::string raw = dir / "named.raw";
+    NBD_RUN_OK(dir.path(), {"truncate", "-s", "1M", raw});
+    nbd_server named(dir);
+    named.qemu_nbd(raw);
+    std::string wrong = named.uri();
+    wrong.replace(wrong.find(":///") + 4, 0, "nosuch");
+    auto [ec4, img4] = l.open(wrong, true);
+    BOOST_CHECK(ec4 == std::error_code(ENOENT, std::system_category()));
+    BOOST_CHECK_MESSAGE(l.logged("Requested export not available"), l.all_logs());
+    BOOST_CHECK_MESSAGE(l.logged("server reported: export 'nosuch' not present"), l.all_logs());
 }
 
 // Create, write, read back, reopen, zero clusters: QED on nbdkit memory,

@@ -42,6 +42,7 @@
 #include <cerrno>
 #include <cstring>
 #include <functional>
+#include <string_view>
 
 namespace qed::detail {
 
@@ -428,8 +429,32 @@ std::shared_ptr<block_file> open_nbd_file(const asio::any_io_executor& ex, const
     if (!h) return fail(::nbd_get_errno(), ::nbd_get_error(), nullptr);
     // Alignment is the server's business: it refuses what it can't do.
     ::nbd_set_strict_mode(h, LIBNBD_STRICT_MASK & ~LIBNBD_STRICT_ALIGN);
-    if (::nbd_connect_uri(h, uri.c_str()) == -1)
-        return fail(::nbd_get_errno(), std::string("cannot connect: ") + ::nbd_get_error(), h);
+    // libnbd reports the text of a server's refusal only as a debug
+    // message: catch it during the handshake (debugging is off again for
+    // the I/O that follows), so a refusal can say what the server said.
+    std::string server_said;
+    ::nbd_set_debug_callback(h, nbd_debug_callback{
+                                    .callback = [](void* user, const char*, const char* msg) {
+                                        static constexpr std::string_view tag = "server error message: ";
+                                        const std::string_view m(msg);
+                                        if (const auto at = m.find(tag); at != std::string_view::npos)
+                                            *static_cast<std::string*>(user) = m.substr(at + tag.size());
+                                        return 0;
+                                    },
+                                    .user_data = &server_said,
+                                    .free = nullptr});
+    ::nbd_set_debug(h, true);
+    const int connected = ::nbd_connect_uri(h, uri.c_str());
+    ::nbd_set_debug(h, false);
+    ::nbd_clear_debug_callback(h);
+    if (connected == -1) {
+        const int e = ::nbd_get_errno();
+        // The export name is unknown to the server (NBD_REP_ERR_UNKNOWN):
+        // QEMU's words, then the server's own.
+        if (e == ENOENT && std::string_view(::nbd_get_error()).find("no export named") != std::string_view::npos)
+            return fail(e, "Requested export not available" + (server_said.empty() ? "" : "\nserver reported: " + server_said), h);
+        return fail(e, std::string("cannot connect: ") + ::nbd_get_error(), h);
+    }
     if (::nbd_get_size(h) < 0) return fail(::nbd_get_errno(), ::nbd_get_error(), h);
     const bool export_read_only = ::nbd_is_read_only(h) == 1;
     if (!options.read_only && export_read_only) {
