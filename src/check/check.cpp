@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "check/check.hpp"
 
-#include "image/co_io.hpp"
+#include "table/co_io.hpp"
 #include "image/qed_image.hpp"
 
 #include <algorithm>

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "image/backing.hpp"
 
-#include "image/co_io.hpp"
+#include "table/co_io.hpp"
 #include "image/file_protocol.hpp"
 #include "image/qed_image.hpp"
 #include "image/raw_image.hpp"

@@ -3,7 +3,7 @@
 // `qemu-img create -f qed` writes with the same options: the header (and
 // backing name) in the first cluster, a zeroed L1 table right after it.
 #include "image/backing.hpp"
-#include "image/co_io.hpp"
+#include "table/co_io.hpp"
 #include "image/device.hpp"
 
 #include <boost/asio/co_spawn.hpp>

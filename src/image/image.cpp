@@ -2,7 +2,7 @@
 // The public image handle and the non-template entry points behind it.
 #include "block_file/blocking_pool.hpp"
 #include "image/backing.hpp"
-#include "image/co_io.hpp"
+#include "table/co_io.hpp"
 #include "image/device.hpp"
 
 #include <boost/asio/co_spawn.hpp>

@@ -4,7 +4,7 @@
 #include "image/qed_image.hpp"
 
 #include "image/backing.hpp"
-#include "image/co_io.hpp"
+#include "table/co_io.hpp"
 #include "request/aiocb.hpp"
 
 #include <algorithm>

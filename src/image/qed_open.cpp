@@ -3,7 +3,7 @@
 // backing chain, and check + repair of a dirty image.
 #include "check/check.hpp"
 #include "image/backing.hpp"
-#include "image/co_io.hpp"
+#include "table/co_io.hpp"
 #include "image/qed_image.hpp"
 
 #include <algorithm>

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: BSL-1.0
 // Block status: which guest ranges are data, zero clusters or unallocated,
 // and at which level of the backing chain the data lives.
+// (A member of qed_image: it walks the image's tables and its backing
+// chain, so it lives with the image, over cluster/find_cluster.)
 #include "cluster/find_cluster.hpp"
+#include "image/qed_image.hpp"
+#include "table/co_io.hpp"
 
 #include <algorithm>
-#include "image/co_io.hpp"
-#include "image/qed_image.hpp"
 
 namespace qed::detail {
 namespace {
