@@ -22,7 +22,6 @@
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/use_future.hpp>
 #include <boost/asio/version.hpp>
-
 #include <tuple>
 #include <type_traits>
 #include <utility>

@@ -140,6 +140,26 @@ struct extent {
     friend bool operator==(const extent&, const extent&) = default;
 };
 
+/// Append `e` to `out`, extending the last extent instead when `e`
+/// continues it (adjacent, same status and depth, and host offsets that
+/// continue too). Empty extents are dropped. This is how block status
+/// builds its answer, so results put together piecewise merge the same way.
+inline void append_extent(std::vector<extent>& out, const extent& e) {
+    if (e.length == 0) return;
+    if (!out.empty()) {
+        extent& last = out.back();
+        const bool continues = last.depth == e.depth && last.present == e.present && last.zero == e.zero &&
+                               last.data == e.data && last.offset + last.length == e.offset &&
+                               last.host_offset.has_value() == e.host_offset.has_value() &&
+                               (!e.host_offset || *last.host_offset + last.length == *e.host_offset);
+        if (continues) {
+            last.length += e.length;
+            return;
+        }
+    }
+    out.push_back(e);
+}
+
 /// What async_check does besides checking.
 struct check_options {
     /// What to repair (as qemu-img check -r).

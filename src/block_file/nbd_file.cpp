@@ -443,16 +443,19 @@ std::shared_ptr<block_file> open_nbd_file(const asio::any_io_executor& ex, const
                                     },
                                     .user_data = &server_said,
                                     .free = nullptr});
+    const int user_debug = ::nbd_get_debug(h);  // LIBNBD_DEBUG=1 stays the user's choice
     ::nbd_set_debug(h, true);
     const int connected = ::nbd_connect_uri(h, uri.c_str());
-    ::nbd_set_debug(h, false);
+    ::nbd_set_debug(h, user_debug == 1);  // first: with the callback gone, debug output goes to stderr
     ::nbd_clear_debug_callback(h);
     if (connected == -1) {
         const int e = ::nbd_get_errno();
-        // The export name is unknown to the server (NBD_REP_ERR_UNKNOWN):
-        // QEMU's words, then the server's own.
-        if (e == ENOENT && std::string_view(::nbd_get_error()).find("no export named") != std::string_view::npos)
-            return fail(e, "Requested export not available" + (server_said.empty() ? "" : "\nserver reported: " + server_said), h);
+        // libnbd maps a server's NBD_REP_ERR_UNKNOWN (no such export) to
+        // ENOENT; a server that answered with a message is that case (a
+        // missing socket is ENOENT too, but no server spoke). QEMU's words,
+        // then the server's own.
+        if (e == ENOENT && !server_said.empty())
+            return fail(e, "Requested export not available\nserver reported: " + server_said, h);
         return fail(e, std::string("cannot connect: ") + ::nbd_get_error(), h);
     }
     if (::nbd_get_size(h) < 0) return fail(::nbd_get_errno(), ::nbd_get_error(), h);

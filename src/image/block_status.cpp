@@ -12,21 +12,6 @@
 namespace qed::detail {
 namespace {
 
-void append_extent(std::vector<extent>& out, const extent& e) {
-    if (!out.empty()) {
-        extent& last = out.back();
-        const bool same = last.depth == e.depth && last.present == e.present && last.zero == e.zero &&
-                          last.data == e.data && last.offset + last.length == e.offset &&
-                          last.host_offset.has_value() == e.host_offset.has_value() &&
-                          (!e.host_offset || *last.host_offset + last.length == *e.host_offset);
-        if (same) {
-            last.length += e.length;
-            return;
-        }
-    }
-    out.push_back(e);
-}
-
 /// A run of data clusters at `host`: ranges the image file holds as holes
 /// (discarded or zeroed in place, or never written) are reported as zero,
 /// not data, as for a raw file's holes; they stay present (allocated here,

@@ -179,22 +179,6 @@ std::error_code check(driver& d, image& img, check_options options, check_result
     return std::get<0>(*r);
 }
 
-void append_merged(std::vector<extent>& out, const extent& e) {
-    if (e.length == 0) return;
-    if (!out.empty()) {
-        extent& last = out.back();
-        const bool same = last.depth == e.depth && last.present == e.present && last.zero == e.zero &&
-                          last.data == e.data && last.offset + last.length == e.offset &&
-                          last.host_offset.has_value() == e.host_offset.has_value() &&
-                          (!e.host_offset || *last.host_offset + last.length == *e.host_offset);
-        if (same) {
-            last.length += e.length;
-            return;
-        }
-    }
-    out.push_back(e);
-}
-
 std::error_code block_status(driver& d, image& img, std::uint64_t offset, std::uint64_t length,
                              std::vector<extent>& out) {
     // Asked in pieces, so one call never walks an unbounded stretch of
@@ -212,7 +196,7 @@ std::error_code block_status(driver& d, image& img, std::uint64_t offset, std::u
         if (auto ec = std::get<0>(*r)) return ec;
         std::uint64_t covered = 0;
         for (const auto& e : std::get<1>(*r)) {
-            append_merged(out, e);
+            append_extent(out, e);
             covered += e.length;
         }
         // The library promises extents covering the whole range.

@@ -102,10 +102,6 @@ std::error_code check(driver& d, image& img, check_options options, check_result
 std::error_code block_status(driver& d, image& img, std::uint64_t offset, std::uint64_t length,
                              std::vector<extent>& out);
 
-/// Append `e` to `out`, merging it into the last extent when they continue
-/// each other with the same status (and contiguous host offsets).
-void append_merged(std::vector<extent>& out, const extent& e);
-
 /// The image at `depth` in the chain below `top` (0 = top itself).
 image chain_member(const image& top, unsigned depth);
 
