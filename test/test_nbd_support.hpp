@@ -226,7 +226,8 @@ public:
     ~server() { proc_.kill_hard(); }
 
     /// Start on TCP 127.0.0.1 with a free port (`unix_socket` false) or on
-    /// a Unix socket in the temp dir; `args` go before the image name.
+    /// a Unix socket in the temp dir; `args` go before the image name (none
+    /// if `image` is empty: --export/--dir name the images).
     void start(std::vector<std::string> args, const std::string& image, bool unix_socket = false) {
         // A port found free may be taken by the time the server binds it
         // (tests run in parallel): try another one then.
@@ -245,7 +246,7 @@ public:
             }
             argv.insert(argv.end(), {"--pid-file", pid_file_});
             argv.insert(argv.end(), args.begin(), args.end());
-            argv.push_back(image);
+            if (!image.empty()) argv.push_back(image);
             proc_.start(argv, dir_ / ("qed-nbd-" + n + ".out"), err_file_);
             const auto until = std::chrono::steady_clock::now() + 15s;
             while (!fs::exists(pid_file_)) {
@@ -261,13 +262,14 @@ public:
         }
     }
 
-    /// Start and expect it to fail; returns (exit status, stderr).
+    /// Start and expect it to fail; returns (exit status, stderr). No image
+    /// argument if `image` is empty.
     std::pair<int, std::string> start_failing(std::vector<std::string> args, const std::string& image) {
         const std::string n = std::to_string(++count_);
         err_file_ = dir_ / ("qed-nbd-" + n + ".err");
         std::vector<std::string> argv{server_binary(), "-p", std::to_string(free_port())};
         argv.insert(argv.end(), args.begin(), args.end());
-        argv.push_back(image);
+        if (!image.empty()) argv.push_back(image);
         proc_.start(argv, dir_ / ("qed-nbd-" + n + ".out"), err_file_);
         const auto st = proc_.wait_for(15s);
         BOOST_REQUIRE_MESSAGE(st, "qed-nbd did not exit");

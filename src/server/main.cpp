@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSL-1.0
-// qed-nbd: serve a QED (or raw) image over NBD. The command line follows
-// qemu-nbd's so that one can stand in for the other in scripts.
+// qed-nbd: serve a QED (or raw) image over NBD, or several at once, each
+// under its own export name (--export, --dir). The single-image command
+// line follows qemu-nbd's so that one can stand in for the other in scripts.
 #include <fcntl.h>
 #include <getopt.h>
 #include <sys/wait.h>
@@ -14,10 +15,12 @@
 #include <exception>
 #include <iostream>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "qed/version.hpp"
+#include "server/exports.hpp"
 #include "server/list_exports.hpp"
 #include "server/nbd_server.hpp"
 
@@ -25,7 +28,17 @@ namespace {
 
 void usage(std::ostream& out) {
     out << "Usage: qed-nbd [OPTIONS] FILE\n"
-           "Serve a QED or raw disk image over NBD (options as qemu-nbd's).\n"
+           "       qed-nbd [OPTIONS] --export name=NAME,file=FILE[,...]... [--dir DIR]...\n"
+           "       qed-nbd [OPTIONS] --dir DIR...\n"
+           "Serve a QED or raw disk image over NBD (options as qemu-nbd's), or several\n"
+           "images at once, each under its own export name.\n"
+           "\n"
+           "  --export name=NAME,file=FILE[,readonly=on|off][,format=qed|raw][,description=TEXT]\n"
+           "                            serve FILE as export NAME (may be repeated; \",,\" is a\n"
+           "                            literal comma; readonly defaults to -r, format to probe)\n"
+           "  --dir DIR                 serve every QED image in DIR, named by its file name\n"
+           "                            (may be repeated; other files are skipped and logged)\n"
+           "                            With --export/--dir: no FILE, -x, -D, -f or -L.\n"
            "\n"
            "  -p, --port=PORT           TCP port to listen on (default 10809)\n"
            "  -b, --bind=IFACE          address to bind to (default 127.0.0.1)\n"
@@ -34,7 +47,8 @@ void usage(std::ostream& out) {
            "  -D, --description=TEXT    export description\n"
            "  -f, --format=FORMAT       image format: qed or raw (default: probe)\n"
            "  -r, --read-only           export read-only\n"
-           "  -e, --shared=NUM          serve NUM clients at once (default 1; 0: no limit)\n"
+           "  -e, --shared=NUM          serve NUM clients at once (default 1; 0: no limit);\n"
+           "                            with several exports, clients of all of them count\n"
            "  -t, --persistent          keep running after the last client disconnects\n"
            "      --cache=MODE          none, writeback (default), writethrough, directsync\n"
            "  -n, --nocache             same as --cache=none\n"
@@ -72,8 +86,9 @@ void usage(std::ostream& out) {
            "  -h, --help                show this help\n"
            "  -V, --version             show the version\n"
            "\n"
-           "Without --persistent, qed-nbd exits after the last client disconnects.\n"
-           "SIGINT/SIGTERM: finish requests in flight, flush, close the image, exit 0.\n";
+           "Without --persistent, qed-nbd exits after the last client (of any export)\n"
+           "disconnects. SIGINT/SIGTERM: finish requests in flight, flush, close the\n"
+           "images, exit 0.\n";
 }
 
 bool parse_unsigned(const char* s, unsigned long max, unsigned long& out) {
@@ -101,6 +116,8 @@ enum long_only {
     opt_detect_zeroes,
     opt_discard,
     opt_allow_remote_backing,
+    opt_export,
+    opt_dir,
 };
 
 /// "64M", "1G", "65536": bytes; false if malformed or out of range.
@@ -188,6 +205,8 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
         {"aio", required_argument, nullptr, opt_aio},
         {"allow-backing-dir", required_argument, nullptr, opt_allow_backing_dir},
         {"allow-remote-backing", no_argument, nullptr, opt_allow_remote_backing},
+        {"export", required_argument, nullptr, opt_export},
+        {"dir", required_argument, nullptr, opt_dir},
         {"pid-file", required_argument, nullptr, opt_pid_file},
         {"fork", no_argument, nullptr, opt_fork},
         {"handshake-limit", required_argument, nullptr, opt_handshake_limit},
@@ -217,6 +236,14 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
     std::string tls_creds;
     std::vector<std::string> tls_authz;
     bool list_mode = false;
+    // The single-image options that --export/--dir replace, by name as given.
+    std::string single_only;
+    std::vector<qed::nbd::export_spec> specs;
+    std::vector<std::string> dirs;
+    std::optional<qed::image_format> format;
+    bool read_only = false;
+    std::string export_name;
+    std::string description;
     opterr = 0;
     for (;;) {
         const int c = ::getopt_long(argc, argv, ":p:b:k:x:D:f:re:tnvhVAsLc:d:", longs, nullptr);
@@ -236,19 +263,33 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
                 o.socket_path = optarg;
                 break;
             case 'x':
-                o.export_name = optarg;
+                export_name = optarg;
+                if (single_only.empty()) single_only = "-x/--export-name";
                 break;
             case 'D':
-                o.description = optarg;
+                description = optarg;
+                if (single_only.empty()) single_only = "-D/--description";
                 break;
             case 'f': {
                 auto f = qed::parse_format(optarg);
                 if (!f) return fail(std::string("unknown format '") + optarg + "' (qed or raw)");
-                o.format = f;
+                format = f;
+                if (single_only.empty()) single_only = "-f/--format";
                 break;
             }
             case 'r':
-                o.read_only = true;
+                read_only = true;
+                break;
+            case opt_export: {
+                std::string why;
+                auto e = qed::nbd::parse_export(optarg, why);
+                if (!e) return fail(why);
+                specs.push_back(std::move(*e));
+                break;
+            }
+            case opt_dir:
+                if (!*optarg) return fail("--dir needs a directory");
+                dirs.emplace_back(optarg);
                 break;
             case 'e':
                 if (!parse_unsigned(optarg, std::numeric_limits<unsigned>::max(), n))
@@ -282,9 +323,12 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
             }
             case opt_discard: {
                 const std::string m = optarg;
-                if (m == "unmap" || m == "on") o.discard = true;
-                else if (m == "ignore" || m == "off") o.discard = false;
-                else return fail("invalid discard mode '" + m + "' (ignore, unmap)");
+                if (m == "unmap" || m == "on")
+                    o.discard = true;
+                else if (m == "ignore" || m == "off")
+                    o.discard = false;
+                else
+                    return fail("invalid discard mode '" + m + "' (ignore, unmap)");
                 break;
             }
             case opt_aio: {
@@ -379,7 +423,8 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
                 usage(std::cout);
                 return 0;
             case 'V':
-                std::cout << "qed-nbd " QED_VERSION "\n"
+                std::cout << "qed-nbd " QED_VERSION
+                             "\n"
                              "Written by the qed developers.\n\n"
                              "Copyright (c) 2026 the qed developers\n"
                              "This is free software; see the source for copying conditions.  There is NO\n"
@@ -394,19 +439,61 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
     // As qemu-nbd: unmap applies only where discards are honoured.
     if (o.zeroes == qed::nbd::detect_zeroes::unmap && !o.discard)
         return fail("--detect-zeroes=unmap is not allowed without --discard=unmap");
+    const bool several = !specs.empty() || !dirs.empty();
     if (list_mode) {
         // qemu-nbd -L: be a client of the server at -k or -b/-p.
+        if (several)
+            return fail("-L lists the exports of a running server: it cannot be combined with --export or --dir");
         if (optind != argc) return fail("-L takes no image file");
         if (tcp_given && !o.socket_path.empty()) return fail("--socket cannot be combined with --port or --bind");
         if (!tls_creds.empty()) return fail("-L over TLS is not supported; use nbdinfo --list with an nbds:// URI");
         return qed::nbd::list_exports(o.bind_address, o.port, o.socket_path);
     }
-    if (optind + 1 != argc) return fail(optind >= argc ? "no image file given" : "more than one image file given");
-    o.image_path = argv[optind];
+    if (several) {
+        if (optind != argc)
+            return fail(std::string("an image file ('") + argv[optind] +
+                        "') cannot be combined with --export or --dir: give it as --export name=NAME,file=FILE");
+        if (!single_only.empty())
+            return fail(single_only +
+                        " cannot be combined with --export or --dir: give name=, description= and format= in "
+                        "each --export (--dir serves QED images by their file names)");
+        o.named_exports = true;
+        for (auto& e : specs) {
+            // -r is every export's default; an export may not undo it.
+            if (read_only && e.read_only == false)
+                return fail("--export name=" + e.o.name + ": readonly=off contradicts -r/--read-only");
+            e.o.read_only = e.read_only.value_or(read_only);
+            o.exports.push_back(std::move(e.o));
+        }
+        for (const auto& d : dirs) {
+            std::string why;
+            if (!qed::nbd::scan_export_dir(
+                    d, read_only, o.exports, [](const std::string& line) { std::cerr << "qed-nbd: " << line << "\n"; },
+                    why))
+                return fail(why);
+        }
+        for (std::size_t i = 0; i < o.exports.size(); ++i)
+            for (std::size_t j = 0; j < i; ++j)
+                if (o.exports[i].name == o.exports[j].name)
+                    return fail("duplicate export name '" + o.exports[i].name + "' (files '" + o.exports[j].path +
+                                "' and '" + o.exports[i].path + "')");
+    } else {
+        if (optind + 1 != argc) return fail(optind >= argc ? "no image file given" : "more than one image file given");
+        qed::nbd::export_options e;
+        e.name = export_name;
+        e.path = argv[optind];
+        e.format = format;
+        e.read_only = read_only;
+        e.description = description;
+        o.exports.push_back(std::move(e));
+    }
     if (tcp_given && !o.socket_path.empty()) return fail("--socket cannot be combined with --port or --bind");
     if (std::string why; resolve_tls(objects, tls_creds, tls_authz, o, why)) return fail(why);
-    if (o.export_name.size() > qed::nbd::max_string) return fail("export name longer than 4096 bytes");
-    if (o.description.size() > qed::nbd::max_string) return fail("description longer than 4096 bytes");
+    for (const auto& e : o.exports) {
+        const std::string which = several ? "export '" + e.name.substr(0, 64) + "': " : std::string();
+        if (e.name.size() > qed::nbd::max_string) return fail(which + "export name longer than 4096 bytes");
+        if (e.description.size() > qed::nbd::max_string) return fail(which + "description longer than 4096 bytes");
+    }
     return -1;
 }
 

@@ -9,6 +9,7 @@
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/write.hpp>
 #include <cassert>
+#include <cctype>
 #include <new>
 
 namespace qed::nbd {
@@ -61,7 +62,7 @@ struct connection::transaction {
     std::uint32_t refused = 0;    ///< error decided before the payload was read
 };
 
-connection::connection(socket_type socket, export_context& ctx, std::uint64_t id, std::string peer,
+connection::connection(socket_type socket, server_context& ctx, std::uint64_t id, std::string peer,
                        closed_handler closed)
     : stream_(std::move(socket)),
       ctx_(ctx),
@@ -94,7 +95,8 @@ void connection::start() {
         boost::system::error_code ignore;
         self->stream_.socket().close(ignore);
     });
-    async_handshake(stream_, ctx_.info, ctx_.tls, report_,
+    report_.unknown_export = [this](std::string_view name) { on_unknown_export(name); };
+    async_handshake(stream_, ctx_.infos, ctx_.tls, report_,
                     [self = shared_from_this()](std::error_code ec, session s) { self->on_handshake(ec, s); });
 }
 
@@ -111,10 +113,25 @@ void connection::on_handshake(std::error_code ec, const session& s) {
         return reader_done();
     }
     session_ = s;
+    export_ = ctx_.exports.at(s.export_index);
     log(std::string("handshake done") + (s.structured ? ", structured replies" : "") +
         (report_.tls ? ", TLS" + (report_.identity.empty() ? std::string() : " as '" + report_.identity + "'")
                      : std::string()));
     read_next();
+}
+
+void connection::on_unknown_export(std::string_view name) {
+    // Always logged, like other refusals; once per name in a row (clients
+    // ask in SET_META_CONTEXT, then in GO) and a few names per connection,
+    // so a client cannot fill the log by guessing.
+    constexpr unsigned most = 4;
+    if (name == last_unknown_ || unknown_logged_ > most) return;
+    last_unknown_ = std::string(name);
+    if (++unknown_logged_ > most) return warn("asked for more unknown exports (not logged)");
+    std::string shown;
+    for (const char ch : name.substr(0, 256)) shown += std::isprint(static_cast<unsigned char>(ch)) ? ch : '?';
+    if (name.size() > 256) shown += "...";
+    warn("asked for unknown export '" + shown + "'");
 }
 
 // ---------------------------------------------------------------------------
@@ -282,7 +299,7 @@ void connection::reader_done() {
 
 std::uint32_t connection::validate(const transaction& t, std::string& why) const {
     const request& r = t.req;
-    const std::uint64_t size = ctx_.info.size;
+    const std::uint64_t size = export_->info.size;
     const bool read_only = (session_.flags & flag_read_only) != 0;
 
     std::uint16_t allowed = cmd_flag_fua;  // accepted (and ignored where meaningless) on every command
@@ -300,7 +317,7 @@ std::uint32_t connection::validate(const transaction& t, std::string& why) const
             allowed |= cmd_flag_req_one;
             break;
         case cmd_trim:
-            if (ctx_.discard) break;
+            if (export_->discard) break;
             why = "TRIM not advertised (qed-nbd --discard=unmap enables it)";
             return err_inval;
         default:
@@ -347,7 +364,7 @@ void connection::start_request(transaction_ptr t) {
     if (const std::uint32_t err = validate(*t, why)) return reply_error(std::move(t), err, why);
 
     const request& r = t->req;
-    const bool fua = ctx_.writethrough || (r.flags & cmd_flag_fua);
+    const bool fua = export_->writethrough || (r.flags & cmd_flag_fua);
     auto self = shared_from_this();
     switch (r.type) {
         case cmd_read: {
@@ -355,7 +372,7 @@ void connection::start_request(transaction_ptr t) {
             t->data = allocate(r.length);
             if (!t->data) return reply_error(std::move(t), err_nomem, "out of memory");
             auto* p = t->data.get();
-            ctx_.image.async_read_at(
+            export_->image.async_read_at(
                 r.offset, boost::asio::buffer(p, r.length),
                 [self, t = std::move(t)](std::error_code ec, std::size_t) mutable { self->on_read(std::move(t), ec); });
             return;
@@ -363,7 +380,7 @@ void connection::start_request(transaction_ptr t) {
         case cmd_write: {
             if (r.length == 0) return reply_ok(std::move(t));
             const auto* p = t->data.get();
-            if (ctx_.zeroes != detect_zeroes::off && all_zero(p, r.length)) {
+            if (export_->zeroes != detect_zeroes::off && all_zero(p, r.length)) {
                 // As qemu's detect-zeroes: the write becomes a write of zeroes,
                 // same result on read. Whole clusters become QED zero clusters
                 // in both modes, as QEMU's QED driver makes them (the library
@@ -371,12 +388,12 @@ void connection::start_request(transaction_ptr t) {
                 zero_options o;
                 o.may_unmap = true;
                 o.fua = fua;
-                ctx_.image.async_write_zeroes(
+                export_->image.async_write_zeroes(
                     r.offset, r.length, o,
                     [self, t = std::move(t)](std::error_code ec) mutable { self->on_done(std::move(t), ec); });
                 return;
             }
-            ctx_.image.async_write_at(
+            export_->image.async_write_at(
                 r.offset, boost::asio::buffer(p, r.length), write_options{fua},
                 [self, t = std::move(t)](std::error_code ec, std::size_t) mutable { self->on_done(std::move(t), ec); });
             return;
@@ -385,33 +402,35 @@ void connection::start_request(transaction_ptr t) {
             zero_options o;
             o.may_unmap = (r.flags & cmd_flag_no_hole) == 0;
             o.fua = fua;
-            ctx_.image.async_write_zeroes(r.offset, r.length, o, [self, t = std::move(t)](std::error_code ec) mutable {
-                self->on_done(std::move(t), ec);
-            });
+            export_->image.async_write_zeroes(
+                r.offset, r.length, o,
+                [self, t = std::move(t)](std::error_code ec) mutable { self->on_done(std::move(t), ec); });
             return;
         }
         case cmd_trim:
             // Whole clusters of the range give their space back (image::async_discard);
             // FUA: the discard is durable before the reply.
-            ctx_.image.async_discard(r.offset, r.length, [self, t = std::move(t), fua](const auto& ec) mutable {
+            export_->image.async_discard(r.offset, r.length, [self, t = std::move(t), fua](const auto& ec) mutable {
                 if (ec || !fua) return self->on_done(std::move(t), ec);
-                auto& img = self->ctx_.image;
-                img.async_flush([self, t = std::move(t)](const auto& fec) mutable { self->on_done(std::move(t), fec); });
+                auto& img = self->export_->image;
+                img.async_flush(
+                    [self, t = std::move(t)](const auto& fec) mutable { self->on_done(std::move(t), fec); });
             });
             return;
         case cmd_flush:
-            ctx_.image.async_flush(
+            export_->image.async_flush(
                 [self, t = std::move(t)](std::error_code ec) mutable { self->on_done(std::move(t), ec); });
             return;
         case cmd_block_status: {
             // Ask the driver about the enclosing 512-byte aligned range; the
             // descriptors are clipped back to what was asked.
             const std::uint64_t first = r.offset / sector * sector;
-            const std::uint64_t end = std::min(ctx_.info.size, (r.offset + r.length + sector - 1) / sector * sector);
-            ctx_.image.async_block_status(first, end - first,
-                                          [self, t = std::move(t)](std::error_code ec, std::vector<extent> v) mutable {
-                                              self->on_block_status(std::move(t), ec, v);
-                                          });
+            const std::uint64_t end =
+                std::min(export_->info.size, (r.offset + r.length + sector - 1) / sector * sector);
+            export_->image.async_block_status(
+                first, end - first, [self, t = std::move(t)](std::error_code ec, std::vector<extent> v) mutable {
+                    self->on_block_status(std::move(t), ec, v);
+                });
             return;
         }
         default:

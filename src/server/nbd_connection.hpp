@@ -21,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -95,15 +96,23 @@ private:
 /// --detect-zeroes: writes of zeros become WRITE_ZEROES (as qemu-nbd's).
 enum class detect_zeroes { off, on, unmap };
 
-/// What all connections of a server share: the export and how to serve it.
+/// One export: its image and how to serve it.
 struct export_context {
     qed::image image;
     export_info info;
-    limits lim;
+    std::string path;           ///< the image file, for the log
     bool discard = false;       ///< TRIM advertised (--discard=unmap): discard the range
     bool writethrough = false;  ///< every write is FUA (cache=writethrough/directsync)
     detect_zeroes zeroes = detect_zeroes::off;
-    /// Not null: the bound on buffers across all connections.
+};
+
+/// What all connections of a server share: the exports and the bounds.
+struct server_context {
+    /// The exports, in NBD_OPT_LIST order; `infos[i]` is `&exports[i]->info`.
+    std::vector<export_context*> exports;
+    std::vector<const export_info*> infos;
+    limits lim;
+    /// Not null: the bound on buffers across all connections (and exports).
     memory_budget* budget = nullptr;
     /// Not null: TLS is required (NBD_OPT_STARTTLS before anything else).
     tls_server* tls = nullptr;
@@ -118,7 +127,7 @@ public:
     using closed_handler = std::function<void(connection&)>;
 
     /// `peer`: the client's address, for the log.
-    connection(socket_type socket, export_context& ctx, std::uint64_t id, std::string peer, closed_handler closed);
+    connection(socket_type socket, server_context& ctx, std::uint64_t id, std::string peer, closed_handler closed);
     connection(const connection&) = delete;
     connection& operator=(const connection&) = delete;
     ~connection();
@@ -154,6 +163,7 @@ private:
     };
 
     void on_handshake(std::error_code ec, const session& s);
+    void on_unknown_export(std::string_view name);
     void read_next();
     void on_header(boost::system::error_code ec);
     void on_granted(std::size_t n);
@@ -182,7 +192,10 @@ private:
     void warn(std::string_view what) const;
 
     nbd_stream stream_;
-    export_context& ctx_;
+    server_context& ctx_;
+    export_context* export_ = nullptr;         ///< chosen in the handshake
+    std::optional<std::string> last_unknown_;  ///< the last unknown export name logged
+    unsigned unknown_logged_ = 0;              ///< unknown export names logged so far
     std::uint64_t id_;
     std::string peer_;
     handshake_report report_;

@@ -118,10 +118,26 @@ void append_option_reply(std::vector<std::byte>& out, std::uint32_t option, std:
 // negotiator
 // ---------------------------------------------------------------------------
 
-std::uint16_t negotiator::transmission_flags() const noexcept {
-    std::uint16_t f = info_.flags | flag_has_flags;
+std::uint16_t negotiator::transmission_flags(const export_info& info) const noexcept {
+    std::uint16_t f = info.flags | flag_has_flags;
     if (session_.structured) f |= flag_send_df;  // one content chunk per read, always
     return f;
+}
+
+std::optional<std::size_t> negotiator::find(std::string_view name) {
+    for (std::size_t i = 0; i < exports_.size(); ++i)
+        if (exports_[i]->name == name) return i;
+    unknown_ = std::string(name);
+    return std::nullopt;
+}
+
+void negotiator::choose(std::size_t index) noexcept {
+    session_.export_index = index;
+    if (meta_export_ && *meta_export_ != index) {
+        // The spec ties contexts to the export they were set for.
+        session_.base_allocation = false;
+        session_.allocation_depth = false;
+    }
 }
 
 negotiator::next negotiator::error(std::uint32_t option, std::uint32_t type, std::string_view message,
@@ -134,6 +150,7 @@ negotiator::next negotiator::error(std::uint32_t option, std::uint32_t type, std
 
 negotiator::next negotiator::handle(std::uint32_t option, std::span<const std::byte> data,
                                     std::vector<std::byte>& out) {
+    unknown_.reset();
     if (!fixed_ && option != opt_export_name) {
         // Plain newstyle has no way to refuse an option but to hang up.
         drop_reason_ = errc::not_fixed_newstyle;
@@ -181,6 +198,7 @@ negotiator::next negotiator::handle(std::uint32_t option, std::span<const std::b
 }
 
 negotiator::next negotiator::handle_oversized(std::uint32_t option, std::vector<std::byte>& out) {
+    unknown_.reset();
     if (tls_required_ && !tls_active_ && option != opt_export_name && fixed_) {
         refused_without_tls_ = true;
         return error(option, rep_err_tls_reqd, "TLS is required on this server: start with NBD_OPT_STARTTLS", out);
@@ -193,13 +211,16 @@ negotiator::next negotiator::handle_oversized(std::uint32_t option, std::vector<
 }
 
 negotiator::next negotiator::export_name(std::span<const std::byte> data, std::vector<std::byte>& out) {
-    if (as_string(data) != info_.name) {
+    const auto index = find(as_string(data));
+    if (!index) {
         // EXPORT_NAME has no error reply: the spec says hang up.
         drop_reason_ = errc::unknown_export;
         return next::drop;
     }
-    session_.flags = transmission_flags();
-    append64(out, info_.size);
+    const export_info& info = *exports_[*index];
+    choose(*index);
+    session_.flags = transmission_flags(info);
+    append64(out, info.size);
     append16(out, session_.flags);
     if (!no_zeroes_) out.insert(out.end(), 124, std::byte{0});
     return next::transmission;
@@ -207,11 +228,15 @@ negotiator::next negotiator::export_name(std::span<const std::byte> data, std::v
 
 negotiator::next negotiator::list(std::span<const std::byte> data, std::vector<std::byte>& out) {
     if (!data.empty()) return error(opt_list, rep_err_invalid, "LIST takes no data", out);
+    // One NBD_REP_SERVER per export: u32 name length, name, description.
     std::vector<std::byte> payload;
-    append32(payload, static_cast<std::uint32_t>(info_.name.size()));
-    append(payload, info_.name);
-    append(payload, info_.description);
-    append_option_reply(out, opt_list, rep_server, payload);
+    for (const export_info* info : exports_) {
+        payload.clear();
+        append32(payload, static_cast<std::uint32_t>(info->name.size()));
+        append(payload, info->name);
+        append(payload, info->description);
+        append_option_reply(out, opt_list, rep_server, payload);
+    }
     append_option_reply(out, opt_list, rep_ack);
     return next::more_options;
 }
@@ -232,37 +257,39 @@ negotiator::next negotiator::info_or_go(std::uint32_t option, std::span<const st
     }
     if (!in.ok() || !in.at_end()) return error(option, rep_err_invalid, "malformed INFO/GO request", out);
     if (name_len > max_string) return error(option, rep_err_invalid, "export name too long", out);
-    if (name != info_.name)
-        return error(option, rep_err_unknown, "export '" + std::string(name) + "' not present", out);
+    const auto index = find(name);
+    if (!index) return error(option, rep_err_unknown, "export '" + std::string(name) + "' not present", out);
+    const export_info& info = *exports_[*index];
 
-    const std::uint16_t flags = transmission_flags();
+    const std::uint16_t flags = transmission_flags(info);
     std::vector<std::byte> payload;
     append16(payload, info_export);
-    append64(payload, info_.size);
+    append64(payload, info.size);
     append16(payload, flags);
     append_option_reply(out, option, rep_info, payload);
     if (want_name) {
         payload.clear();
         append16(payload, info_name);
-        append(payload, info_.name);
+        append(payload, info.name);
         append_option_reply(out, option, rep_info, payload);
     }
-    if (want_description && !info_.description.empty()) {
+    if (want_description && !info.description.empty()) {
         payload.clear();
         append16(payload, info_description);
-        append(payload, info_.description);
+        append(payload, info.description);
         append_option_reply(out, option, rep_info, payload);
     }
     // Sent whether or not it was asked for (the protocol allows it): the
     // driver needs 512-byte aligned requests and says so.
     payload.clear();
     append16(payload, info_block_size);
-    append32(payload, info_.min_block);
-    append32(payload, info_.preferred_block);
-    append32(payload, info_.max_payload);
+    append32(payload, info.min_block);
+    append32(payload, info.preferred_block);
+    append32(payload, info.max_payload);
     append_option_reply(out, option, rep_info, payload);
     append_option_reply(out, option, rep_ack);
     if (option == opt_info) return next::more_options;
+    choose(*index);
     session_.flags = flags;
     return next::transmission;
 }
@@ -284,20 +311,21 @@ negotiator::next negotiator::meta_context(std::uint32_t option, std::span<const 
         queries.push_back(in.str(len));
     }
     if (!in.ok() || !in.at_end()) return error(option, rep_err_invalid, "malformed metadata context request", out);
-    if (name != info_.name)
-        return error(option, rep_err_unknown, "export '" + std::string(name) + "' not present", out);
+    const auto index = find(name);
+    if (!index) return error(option, rep_err_unknown, "export '" + std::string(name) + "' not present", out);
+    const export_info& info = *exports_[*index];
 
     bool base = false;
     bool depth = false;
     if (!set && queries.empty()) {
         base = true;
-        depth = info_.allocation_depth;
+        depth = info.allocation_depth;
     }
     for (const auto q : queries) {
         // LIST accepts a bare namespace ("base:") meaning all of its contexts;
         // SET selects only exact names. Unknown names are not errors.
         if (q == context_base_allocation || (!set && q == "base:")) base = true;
-        if (info_.allocation_depth && (q == context_allocation_depth || (!set && q == "qemu:"))) depth = true;
+        if (info.allocation_depth && (q == context_allocation_depth || (!set && q == "qemu:"))) depth = true;
     }
     auto reply = [&](std::uint32_t id, std::string_view context) {
         std::vector<std::byte> payload;
@@ -311,6 +339,7 @@ negotiator::next negotiator::meta_context(std::uint32_t option, std::span<const 
     if (set) {
         session_.base_allocation = base;
         session_.allocation_depth = depth;
+        meta_export_ = *index;
     }
     return next::more_options;
 }
@@ -334,8 +363,8 @@ public:
         tls_handshake,  ///< STARTTLS acknowledged; the TLS handshake is running
     };
 
-    handshake_op(nbd_stream& stream, const export_info& info, tls_server* tls, handshake_report& report)
-        : stream_(stream), tls_(tls), report_(report), st_(std::make_unique<state>(info)) {}
+    handshake_op(nbd_stream& stream, export_list exports, tls_server* tls, handshake_report& report)
+        : stream_(stream), tls_(tls), report_(report), st_(std::make_unique<state>(exports)) {}
 
     template <class Self>
     void operator()(Self& self, boost::system::error_code ec = {}, std::size_t n = 0) {
@@ -374,7 +403,7 @@ public:
                 const std::uint32_t flags = get32(s.small.data());
                 if (flags & ~(flag_c_fixed_newstyle | flag_c_no_zeroes))
                     return self.complete(make_error_code(errc::bad_client_flags), session{});
-                s.talk.emplace(s.info, (flags & flag_c_fixed_newstyle) != 0, (flags & flag_c_no_zeroes) != 0,
+                s.talk.emplace(s.exports, (flags & flag_c_fixed_newstyle) != 0, (flags & flag_c_no_zeroes) != 0,
                                tls_ != nullptr);
                 return read_option_header(self);
             }
@@ -434,8 +463,8 @@ public:
 
 private:
     struct state {
-        explicit state(const export_info& i) : info(i) {}
-        const export_info& info;
+        explicit state(export_list e) : exports(e) {}
+        export_list exports;
         step at = step::starting;
         std::array<std::byte, 32> small{};
         std::vector<std::byte> data;
@@ -461,6 +490,7 @@ private:
     template <class Self>
     void answer(Self& self, negotiator::next what) {
         state& s = *st_;
+        if (auto name = s.talk->unknown_export(); name && report_.unknown_export) report_.unknown_export(*name);
         if (what == negotiator::next::drop) {
             if (s.talk->drop_reason() == errc::tls_required)
                 report_.refusal = "refused: the client did not start TLS, which this server requires";
@@ -481,10 +511,10 @@ private:
 
 }  // namespace
 
-void initiate_handshake(nbd_stream& stream, const export_info& info, tls_server* tls, handshake_report& report,
+void initiate_handshake(nbd_stream& stream, export_list exports, tls_server* tls, handshake_report& report,
                         handshake_handler handler) {
     boost::asio::async_compose<handshake_handler, void(std::error_code, session)>(
-        handshake_op(stream, info, tls, report), handler, stream.socket());
+        handshake_op(stream, exports, tls, report), handler, stream.socket());
 }
 
 }  // namespace qed::nbd

@@ -10,6 +10,8 @@
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <system_error>
@@ -37,7 +39,7 @@ inline std::error_code make_error_code(errc e) noexcept {
     return {static_cast<int>(e), category()};
 }
 
-/// What the server tells clients about its one export.
+/// What the server tells clients about one of its exports.
 struct export_info {
     std::string name;         ///< the export name clients must ask for ("" by default)
     std::string description;  ///< NBD_INFO_DESCRIPTION / NBD_OPT_LIST details; may be empty
@@ -54,9 +56,14 @@ struct export_info {
 inline constexpr std::uint32_t base_allocation_id = 1;
 inline constexpr std::uint32_t allocation_depth_id = 2;
 
+/// The exports a server offers, in NBD_OPT_LIST order. A client picks one
+/// by its exact name (an empty name picks the export named "", if any).
+using export_list = std::span<const export_info* const>;
+
 /// What the handshake settled for the transmission phase.
 struct session {
-    bool structured = false;  ///< NBD_OPT_STRUCTURED_REPLY acknowledged
+    std::size_t export_index = 0;  ///< the export chosen, an index into the export_list
+    bool structured = false;       ///< NBD_OPT_STRUCTURED_REPLY acknowledged
     bool base_allocation = false;
     bool allocation_depth = false;
     std::uint16_t flags = 0;  ///< transmission flags as sent to the client
@@ -73,10 +80,11 @@ public:
         starttls,      ///< send the reply, then the TLS handshake; options go on over TLS
     };
 
-    /// `tls_required`: TLS is configured, so every option but STARTTLS and
-    /// ABORT is refused with NBD_REP_ERR_TLS_REQD until TLS is up.
-    negotiator(const export_info& info, bool fixed_newstyle, bool no_zeroes, bool tls_required = false)
-        : info_(info), fixed_(fixed_newstyle), no_zeroes_(no_zeroes), tls_required_(tls_required) {}
+    /// `exports` must outlive the negotiator. `tls_required`: TLS is
+    /// configured, so every option but STARTTLS and ABORT is refused with
+    /// NBD_REP_ERR_TLS_REQD until TLS is up.
+    negotiator(export_list exports, bool fixed_newstyle, bool no_zeroes, bool tls_required = false)
+        : exports_(exports), fixed_(fixed_newstyle), no_zeroes_(no_zeroes), tls_required_(tls_required) {}
 
     /// Handle `option` with its `data`; append the bytes to send to `out`.
     next handle(std::uint32_t option, std::span<const std::byte> data, std::vector<std::byte>& out);
@@ -90,6 +98,10 @@ public:
     void tls_started() noexcept { tls_active_ = true; }
     /// Some option was refused with NBD_REP_ERR_TLS_REQD.
     bool refused_without_tls() const noexcept { return refused_without_tls_; }
+    /// The name of an export the last option asked for and the server does
+    /// not have (INFO, GO, SET/LIST_META_CONTEXT, EXPORT_NAME); empty
+    /// otherwise. Cleared by the next option.
+    std::optional<std::string> unknown_export() const { return unknown_; }
 
 private:
     next export_name(std::span<const std::byte> data, std::vector<std::byte>& out);
@@ -97,9 +109,13 @@ private:
     next list(std::span<const std::byte> data, std::vector<std::byte>& out);
     next meta_context(std::uint32_t option, std::span<const std::byte> data, std::vector<std::byte>& out);
     next error(std::uint32_t option, std::uint32_t type, std::string_view message, std::vector<std::byte>& out);
-    std::uint16_t transmission_flags() const noexcept;
+    std::uint16_t transmission_flags(const export_info& info) const noexcept;
+    /// Index of the export called `name`, or nullopt (also remembered as unknown_).
+    std::optional<std::size_t> find(std::string_view name);
+    /// GO/EXPORT_NAME settled on export `index`.
+    void choose(std::size_t index) noexcept;
 
-    const export_info& info_;
+    export_list exports_;
     bool fixed_;
     bool no_zeroes_;
     bool tls_required_;
@@ -107,6 +123,10 @@ private:
     bool refused_without_tls_ = false;
     session session_;
     std::error_code drop_reason_;
+    std::optional<std::string> unknown_;
+    /// The export the last SET_META_CONTEXT was for; contexts set for one
+    /// export are not carried over to another chosen by GO/EXPORT_NAME.
+    std::optional<std::size_t> meta_export_;
 };
 
 /// Append one option reply (header and payload) to `out`.
@@ -124,25 +144,29 @@ struct handshake_report {
     bool tls = false;      ///< the TLS handshake completed
     std::string identity;  ///< TLS: certificate DN or PSK user
     std::string refusal;   ///< non-empty: why the client was refused (always logged)
+    /// Called (if set) each time the client asks for an export the server
+    /// does not have, with the name it asked for, as it happens.
+    std::function<void(std::string_view)> unknown_export;
 };
 
 using handshake_handler = boost::asio::any_completion_handler<void(std::error_code, session)>;
 
-void initiate_handshake(nbd_stream& stream, const export_info& info, tls_server* tls, handshake_report& report,
+void initiate_handshake(nbd_stream& stream, export_list exports, tls_server* tls, handshake_report& report,
                         handshake_handler handler);
 
 /// Run the server side of the handshake on `stream`: greeting, client
 /// flags, options until NBD_OPT_GO or NBD_OPT_EXPORT_NAME. With `tls`
-/// (not null), the client must start TLS first. `info`, `tls` and `report`
+/// (not null), the client must start TLS first. `exports` (and the infos it
+/// points to), `tls` and `report`
 /// must outlive the operation. Signature: void(std::error_code, session).
 template <class Token>
-auto async_handshake(nbd_stream& stream, const export_info& info, tls_server* tls, handshake_report& report,
+auto async_handshake(nbd_stream& stream, export_list exports, tls_server* tls, handshake_report& report,
                      Token&& token) {
     return boost::asio::async_initiate<Token, void(std::error_code, session)>(
-        [](auto handler, nbd_stream* s, const export_info* i, tls_server* t, handshake_report* r) {
-            initiate_handshake(*s, *i, t, *r, std::move(handler));
+        [](auto handler, nbd_stream* s, export_list e, tls_server* t, handshake_report* r) {
+            initiate_handshake(*s, e, t, *r, std::move(handler));
         },
-        token, &stream, &info, tls, &report);
+        token, &stream, exports, tls, &report);
 }
 
 }  // namespace qed::nbd

@@ -66,6 +66,11 @@ void server::note(const std::string& message) const {
     if (options_.verbose) error(message);
 }
 
+std::string server::describe(std::size_t i, const std::string& path) const {
+    if (!options_.named_exports) return "'" + path + "'";
+    return "export '" + options_.exports[i].name + "' ('" + path + "')";
+}
+
 // ---------------------------------------------------------------------------
 // Opening
 // ---------------------------------------------------------------------------
@@ -74,7 +79,7 @@ void server::start() {
     phase_ = phase::opening;
     wait_for_signal();
     if (options_.tls) {
-        // Credentials first: a server that cannot do TLS must not open the image.
+        // Credentials first: a server that cannot do TLS must not open the images.
         std::string why;
         tls_ = tls_server::create(*options_.tls, why);
         if (!tls_) {
@@ -84,59 +89,81 @@ void server::start() {
         }
         ctx_.tls = tls_.get();
     }
-    if (!options_.snapshot) return open_image();
-
-    // -s: a QED overlay in a private temporary directory, backed by the
-    // image (by absolute path, format as given or probed). The image is
-    // only ever read; the overlay goes away at exit.
-    const char* tmp = std::getenv("TMPDIR");
-    std::string templ = std::string(tmp && *tmp ? tmp : "/var/tmp") + "/qed-nbd-snapshot.XXXXXX";
-    if (!::mkdtemp(templ.data())) {
-        error("-s: cannot create a directory for the temporary overlay in '" + templ.substr(0, templ.rfind('/')) +
-              "': " + std::strerror(errno));
-        exit_code_ = 1;
-        return finish();
-    }
-    overlay_dir_ = templ;
-    char* real = ::realpath(options_.image_path.c_str(), nullptr);
-    if (!real) {
-        error("failed to open '" + options_.image_path + "': " + std::strerror(errno));
-        exit_code_ = 1;
-        return finish();
-    }
-    const std::string backing = real;
-    std::free(real);
-    if (!options_.allowed_backing_dir) options_.allowed_backing_dir = directory_of(backing);
-    create_options c;
-    c.backing_file = backing;
-    c.backing_format = options_.format;
-    const std::string overlay = overlay_dir_ + "/overlay.qed";
-    image::async_create(ioc_.get_executor(), overlay, c, [this, overlay](std::error_code ec) {
-        if (ec) {
-            error("-s: cannot create the temporary overlay '" + overlay + "': " + ec.message());
+    if (options_.snapshot) {
+        // -s: QED overlays in a private temporary directory, one per image.
+        const char* tmp = std::getenv("TMPDIR");
+        std::string templ = std::string(tmp && *tmp ? tmp : "/var/tmp") + "/qed-nbd-snapshot.XXXXXX";
+        if (!::mkdtemp(templ.data())) {
+            error("-s: cannot create a directory for the temporary overlay in '" + templ.substr(0, templ.rfind('/')) +
+                  "': " + std::strerror(errno));
             exit_code_ = 1;
             return finish();
         }
-        options_.image_path = overlay;
-        options_.format = image_format::qed;
-        open_image();
-    });
+        overlay_dir_ = templ;
+    }
+    open_next();
 }
 
-void server::open_image() {
-    open_options o;
-    o.read_only = options_.read_only;
-    o.format = options_.format;
-    o.backend = options_.backend;
-    o.direct = options_.direct;
+void server::open_next() {
+    const std::size_t i = exports_.size();
+    if (stop_requested_) {
+        phase_ = phase::draining;
+        return maybe_close_image();
+    }
+    if (i == options_.exports.size()) return all_open();
+    const export_options& e = options_.exports[i];
     // Backing files must stay inside a directory: clients must not be able
     // to make the server open arbitrary files through a crafted image.
-    o.allowed_backing_dir =
-        options_.allowed_backing_dir ? *options_.allowed_backing_dir : directory_of(options_.image_path);
+    if (!options_.snapshot)
+        return open_image(i, e.path, e.format,
+                          options_.allowed_backing_dir ? *options_.allowed_backing_dir : directory_of(e.path));
+
+    // -s: a QED overlay backed by the image (by absolute path, format as
+    // given or probed). The image is only ever read; the overlay goes away
+    // at exit.
+    char* real = ::realpath(e.path.c_str(), nullptr);
+    if (!real) {
+        error("failed to open " + describe(i, e.path) + ": " + std::strerror(errno));
+        exit_code_ = 1;
+        phase_ = phase::draining;
+        return maybe_close_image();
+    }
+    const std::string backing = real;
+    std::free(real);
+    create_options c;
+    c.backing_file = backing;
+    c.backing_format = e.format;
+    const std::string overlay =
+        overlay_dir_ +
+        (options_.exports.size() == 1 ? std::string("/overlay.qed") : "/overlay-" + std::to_string(i) + ".qed");
+    std::string backing_dir = options_.allowed_backing_dir ? *options_.allowed_backing_dir : directory_of(backing);
+    image::async_create(
+        ioc_.get_executor(), overlay, c,
+        [this, i, overlay, backing_dir = std::move(backing_dir)](std::error_code ec) mutable {
+            if (ec) {
+                error("-s: cannot create the temporary overlay '" + overlay + "'" +
+                      (options_.named_exports ? " for export '" + options_.exports[i].name + "'" : std::string()) +
+                      ": " + ec.message());
+                exit_code_ = 1;
+                phase_ = phase::draining;
+                return maybe_close_image();
+            }
+            overlays_.push_back(overlay);
+            open_image(i, overlay, image_format::qed, std::move(backing_dir));
+        });
+}
+
+void server::open_image(std::size_t i, std::string path, std::optional<image_format> format, std::string backing_dir) {
+    open_options o;
+    o.read_only = options_.exports[i].read_only;
+    o.format = format;
+    o.backend = options_.backend;
+    o.direct = options_.direct;
+    o.allowed_backing_dir = std::move(backing_dir);
     o.allow_remote_backing = options_.allow_remote_backing;
     o.log = [this](std::string_view line) { error(std::string(line)); };
-    image::async_open(ioc_.get_executor(), options_.image_path, std::move(o),
-                      [this](std::error_code ec, image img) { on_open(ec, std::move(img)); });
+    image::async_open(ioc_.get_executor(), path, std::move(o),
+                      [this, i, path](std::error_code ec, image img) { on_open(i, path, ec, std::move(img)); });
 }
 
 void server::wait_for_signal() {
@@ -148,42 +175,50 @@ void server::wait_for_signal() {
     });
 }
 
-void server::on_open(std::error_code ec, image img) {
+void server::on_open(std::size_t i, std::string path, std::error_code ec, image img) {
     if (ec) {
-        std::string line = "failed to open '" + options_.image_path + "': " + ec.message();
+        std::string line = "failed to open " + describe(i, path) + ": " + ec.message();
         if (ec == qed::errc::backing_not_allowed) line += " (--allow-backing-dir=DIR allows another directory)";
         error(line);
         exit_code_ = 1;
-        return finish();
-    }
-    ctx_.image = std::move(img);
-    if (stop_requested_) {
         phase_ = phase::draining;
-        return maybe_close_image();
+        return maybe_close_image();  // the exports opened before this one
     }
-
-    export_info& info = ctx_.info;
-    info.name = options_.export_name;
-    info.description = options_.description;
-    info.size = ctx_.image.size();
+    const export_options& e = options_.exports[i];
+    auto x = std::make_unique<export_context>();
+    x->image = std::move(img);
+    x->path = std::move(path);
+    export_info& info = x->info;
+    info.name = e.name;
+    info.description = e.description;
+    info.size = x->image.size();
     info.max_payload = options_.lim.max_payload;
     info.flags = flag_has_flags | flag_send_flush;
-    if (options_.read_only)
+    if (e.read_only)
         info.flags |= flag_read_only;
     else
         info.flags |= flag_send_fua | flag_send_write_zeroes | (options_.discard ? flag_send_trim : 0);
-    // Multi-conn: every connection goes to the same in-process image (one
-    // cache, one file), and a flush flushes the file, so it covers writes
-    // completed on any connection. Advertised only when more than one client
-    // may connect: otherwise a client opening several connections would wait
-    // for ever on the second one.
+    // Multi-conn: every connection to an export goes to the same in-process
+    // image (one cache, one file), and a flush flushes the file, so it
+    // covers writes completed on any connection. Advertised only when more
+    // than one client may connect: otherwise a client opening several
+    // connections would wait for ever on the second one.
     if (options_.shared != 1) info.flags |= flag_can_multi_conn;
+    x->writethrough = options_.writethrough;
+    x->zeroes = options_.zeroes;
+    x->discard = options_.discard && !e.read_only;
+    exports_.push_back(std::move(x));
+    open_next();
+}
+
+void server::all_open() {
+    for (auto& x : exports_) {
+        ctx_.exports.push_back(x.get());
+        ctx_.infos.push_back(&x->info);
+    }
     ctx_.lim = options_.lim;
     budget_ = std::make_unique<memory_budget>(options_.memory_limit);
     ctx_.budget = budget_.get();
-    ctx_.writethrough = options_.writethrough;
-    ctx_.zeroes = options_.zeroes;
-    ctx_.discard = options_.discard && !options_.read_only;
     if (options_.verbose) ctx_.log = [this](std::string_view line) { error(std::string(line)); };
     ctx_.warn = [this](std::string_view line) { error(std::string(line)); };
 
@@ -207,14 +242,17 @@ void server::on_open(std::error_code ec, image img) {
         }
         wrote_pid_file_ = true;
     }
-    const image_info ii = ctx_.image.info();
-    note("serving '" + options_.image_path + "' (" + std::string(to_string(ii.format)) + ", " +
-         std::to_string(info.size) + " bytes, " + ii.backend + (options_.direct ? ", O_DIRECT" : "") +
-         (options_.read_only ? ", read-only" : "") +
-         (tls_ ? std::string(", TLS required (") +
-                     (options_.tls->creds.type == tls_object::kind::psk ? "PSK" : "X.509") + ")"
-               : std::string()) +
-         ") on " + what);
+    for (std::size_t i = 0; i < exports_.size(); ++i) {
+        const export_context& x = *exports_[i];
+        const image_info ii = x.image.info();
+        note("serving " + describe(i, x.path) + " (" + std::string(to_string(ii.format)) + ", " +
+             std::to_string(x.info.size) + " bytes, " + ii.backend + (options_.direct ? ", O_DIRECT" : "") +
+             (options_.exports[i].read_only ? ", read-only" : "") +
+             (tls_ ? std::string(", TLS required (") +
+                         (options_.tls->creds.type == tls_object::kind::psk ? "PSK" : "X.509") + ")"
+                   : std::string()) +
+             ") on " + what);
+    }
     if (options_.ready) options_.ready();
     for (auto& l : listeners_) accept(*l);
 }
@@ -399,14 +437,20 @@ void server::maybe_close_image() {
     if (phase_ != phase::draining || !connections_.empty()) return;
     phase_ = phase::closing;
     drain_timer_.cancel();
-    if (!ctx_.image.is_open()) return finish();
+    close_next(0);
+}
+
+void server::close_next(std::size_t i) {
+    if (i == exports_.size()) return finish();
+    image& img = exports_[i]->image;
+    if (!img.is_open()) return close_next(i + 1);
     // Close finishes what is in flight, flushes and clears NEED_CHECK.
-    ctx_.image.async_close([this](std::error_code ec) {
+    img.async_close([this, i](std::error_code ec) {
         if (ec) {
-            error("closing '" + options_.image_path + "' failed: " + ec.message());
+            error("closing " + describe(i, exports_[i]->path) + " failed: " + ec.message());
             exit_code_ = 1;
         }
-        finish();
+        close_next(i + 1);
     });
 }
 
@@ -420,7 +464,7 @@ void server::finish() {
     if (!options_.socket_path.empty() && !listeners_.empty()) ::unlink(options_.socket_path.c_str());
     if (wrote_pid_file_) ::unlink(options_.pid_file.c_str());
     if (!overlay_dir_.empty()) {
-        ::unlink((overlay_dir_ + "/overlay.qed").c_str());
+        for (const auto& o : overlays_) ::unlink(o.c_str());
         ::rmdir(overlay_dir_.c_str());
     }
     note("stopped");

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: BSL-1.0
-// The NBD server: opens the image, listens on TCP or a Unix socket, runs
-// connections, and shuts down cleanly (finish requests in flight, flush,
-// close the image so NEED_CHECK is cleared).
+// The NBD server: opens its images (one per export), listens on TCP or a
+// Unix socket, runs connections, and shuts down cleanly (finish requests in
+// flight, flush, close the images so NEED_CHECK is cleared).
 //
-// Threading: one io_context, one thread, shared by the image and every
+// Threading: one io_context, one thread, shared by the images and every
 // connection. Construct, start(), then run the io_context; run() returns
-// once the server has stopped and the image is closed.
+// once the server has stopped and the images are closed.
 #pragma once
 
 #include <boost/asio/basic_socket_acceptor.hpp>
@@ -20,31 +20,32 @@
 #include <vector>
 
 #include "qed/image.hpp"
+#include "server/exports.hpp"
 #include "server/nbd_connection.hpp"
 #include "server/nbd_tls.hpp"
 
 namespace qed::nbd {
 
 struct server_options {
-    std::string image_path;
-    std::optional<image_format> format;  ///< nullopt: probe
-    bool read_only = false;
+    /// What to serve: at least one export, names distinct.
+    std::vector<export_options> exports;
+    /// The exports came from --export/--dir: messages about an image name
+    /// its export too (the single-image command line keeps qemu-nbd's).
+    bool named_exports = false;
     bool direct = false;        ///< cache=none / directsync
     bool writethrough = false;  ///< cache=writethrough / directsync
     bool discard = false;       ///< --discard=unmap: advertise and honour TRIM
     file_backend backend = file_backend::automatic;
     std::optional<std::string> allowed_backing_dir;
-    /// -s: serve a temporary QED overlay over the image (removed at exit);
-    /// the image itself is only read.
+    /// -s: serve a temporary QED overlay over each image (removed at
+    /// exit); the images themselves are only read.
     bool snapshot = false;
     detect_zeroes zeroes = detect_zeroes::off;
     bool allow_remote_backing = false;  ///< also accept nbd:// and rbd: backing files
-    std::string export_name;
-    std::string description;
     std::string bind_address = "127.0.0.1";
     std::uint16_t port = 10809;
     std::string socket_path;  ///< non-empty: listen on this Unix socket instead of TCP
-    unsigned shared = 1;      ///< simultaneous clients; 0: no limit
+    unsigned shared = 1;      ///< simultaneous clients, all exports together; 0: no limit
     bool persistent = false;  ///< keep running after the last client leaves
     std::string pid_file;
     int verbose = 0;
@@ -67,10 +68,10 @@ public:
     server(const server&) = delete;
     server& operator=(const server&) = delete;
 
-    /// Open the image, then listen and accept. Returns at once.
+    /// Open the images, then listen and accept. Returns at once.
     void start();
     /// What SIGINT/SIGTERM do: stop accepting, finish requests in flight,
-    /// flush and close the image. A second call while draining closes the
+    /// flush and close the images. A second call while draining closes the
     /// remaining connections without waiting.
     void shutdown();
     /// 0 after a clean run, 1 when something failed.
@@ -82,10 +83,10 @@ private:
     /// Where the server is in its life.
     enum class phase {
         idle,      ///< constructed
-        opening,   ///< opening the image
+        opening,   ///< opening the images
         serving,   ///< accepting clients
         draining,  ///< no new clients; waiting for connections to finish
-        closing,   ///< closing the image
+        closing,   ///< closing the images
         stopped,   ///< done: the io_context runs out of work
     };
 
@@ -96,8 +97,13 @@ private:
     };
 
     void wait_for_signal();
-    void open_image();
-    void on_open(std::error_code ec, image img);
+    void open_next();
+    void open_image(std::size_t i, std::string path, std::optional<image_format> format, std::string backing_dir);
+    void on_open(std::size_t i, std::string path, std::error_code ec, image img);
+    void all_open();
+    void close_next(std::size_t i);
+    /// "'disk.qed'" or, with named exports, "export 'a' ('disk.qed')".
+    std::string describe(std::size_t i, const std::string& path) const;
     std::error_code listen(std::string& what);
     void accept(listener& l);
     void on_accept(listener& l, boost::system::error_code ec, socket_type socket);
@@ -113,9 +119,10 @@ private:
     boost::asio::io_context& ioc_;
     server_options options_;
     phase phase_ = phase::idle;
-    bool stop_requested_ = false;  ///< a signal came while the image was opening
+    bool stop_requested_ = false;  ///< a signal came while the images were opening
     int exit_code_ = 0;
-    export_context ctx_;
+    std::vector<std::unique_ptr<export_context>> exports_;  ///< opened so far, in options_.exports order
+    server_context ctx_;
     std::unique_ptr<tls_server> tls_;
     std::unique_ptr<memory_budget> budget_;
     boost::asio::signal_set signals_;
@@ -127,7 +134,8 @@ private:
     std::uint64_t next_id_ = 1;
     bool served_any_ = false;
     bool wrote_pid_file_ = false;
-    std::string overlay_dir_;  ///< -s: the temporary overlay's directory, removed at exit
+    std::string overlay_dir_;            ///< -s: the temporary overlays' directory, removed at exit
+    std::vector<std::string> overlays_;  ///< -s: the overlays created in it
 };
 
 }  // namespace qed::nbd
