@@ -410,6 +410,54 @@ BOOST_FIXTURE_TEST_CASE(handshake_go_and_export_info, fixture) {
     verify_image(image, 0, std::string(4096, 'x'));
 }
 
+BOOST_FIXTURE_TEST_CASE(several_exports_are_listed_and_chosen_by_name, fixture) {
+    const std::string other = dir / "other.qed";
+    create_qed(other, 2 * image_size);
+    srv.start({"-t", "-e", "0", "--export", "name=disk,file=" + image + ",description=first", "--export",
+               "name=other,file=" + other + ",readonly=on"},
+              "");
+    client c(srv);
+    c.greet();
+    // LIST: one NBD_REP_SERVER per export, in order, then the ACK.
+    auto r = c.option(nbd::opt_list);
+    BOOST_REQUIRE_EQUAL(r.size(), 3u);
+    BOOST_CHECK_EQUAL(r[0].type, nbd::rep_server);
+    BOOST_CHECK_EQUAL(to_string(r[0].data).substr(4), "diskfirst");
+    BOOST_CHECK_EQUAL(r[1].type, nbd::rep_server);
+    BOOST_CHECK_EQUAL(nbd::get32(r[1].data.data()), 5u);
+    BOOST_CHECK_EQUAL(to_string(r[1].data).substr(4), "other");
+    BOOST_CHECK_EQUAL(r[2].type, nbd::rep_ack);
+    // INFO answers for the export named; the empty name is none of them.
+    BOOST_CHECK_EQUAL(c.option(nbd::opt_info, client::go_request("", {})).back().type, nbd::rep_err_unknown);
+    r = c.option(nbd::opt_info, client::go_request("other", {}));
+    BOOST_REQUIRE_EQUAL(r.back().type, nbd::rep_ack);
+    BOOST_CHECK_EQUAL(nbd::get64(r[0].data.data() + 2), 2 * image_size);
+    BOOST_CHECK(nbd::get16(r[0].data.data() + 10) & nbd::flag_read_only);
+    // EXPORT_NAME picks one too.
+    c.send_option(nbd::opt_export_name, to_bytes("other"));
+    const bytes reply = c.recv(10);
+    BOOST_CHECK_EQUAL(nbd::get64(reply.data()), 2 * image_size);
+    BOOST_CHECK(nbd::get16(reply.data() + 8) & nbd::flag_read_only);
+    BOOST_CHECK_EQUAL(c.write(0, std::string(4096, 'o')), nbd::err_perm);
+    // GO for the writable one; its writes land in its image.
+    client d(srv);
+    d.connect(true, {"base:allocation"}, "disk");
+    BOOST_CHECK_EQUAL(d.write(0, std::string(4096, 'd')), 0u);
+    BOOST_CHECK_EQUAL(d.read(0, 4096).second, std::string(4096, 'd'));
+    d.disconnect();
+    // EXPORT_NAME for an unknown name: the connection is closed, one line logged.
+    client e(srv);
+    e.greet();
+    e.send_option(nbd::opt_export_name, to_bytes("third"));
+    BOOST_CHECK(e.closed_within(5s));
+    BOOST_CHECK_EQUAL(srv.stop(), 0);
+    BOOST_CHECK_MESSAGE(srv.stderr_text().find("(127.0.0.1:") != std::string::npos &&
+                            srv.stderr_text().find("asked for unknown export 'third'") != std::string::npos,
+                        srv.stderr_text());
+    verify_image(image, 0, std::string(4096, 'd'));
+    verify_image(other, 0, std::string(4096, '\0'));
+}
+
 BOOST_FIXTURE_TEST_CASE(option_errors_keep_the_negotiation_going, fixture) {
     srv.start({"-t", "-e", "2"}, image);
     client c(srv);
