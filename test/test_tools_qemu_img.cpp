@@ -698,4 +698,40 @@ BOOST_AUTO_TEST_CASE(compare_agrees_with_qemu_img) {
     BOOST_CHECK_EQUAL(s.img({"compare", "z4.qed", "z4c.qed"}).status, 0);
 }
 
+// convert --salvage: sectors the source can't read become zeros, one
+// warning each in qemu-img's words, and the copy succeeds; without it the
+// convert fails.
+BOOST_AUTO_TEST_CASE(convert_salvage_as_qemu_img) {
+    scratch s;
+    s.must_qemu_img({"create", "-q", "-f", "raw", "src", "4M"});
+    s.must_qemu_io("src", {"write -P 0x5a 0 4M"}, "raw");
+    std::ofstream(s.path("rules")) << "[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\nsector = \"2048\"\n"
+                                      "[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\nsector = \"4001\"\n";
+    const result theirs = s.qemu_img({"convert", "--salvage", "-f", "raw", "-O", "raw", "blkdebug:rules:src", "q.raw"});
+    const result ours = s.img({"convert", "--salvage", "-f", "raw", "-O", "raw", "blkdebug:rules:src", "o.raw"});
+    BOOST_CHECK_EQUAL(ours.status, theirs.status);
+    BOOST_CHECK_EQUAL(ours.status, 0);
+    auto strip = [](const std::vector<std::string>& lines) {
+        std::vector<std::string> out;
+        for (const auto& l : lines) out.push_back(l.substr(l.find(':')));  // without the program name
+        return out;
+    };
+    BOOST_CHECK(strip(ours.err_lines()) == strip(theirs.err_lines()));
+    BOOST_CHECK_MESSAGE(ours.err.find("warning: error while reading offset 1048576: Input/output error") !=
+                            std::string::npos,
+                        ours);
+    BOOST_CHECK(s.read_file("o.raw") == s.read_file("q.raw"));
+    const result plain = s.img({"convert", "-f", "raw", "-O", "raw", "blkdebug:rules:src", "p.raw"});
+    BOOST_CHECK_EQUAL(plain.status, 1);
+}
+
+// qemu-img info on the null device.
+BOOST_AUTO_TEST_CASE(info_null_co_as_qemu_img) {
+    scratch s;
+    const result theirs = s.qemu_img({"info", "null-co://"});
+    const result ours = s.img({"info", "null-co://"});
+    BOOST_CHECK_EQUAL(ours.status, theirs.status);
+    BOOST_CHECK_EQUAL(ours.out, theirs.out);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <fstream>
 #include <boost/test/data/monomorphic.hpp>
 #include <boost/test/data/test_case.hpp>
 #include <boost/test/unit_test.hpp>
@@ -310,6 +311,53 @@ BOOST_AUTO_TEST_CASE(map_and_alloc_over_a_backing_chain) {
     expect_same_run(s, "top.qed", {"-r"},
                     {"map", "alloc 0 4M", "alloc 512k", "alloc 2M 64k", "alloc 3M 1M", "read -P 1 0 512k",
                      "read -P 2 512k 64k", "read -P 0 3M 128k", "info", "length"});
+}
+
+// QEMU's fault injection: an errno from a blkdebug rules file fails the
+// read as a failing disk would, in qemu-io's words; a bad rules file is
+// refused naming its line.
+BOOST_AUTO_TEST_CASE(blkdebug_read_error_fails_the_read_as_qemu_io) {
+    scratch s;
+    s.must_qemu_img({"create", "-q", "-f", "qed", "img", "1M"});
+    s.must_qemu_io("img", {"write -P 0x11 0 128k"});
+    {
+        std::ofstream(s.path("rules")) << "[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\nsector = \"128\"\n";
+        std::ofstream(s.path("nospc")) << "[inject-error]\nevent = \"write_aio\"\nerrno = \"28\"\n";
+        std::ofstream(s.path("bad")) << "[inject-error]\nevent = \"read_aio\"\nrate = \"5\"\n";
+    }
+    for (const auto& cmds : std::vector<std::vector<std::string>>{
+             {"read -P 0x11 0 64k", "read 64k 64k", "read -P 0x11 66k 62k"}, {"write 0 4k", "read 0 4k"}}) {
+        const std::string name = cmds.size() == 3 ? "blkdebug:rules:img" : "blkdebug:nospc:img";
+        const result theirs = s.qemu_io(with_commands({"-f", "qed"}, cmds, name));
+        const result ours = s.io(with_commands({"-f", "qed"}, cmds, name));
+        BOOST_CHECK_EQUAL(ours.status, theirs.status);
+        BOOST_CHECK_EQUAL(ours.out_without_timing(), theirs.out_without_timing());
+    }
+    // (A rule's sector is an offset in the file, not in the guest.) Every
+    // data read fails; opening (header, L1) announces no read_aio.
+    std::ofstream(s.path("all")) << "[inject-error]\nevent = \"read_aio\"\n";
+    const result r2 = s.io({"-f", "qed", "-c", "read 0 4k", "blkdebug:all:img"});
+    BOOST_CHECK_MESSAGE(r2.status == 1 && r2.out == "read failed: Input/output error\n", r2);
+    const result nospc = s.io({"-f", "qed", "-c", "write 0 4k", "blkdebug:nospc:img"});
+    BOOST_CHECK_MESSAGE(nospc.out.find("write failed: No space left on device") != std::string::npos, nospc);
+    const result bad = s.io({"-f", "qed", "-c", "read 0 4k", "blkdebug:bad:img"});
+    BOOST_CHECK_EQUAL(bad.status, 1);
+    BOOST_CHECK_MESSAGE(bad.err.find("bad:3: Invalid parameter 'rate' in [inject-error]") != std::string::npos, bad);
+}
+
+// null-co://: 1 GiB of zeros that drops what is written, as qemu-io sees it.
+BOOST_AUTO_TEST_CASE(null_co_reads_zeros_as_qemu_io) {
+    scratch s;
+    // (QEMU's null-co leaves read buffers as they were unless read-zeroes=on:
+    // what it reads is compared by length only.)
+    const std::vector<std::string> cmds = {"write -P 7 0 64k", "read 0 64k", "length", "read 1073741312 512",
+                                           "read 1073741312 1024"};
+    const result theirs = s.qemu_io(with_commands({"-f", "raw"}, cmds, "null-co://"));
+    const result ours = s.io(with_commands({"-f", "raw"}, cmds, "null-co://"));
+    BOOST_CHECK_EQUAL(ours.status, theirs.status);
+    BOOST_CHECK_EQUAL(ours.out_without_timing(), theirs.out_without_timing());
+    const result zeros = s.io({"-f", "raw", "-c", "write -P 7 0 64k", "-c", "read -P 0 0 64k", "null-co://"});
+    BOOST_CHECK_MESSAGE(zeros.status == 0 && zeros.out.find("verification failed") == std::string::npos, zeros);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

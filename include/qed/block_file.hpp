@@ -37,6 +37,24 @@ struct file_identity {
     friend bool operator==(const file_identity&, const file_identity&) = default;
 };
 
+/// Points in a format driver's work that it announces to the file below it
+/// (QEMU's BlkdebugEvent, same names: blkdbg_event_name). Only a blkdebug
+/// file (qed/blkdebug.hpp) acts on them. This driver announces read_aio and
+/// write_aio (guest data), read_backing_aio, cow_read, l2_load; a blkdebug
+/// file itself raises flush_to_os and flush_to_disk before each flush and
+/// none when it opens. The others are QEMU's qcow2 and block-layer points,
+/// accepted in rules files and never raised here.
+enum class blkdbg_event {
+    l1_update, l1_grow_alloc_table, l1_grow_write_table, l1_grow_activate_table, l2_load, l2_update,
+    l2_update_compressed, l2_alloc_cow_read, l2_alloc_write, read_aio, read_backing_aio, read_compressed, write_aio,
+    write_compressed, vmstate_load, vmstate_save, cow_read, cow_write, reftable_load, reftable_grow, reftable_update,
+    refblock_load, refblock_update, refblock_update_part, refblock_alloc, refblock_alloc_hookup, refblock_alloc_write,
+    refblock_alloc_write_blocks, refblock_alloc_write_table, refblock_alloc_switch_table, cluster_alloc,
+    cluster_alloc_bytes, cluster_free, flush_to_os, flush_to_disk, pwritev_rmw_head, pwritev_rmw_after_head,
+    pwritev_rmw_tail, pwritev_rmw_after_tail, pwritev, pwritev_zero, pwritev_done, empty_image_prepare,
+    l1_shrink_write_table, l1_shrink_free_l2_clusters, cor_write, cluster_alloc_space, none,
+};
+
 /// Which implementation backs a file opened from a path.
 enum class file_backend {
     automatic,  ///< io_uring when the io_context can have a ring, else threads
@@ -142,11 +160,17 @@ public:
     virtual bool read_only() const noexcept = 0;
     /// A short name for messages ("io_uring", "threads", "memory", ...).
     virtual const char* backend_name() const noexcept = 0;
+    /// The format above announces what it is about to do (before the
+    /// transfer it starts). Default: nothing; a blkdebug file runs its rules.
+    virtual void debug_event(blkdbg_event /*event*/) noexcept {}
 };
 
 /// Open a file by path, or a remote file by URI (nbd://HOST[:PORT]/EXPORT,
 /// nbd+unix:///EXPORT?socket=PATH, rbd:POOL/IMAGE[:conf=PATH]...: see
-/// is_remote_name). Throws nothing; errors come back in `ec`.
+/// is_remote_name), QEMU's fault injection layer (blkdebug:RULES:INNER,
+/// blkdebug::INNER: qed/blkdebug.hpp) or QEMU's null device (null-co://: 1 GiB
+/// that reads as zeros and discards writes). Throws nothing; errors come
+/// back in `ec`, with a line naming the problem in options.log.
 ///
 /// Unless locking is off, the file is locked as QEMU locks an image's file
 /// (held until the file is closed): read-write opens hold consistent-read,
@@ -201,6 +225,15 @@ private:
     std::unique_ptr<impl> impl_;
     std::uint64_t id_;
 };
+
+/// QEMU's null-co driver: `size` bytes that read as zeros; writes succeed
+/// and are dropped, flushes do nothing, resize changes the size. Nothing is
+/// stored, so it measures the layers above it alone.
+std::shared_ptr<block_file> make_null_file(const boost::asio::any_io_executor& ex, std::uint64_t size,
+                                           bool read_only = false);
+
+/// True for QEMU's null-co:// (and null-aio://) names.
+bool is_null_name(std::string_view name) noexcept;
 
 /// An in-memory block file over `storage`.
 std::shared_ptr<block_file> make_memory_file(const boost::asio::any_io_executor& ex,

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSL-1.0
 // Opening a file by path and choosing its backend.
+#include "qed/blkdebug.hpp"
 #include "qed/block_file.hpp"
 #include "qed/error.hpp"
 
@@ -53,6 +54,26 @@ std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, co
     ec.clear();
     if (detail::is_nbd_name(path)) return detail::open_nbd_file(ex, path, options, ec);
     if (detail::is_rbd_name(path)) return detail::open_rbd_file(ex, path, options, ec);
+    if (is_blkdebug_name(path)) {
+        blkdebug_config config;
+        std::string error;
+        if ((ec = parse_blkdebug_name(path, config, error))) {
+            if (options.log) options.log(error);
+            return nullptr;
+        }
+        return open_blkdebug_file(ex, config, options, ec);
+    }
+    if (is_null_name(path)) {
+        // QEMU takes the size (default 1 GiB) only as an option, never in the name.
+        const std::string_view exact = path.starts_with("null-co:") ? "null-co://" : "null-aio://";
+        if (path != exact) {
+            if (options.log)
+                options.log(path + ": The only allowed filename for this driver is '" + std::string(exact) + "'");
+            ec = errc::invalid_argument;
+            return nullptr;
+        }
+        return make_null_file(ex, std::uint64_t{1} << 30, options.read_only);
+    }
     int flags = O_CLOEXEC | (options.read_only ? O_RDONLY : O_RDWR);
     // Created files are truncated only once locked: a refused create
     // leaves a file another process is using alone.

@@ -73,6 +73,7 @@ void load_l2(qed_image& img, std::uint64_t offset, op_handler handler) {
     auto entry = std::make_shared<l2_entry>(offset, img.geo_.table_entries);
     entry->waiters.push_back(std::move(handler));
     img.cache_.insert(entry);
+    img.file_->debug_event(blkdbg_event::l2_load);
     async_read_table(*img.file_, offset, entry->t, [&img, entry](std::error_code ec) {
         if (ec) img.cache_.erase(entry->offset);  // can't trust a failed read
         else entry->loaded = true;

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "image/backing.hpp"
 
+#include "qed/blkdebug.hpp"
+
 #include "table/co_io.hpp"
 #include "image/file_protocol.hpp"
 #include "image/qed_image.hpp"
@@ -15,7 +17,10 @@
 namespace qed::detail {
 
 std::string resolve_backing_path(const std::string& image_path, const std::string& backing_name) {
-    if (backing_name.empty() || backing_name.front() == '/' || is_remote_name(backing_name)) return backing_name;
+    // Another protocol's name (QEMU's path_has_protocol) is used as it is.
+    if (backing_name.empty() || backing_name.front() == '/' || is_remote_name(backing_name) ||
+        is_blkdebug_name(backing_name) || is_null_name(backing_name))
+        return backing_name;
     // A remote image has no directory (qed_open refuses a relative name there).
     if (is_remote_name(image_path)) return backing_name;
     const auto slash = image_path.rfind('/');
@@ -184,13 +189,20 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
     }
     path = without_file_protocol(path);
     const bool remote = is_remote_name(path);
-    std::string target = remote ? path : tidy_path(path);  // a URI's "//" is not a path's
+    const bool null_device = is_null_name(path);  // nothing to read, nothing to leak
+    std::string target = remote || null_device || is_blkdebug_name(path) ? path : tidy_path(path);  // a URI's "//" is not a path's
+    if (parent.allowed_backing_dir && is_blkdebug_name(path)) {
+        // Its rules file and inner file are names of their own, which the
+        // directory check below does not see.
+        log(path + ": blkdebug backing file refused (backing files must lie in " + *parent.allowed_backing_dir + ")");
+        co_return device_result{errc::backing_not_allowed, nullptr};
+    }
     if (parent.allowed_backing_dir && remote && !parent.allow_remote_backing) {
         log(path + ": remote backing file refused (backing files must lie in " + *parent.allowed_backing_dir +
             "; allow remote ones with qed-nbd --allow-remote-backing, open_options::allow_remote_backing)");
         co_return device_result{errc::backing_not_allowed, nullptr};
     }
-    if (parent.allowed_backing_dir && !remote) {
+    if (parent.allowed_backing_dir && !remote && !null_device) {
         // Canonical paths: symlinks and ".." can't lead out of the directory.
         char dir_buf[PATH_MAX];
         char file_buf[PATH_MAX];

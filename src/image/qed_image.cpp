@@ -171,6 +171,7 @@ bool qed_image::read_backing(std::uint64_t pos, const mutable_buffers& buffers, 
         for (const auto& b : tail) std::memset(b.data(), 0, b.size());
     }
     if (n == 0) return false;
+    file_->debug_event(blkdbg_event::read_backing_aio);
     backing_->read(pos, slice(buffers, 0, static_cast<std::size_t>(n)),
                    [h = std::move(handler)](std::error_code ec, std::size_t) mutable { std::move(h)(ec); });
     return true;

@@ -46,6 +46,7 @@ std::error_code raw_image::check_io(std::uint64_t offset, std::uint64_t length, 
 void raw_image::read(std::uint64_t offset, mutable_buffers buffers, io_handler handler) {
     if (auto ec = check_io(offset, total_size(buffers), false)) return complete_later(std::move(handler), ec, std::size_t{0});
     auto self = shared_from_this();
+    file_->debug_event(blkdbg_event::read_aio);
     file_->async_read_at(offset, buffers, [this, self, h = std::move(handler)](std::error_code ec, std::size_t n) mutable {
         complete(std::move(h), ec, ec ? std::size_t{0} : n);
     });
@@ -60,6 +61,7 @@ void raw_image::write(std::uint64_t offset, const_buffers buffers, write_options
     auto done = [this, self, file = file_, h = std::move(handler)](std::error_code ec, std::size_t n) mutable {
         complete(std::move(h), ec, ec ? std::size_t{0} : n);
     };
+    file_->debug_event(blkdbg_event::write_aio);
     // FUA goes to the file: an NBD export gets the flag on the write itself.
     if (options.fua) file_->async_write_fua_at(offset, buffers, std::move(done));
     else file_->async_write_at(offset, buffers, std::move(done));

@@ -103,6 +103,7 @@ bool aiocb::do_read(const cluster_run& run) {
     auto bufs = slice(read_buffers_, pos_ - start_, cur_len_);
     switch (run.what) {
     case cluster_run::kind::data:
+        img_->file_->debug_event(blkdbg_event::read_aio);
         img_->file_->async_read_at(run.host_offset, bufs,
                                    [this](std::error_code ec, std::size_t) { run_done(ec); });
         return true;
@@ -120,6 +121,7 @@ bool aiocb::do_write(const cluster_run& run) {
     if (run.what == cluster_run::kind::data) {
         // In place: the cluster is already linked, nobody to wait for.
         auto bufs = slice(write_buffers_, pos_ - start_, cur_len_);
+        img_->file_->debug_event(blkdbg_event::write_aio);
         img_->file_->async_write_at(run.host_offset, bufs,
                                     [this](std::error_code ec, std::size_t) { run_done(ec); });
         return true;
@@ -135,6 +137,7 @@ bool aiocb::do_write_zeroes(const cluster_run& run) {
     case cluster_run::kind::data: {
         cur_len_ = std::min(cur_len_, max_zero_run);
         const std::uint64_t host = run.host_offset;
+        img_->file_->debug_event(blkdbg_event::write_aio);
         if (!may_unmap_) {
             img_->file_->async_write_at(host, zero_buffers(cur_len_),
                                         [this](std::error_code ec, std::size_t) { run_done(ec); });

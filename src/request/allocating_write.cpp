@@ -295,6 +295,7 @@ void allocating_write::issue_prefill() {
         backing_buffers_.push_back(allocate_aligned(p.len, false));
         mutable_buffers dst{boost::asio::mutable_buffer(backing_buffers_.back().get(), p.len)};
         ++pending_;
+        img_.file_->debug_event(blkdbg_event::cow_read);
         if (!img_.read_backing(p.pos, dst, [this](std::error_code ec) { one_done(ec); })) --pending_;
     }
     --pending_;
@@ -373,6 +374,7 @@ void allocating_write::issue_writes() {
     pending_ = 1;
     for (auto& [off, bufs] : writes_) {
         ++pending_;
+        img_.file_->debug_event(blkdbg_event::write_aio);
         img_.file_->async_write_at(off, bufs, [this](std::error_code ec, std::size_t) { one_done(ec); });
     }
     --pending_;

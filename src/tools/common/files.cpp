@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: BSL-1.0
+#include "qed/blkdebug.hpp"
 #include "common/files.hpp"
 
 #include <sys/stat.h>
@@ -13,6 +14,13 @@ std::optional<file_identity> identity_of(const std::string& path) {
 }
 
 std::optional<std::uint64_t> allocated_bytes(const std::string& path) {
+    if (is_null_name(path)) return 0;  // stores nothing (qemu-img: "disk size: 0 B")
+    if (is_blkdebug_name(path)) {  // the file under the fault injection layer
+        blkdebug_config c;
+        std::string error;
+        if (parse_blkdebug_name(path, c, error)) return std::nullopt;
+        return allocated_bytes(c.image);
+    }
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) return std::nullopt;
     return static_cast<std::uint64_t>(st.st_blocks) * 512;
@@ -24,7 +32,9 @@ bool file_exists(const std::string& path) {
 }
 
 std::string resolve_backing(const std::string& image_path, const std::string& name) {
-    if (name.empty() || name.front() == '/' || is_remote_name(name) || is_remote_name(image_path)) return name;
+    if (name.empty() || name.front() == '/' || is_remote_name(name) || is_remote_name(image_path) ||
+        is_blkdebug_name(name) || is_null_name(name))
+        return name;
     const auto slash = image_path.rfind('/');
     return slash == std::string::npos ? name : image_path.substr(0, slash + 1) + name;
 }

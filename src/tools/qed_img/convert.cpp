@@ -76,6 +76,7 @@ int run_convert(const words& words) {
                        {'C', "", false},
                        {'l', "", true},
                        {0, "target-is-zero", false},
+                       {0, "salvage", false},
                        {0, "object", true},
                        {0, "image-opts", false},
                        {0, "target-image-opts", false}});
@@ -241,6 +242,8 @@ int run_convert(const words& words) {
     plan.reference = target;  // update: compare with what the target reads now (its backing)
     plan.reference_size = size;
     plan.target_reads_zeros = reads_zeros;
+    plan.salvage = args->has("salvage");
+    plan.warn = [](const std::string& line) { report("warning: " + line); };
     plan.detect_zeroes = sparse != 0;
     plan.zero_block = sparse ? sparse : 4096;
     size_cells(plan, ti.format == image_format::qed ? ti.cluster_size : 0, requests);

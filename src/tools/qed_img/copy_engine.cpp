@@ -20,11 +20,35 @@ job_done noting(const copy_plan& plan, copy_side side, job_done done) {
     };
 }
 
+constexpr std::uint64_t sector = 512;
+
+/// --salvage: [off, end) of the source one sector at a time, in order;
+/// what can't be read is zeros and one warning.
+void salvage_from(const copy_plan& plan, std::uint64_t off, std::uint64_t end, std::byte* p, job_done done) {
+    if (off >= end) return done({});
+    const std::uint64_t n = std::min(sector - off % sector, end - off);
+    image img = plan.source;
+    img.async_read_at(off, boost::asio::buffer(p, static_cast<std::size_t>(n)),
+                      [&plan, off, end, n, p, done = std::move(done)](std::error_code ec, std::size_t) mutable {
+                          if (ec) {
+                              std::memset(p, 0, static_cast<std::size_t>(n));
+                              if (plan.warn)
+                                  plan.warn("error while reading offset " + std::to_string(off) + ": " +
+                                            ec.message());
+                          }
+                          salvage_from(plan, off + n, end, p + n, std::move(done));
+                      });
+}
+
 void read_into(const copy_plan& plan, copy_side side, std::uint64_t off, std::byte* p, std::uint64_t n,
                job_done done) {
     image img = side == copy_side::reference ? plan.reference : plan.source;
     img.async_read_at(off, boost::asio::buffer(p, static_cast<std::size_t>(n)),
-                      [done = noting(plan, side, std::move(done))](std::error_code ec, std::size_t) { done(ec); });
+                      [&plan, side, off, p, n, done = std::move(done)](std::error_code ec, std::size_t) mutable {
+                          if (ec && plan.salvage && side == copy_side::source)
+                              return salvage_from(plan, off, off + n, p, std::move(done));
+                          noting(plan, side, std::move(done))(ec);
+                      });
 }
 
 void write_from(const copy_plan& plan, std::uint64_t off, const std::byte* p, std::uint64_t n, job_done done) {

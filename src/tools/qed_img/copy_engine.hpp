@@ -45,6 +45,11 @@ struct copy_plan {
     std::uint64_t cell_size = 2u << 20;
     /// Called as cells finish with (bytes of guest range done, total bytes).
     std::function<void(std::uint64_t, std::uint64_t)> progress;
+    /// qemu-img convert --salvage: a source read that fails is read again
+    /// sector by sector; sectors that still fail become zeros and `warn`
+    /// gets QEMU's line for each ("error while reading offset N: ...").
+    bool salvage = false;
+    std::function<void(const std::string&)> warn;
     /// Set by run_copy: the image of the first operation that failed.
     mutable copy_side failed = copy_side::none;
 };

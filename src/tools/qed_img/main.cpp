@@ -26,7 +26,7 @@ const command commands[] = {
     {"commit", run_commit, "commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] filename"},
     {"compare", run_compare, "compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] filename1 filename2"},
     {"convert", run_convert,
-     "convert [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] "
+     "convert [--salvage] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] "
      "[-o options] [-m num_requests] filename output_filename"},
     {"create", run_create, "create [-q] [-f fmt] [-b backing_file -F backing_fmt] [-u] [-o options] filename [size]"},
     {"dd", run_dd, "dd [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output"},

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "qed_io/commands.hpp"
 
+#include "qed/blkdebug.hpp"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -620,6 +622,7 @@ bool cmd_open(session& s, const argv_t& argv) {
     std::string driver;
     if (auto f = a->last("f")) driver = *f;
     std::string file = a->positional.empty() ? std::string{} : a->positional[0];
+    std::optional<std::string> file_align;  // blkdebug's align, for a blkdebug: file
     for (const auto& list : a->all("o")) {
         std::size_t pos = 0;
         while (pos <= list.size()) {
@@ -636,11 +639,13 @@ bool cmd_open(session& s, const argv_t& argv) {
                 file = value;
             else if (key == "read-only")
                 o.read_only = value == "on" || value == "true";
+            else if (key == "file.align")
+                file_align = value;
             else if (key == "locking" && (value == "on" || value == "off" || value == "auto"))
                 o.locking = value == "on" ? lock_mode::on : value == "off" ? lock_mode::off : lock_mode::automatic;
             else {
                 report("can't open: option '" + item + "' is not supported (qed-io takes driver, filename, "
-                       "file.filename, read-only and locking)");
+                       "file.filename, file.align, read-only and locking)");
                 return false;
             }
         }
@@ -648,6 +653,30 @@ bool cmd_open(session& s, const argv_t& argv) {
     if (file.empty()) {
         report("can't open: no file name given (open [-r] [-o driver=FMT,filename=FILE] [FILE])");
         return false;
+    }
+    if (file_align) {
+        // The image's file is a blkdebug layer with that alignment.
+        blkdebug_config config;
+        std::string error;
+        if (!is_blkdebug_name(file)) {
+            report("can't open: file.align is blkdebug's option, and '" + file + "' is not a blkdebug: name");
+            return false;
+        }
+        if (parse_blkdebug_name(file, config, error)) {
+            report("can't open: " + error);
+            return false;
+        }
+        std::string why;
+        const auto align = parse_size(*file_align, why);
+        if (!align) {
+            report("can't open: file.align: invalid size '" + *file_align + "': " + why);
+            return false;
+        }
+        config.align = *align;
+        o.opener = [top = file, config, ex = s.loop().executor()](const std::string& path, const file_options& fo,
+                                                           std::error_code& ec) {
+            return path == top ? open_blkdebug_file(ex, config, fo, ec) : open_file(ex, path, fo, ec);
+        };
     }
     if (driver == "file" || driver == "host_device" || driver == "host_cdrom") {
         if (!protocol_file_ok(driver, file, o.read_only)) return false;
