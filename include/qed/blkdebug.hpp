@@ -40,9 +40,13 @@ enum class blkdebug_io : unsigned { read, write, write_zeroes, discard, flush, b
 
 /// One rule of a blkdebug configuration.
 struct blkdebug_rule {
-    enum class kind { inject_error, set_state };
-    kind action = kind::inject_error;
-    blkdbg_event event = blkdbg_event::none;
+    /// What a rule does when its event fires.
+    enum class kind {
+        inject_error,  ///< fail the request (QEMU's `[inject-error]`)
+        set_state      ///< move to another state (QEMU's `[set-state]`)
+    };
+    kind action = kind::inject_error;         ///< which of the two this rule is
+    blkdbg_event event = blkdbg_event::none;  ///< the event it waits for
     std::int64_t state = 0;  ///< acts only in this state (0: in any)
     // inject-error
     int error = 5;             ///< errno to fail with (EIO by default)
@@ -53,7 +57,7 @@ struct blkdebug_rule {
     /// but block status.
     unsigned iotypes = (1u << 0) | (1u << 1) | (1u << 2) | (1u << 3) | (1u << 4);
     // set-state
-    std::int64_t new_state = 0;
+    std::int64_t new_state = 0;  ///< the state a set-state rule moves to
 };
 
 /// What a blkdebug file is made of.
