@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "common/files.hpp"
 
+#include "qed/node_options.hpp"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -24,7 +26,10 @@ bool file_exists(const std::string& path) {
 }
 
 std::string resolve_backing(const std::string& image_path, const std::string& name) {
-    if (name.empty() || name.front() == '/' || is_remote_name(name) || is_remote_name(image_path)) return name;
+    // json: and file: names carry a protocol: taken as they are (as the library and QEMU do).
+    if (name.empty() || name.front() == '/' || is_remote_name(name) || is_remote_name(image_path) ||
+        is_json_name(name) || name.rfind("file:", 0) == 0)
+        return name;
     const auto slash = image_path.rfind('/');
     return slash == std::string::npos ? name : image_path.substr(0, slash + 1) + name;
 }

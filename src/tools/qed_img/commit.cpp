@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "common/driver.hpp"
+#include "common/image_opts.hpp"
 #include "common/files.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/copy_engine.hpp"
@@ -129,8 +130,7 @@ int run_commit(const words& words) {
                        {0, "object", true},
                        {0, "image-opts", false}});
     if (!args) return 1;
-    if (args->has("object") || args->has("image-opts"))
-        return fail("commit: --object and --image-opts are not supported");
+    if (std::string why; !apply_image_options(*args, 1, "format", why)) return fail(why);
     std::optional<image_format> fmt;
     bool direct = false;
     if (!format_value(args->last("format"), fmt) || !cache_value(args->last("cache"), direct)) return 1;

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common/driver.hpp"
+#include "common/image_opts.hpp"
 #include "common/files.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/options.hpp"
@@ -83,7 +84,7 @@ int run_create(const words& words) {
                        {'q', "", false},
                        {0, "object", true}});
     if (!args) return 1;
-    if (args->has("object")) return fail("create: --object is not supported");
+    if (std::string why; !check_objects(*args, why)) return fail(why);
 
     create_request r;
     r.quiet = args->has("q");

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "qed_io/commands.hpp"
+#include "qed/node_options.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -11,6 +12,7 @@
 #include <cstring>
 #include <memory>
 #include <sstream>
+#include <algorithm>
 
 #include "common/args.hpp"
 #include "common/driver.hpp"
@@ -617,33 +619,50 @@ bool cmd_open(session& s, const argv_t& argv) {
             return false;
         }
     }
-    std::string driver;
-    if (auto f = a->last("f")) driver = *f;
-    std::string file = a->positional.empty() ? std::string{} : a->positional[0];
+    // The -o lists as one set of node options; read-only and locking are
+    // the open's own.
+    node_options tree;
     for (const auto& list : a->all("o")) {
-        std::size_t pos = 0;
-        while (pos <= list.size()) {
-            const std::size_t comma = std::min(list.find(',', pos), list.size());
-            const std::string item = list.substr(pos, comma - pos);
-            pos = comma + 1;
-            if (item.empty()) continue;
-            const auto eq = item.find('=');
-            const std::string key = item.substr(0, eq);
-            const std::string value = eq == std::string::npos ? std::string{} : item.substr(eq + 1);
-            if (key == "driver")
-                driver = value;
-            else if (key == "filename" || key == "file.filename")
-                file = value;
-            else if (key == "read-only")
+        std::string why;
+        auto items = parse_dotted_options(list, why);
+        if (!items) {
+            report("can't open: " + why);
+            return false;
+        }
+        for (auto& [key, value] : *items) {
+            if (key == "read-only") {
                 o.read_only = value == "on" || value == "true";
-            else if (key == "locking" && (value == "on" || value == "off" || value == "auto"))
+            } else if (key == "locking") {
+                if (value != "on" && value != "off" && value != "auto") {
+                    report("can't open: Parameter 'locking' does not accept value '" + value + "'");
+                    return false;
+                }
                 o.locking = value == "on" ? lock_mode::on : value == "off" ? lock_mode::off : lock_mode::automatic;
-            else {
-                report("can't open: option '" + item + "' is not supported (qed-io takes driver, filename, "
-                       "file.filename, read-only and locking)");
-                return false;
+            } else {
+                tree[key] = value;
             }
         }
+    }
+    std::string driver;
+    if (auto f = a->last("f")) driver = *f;
+    if (auto it = tree.find("driver"); it != tree.end()) driver = it->second;
+    std::string file = a->positional.empty() ? std::string{} : a->positional[0];
+    bool simple = true;
+    for (const auto& [key, value] : tree) {
+        if (key == "filename" || key == "file.filename")
+            file = value;
+        else if (key != "driver")
+            simple = false;
+    }
+    if (!simple) {
+        // A tree of nodes (a format nested in another, a protocol's own
+        // options): opened as the json: name it amounts to.
+        if (!driver.empty()) tree["driver"] = driver;
+        const bool named = tree.count("filename") || std::any_of(tree.begin(), tree.end(), [](const auto& kv) {
+                               return kv.first.compare(0, 5, "file.") == 0;
+                           });
+        if (!named && !file.empty()) tree["filename"] = file;
+        return s.open(json_name(tree), o, true);
     }
     if (file.empty()) {
         report("can't open: no file name given (open [-r] [-o driver=FMT,filename=FILE] [FILE])");
