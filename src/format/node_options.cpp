@@ -4,7 +4,6 @@
 #include "qed/node_options.hpp"
 
 #include <boost/json/src.hpp>
-
 #include <vector>
 
 namespace qed {
@@ -72,14 +71,20 @@ bool flatten(const boost::json::value& v, const std::string& key, node_options& 
                 if (!flatten(e, key + "." + std::to_string(n++), out, error)) return false;
             return true;
         }
-        case boost::json::kind::string: return put(std::string(v.get_string()));
-        case boost::json::kind::bool_: return put(v.get_bool() ? "on" : "off");
-        case boost::json::kind::null: return put("");
-        default: return put(boost::json::serialize(v));
+        case boost::json::kind::string:
+            return put(std::string(v.get_string()));
+        case boost::json::kind::bool_:
+            return put(v.get_bool() ? "on" : "off");
+        case boost::json::kind::null:
+            return put("");
+        default:
+            return put(boost::json::serialize(v));
     }
 }
 
-void quote(std::string& out, const std::string& s) { out += boost::json::serialize(boost::json::value(s)); }
+void quote(std::string& out, const std::string& s) {
+    out += boost::json::serialize(boost::json::value(s));
+}
 
 // Keys of `options` are sorted, so the members of one object are adjacent.
 void emit(const node_options& options, node_options::const_iterator begin, node_options::const_iterator end,
@@ -89,7 +94,8 @@ void emit(const node_options& options, node_options::const_iterator begin, node_
     for (auto it = begin; it != end;) {
         const std::string& key = it->first;
         const auto dot = key.find('.', prefix_len);
-        const std::string name = key.substr(prefix_len, dot == std::string::npos ? std::string::npos : dot - prefix_len);
+        const std::string name =
+            key.substr(prefix_len, dot == std::string::npos ? std::string::npos : dot - prefix_len);
         if (!first) out += ", ";
         first = false;
         quote(out, name);
@@ -110,7 +116,9 @@ void emit(const node_options& options, node_options::const_iterator begin, node_
 
 }  // namespace
 
-bool is_json_name(std::string_view name) noexcept { return name.substr(0, json_prefix.size()) == json_prefix; }
+bool is_json_name(std::string_view name) noexcept {
+    return name.substr(0, json_prefix.size()) == json_prefix;
+}
 
 std::optional<node_options> parse_json_options(std::string_view name, std::string& error) {
     if (is_json_name(name)) name.remove_prefix(json_prefix.size());

@@ -1,19 +1,20 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "image/node_open.hpp"
 
-#include "table/co_io.hpp"
-
-#include <boost/asio/post.hpp>
-
 #include <algorithm>
 #include <atomic>
+#include <boost/asio/post.hpp>
 #include <cstring>
 #include <vector>
+
+#include "table/co_io.hpp"
 
 namespace qed::detail {
 namespace {
 
-bool is_protocol(std::string_view d) { return d == "file" || d == "host_device" || d == "host_cdrom"; }
+bool is_protocol(std::string_view d) {
+    return d == "file" || d == "host_device" || d == "host_cdrom";
+}
 
 bool has_prefix(const node_options& o, std::string_view prefix) {
     const std::string p = std::string(prefix) + ".";
@@ -57,8 +58,8 @@ public:
             return;
         }
         auto bounce = std::make_shared<std::vector<std::byte>>(static_cast<std::size_t>(a1 - a0));
-        auto finish = [bounce, bufs, skip = static_cast<std::size_t>(offset - a0), n,
-                       h = std::move(handler)](std::error_code ec, std::size_t) mutable {
+        auto finish = [bounce, bufs, skip = static_cast<std::size_t>(offset - a0), n, h = std::move(handler)](
+                          std::error_code ec, std::size_t) mutable {
             if (ec) return std::move(h)(ec, std::size_t{0});
             std::size_t at = skip;
             for (const auto& b : bufs) {
@@ -215,7 +216,9 @@ boost::asio::awaitable<file_result> protocol_driver(child_request r, std::string
     co_return open_path(r, path, driver != "file");
 }
 
-boost::asio::awaitable<file_result> file_driver(child_request r) { co_return co_await protocol_driver(std::move(r), "file"); }
+boost::asio::awaitable<file_result> file_driver(child_request r) {
+    co_return co_await protocol_driver(std::move(r), "file");
+}
 boost::asio::awaitable<file_result> host_device_driver(child_request r) {
     co_return co_await protocol_driver(std::move(r), "host_device");
 }
@@ -265,8 +268,8 @@ boost::asio::awaitable<file_result> by_name_driver(child_request r) {
 boost::asio::awaitable<file_result> nested_format_driver(child_request r) {
     open_options inner = r.open;
     inner.format.reset();
-    auto [ec, dev] = co_await open_node(r.ex, std::move(r.options), std::nullopt, std::move(inner), r.depth,
-                                        std::move(r.chain));
+    auto [ec, dev] =
+        co_await open_node(r.ex, std::move(r.options), std::nullopt, std::move(inner), r.depth, std::move(r.chain));
     if (ec) co_return file_result{ec, nullptr};
     co_return file_result{{}, std::make_shared<image_file>(std::move(dev))};
 }
@@ -295,7 +298,8 @@ const driver_entry* find_driver(std::string_view name) {
 }
 
 std::string unsupported(const std::string& driver) {
-    return "Unknown driver '" + driver + "' (unsupported: qed opens qed, raw, file, host_device, host_cdrom and nbd nodes)";
+    return "Unknown driver '" + driver +
+           "' (unsupported: qed opens qed, raw, file, host_device, host_cdrom and nbd nodes)";
 }
 
 /// A key that is a value and a parent of other keys at once ("file": "x"
@@ -356,8 +360,9 @@ std::optional<node_options> parse_json_name(const std::string& name, const open_
         return std::nullopt;
     }
     if (const auto k = mixed_key(*tree); !k.empty()) {
-        log_line(open, name + ": option '" + k + "' is given both as a value and as a set of options "
-                                                 "(node references are not supported)");
+        log_line(open, name + ": option '" + k +
+                           "' is given both as a value and as a set of options "
+                           "(node references are not supported)");
         ec = errc::invalid_argument;
         return std::nullopt;
     }
@@ -366,8 +371,8 @@ std::optional<node_options> parse_json_name(const std::string& name, const open_
 }
 
 boost::asio::awaitable<device_result> open_node(boost::asio::any_io_executor ex, node_options options,
-                                                std::optional<image_format> format, open_options open,
-                                                unsigned depth, std::vector<file_identity> chain) {
+                                                std::optional<image_format> format, open_options open, unsigned depth,
+                                                std::vector<file_identity> chain) {
     const std::string name = node_display_name(options);
     const std::string driver = get(options, "driver");
     auto fail = [&](const std::string& why, std::error_code ec) {
@@ -398,7 +403,8 @@ boost::asio::awaitable<device_result> open_node(boost::asio::any_io_executor ex,
                 co_return fail("Cannot specify both 'filename' and 'file' options", errc::invalid_argument);
             child.options["filename"] = it->second;
         }
-        if (child.options.empty()) co_return fail("A block device must be specified for \"file\"", errc::invalid_argument);
+        if (child.options.empty())
+            co_return fail("A block device must be specified for \"file\"", errc::invalid_argument);
     } else if (find_driver(driver)) {
         // A protocol node opened on its own reads as raw bytes.
         if (format && *format != image_format::raw)

@@ -31,8 +31,8 @@ std::string node_display_name(const node_options& options);
 /// Open the image `options` describe. `format` is the caller's -f (it must
 /// agree with the tree's driver). Failures are logged in one line.
 boost::asio::awaitable<device_result> open_node(boost::asio::any_io_executor ex, node_options options,
-                                                std::optional<image_format> format, open_options open,
-                                                unsigned depth, std::vector<file_identity> chain);
+                                                std::optional<image_format> format, open_options open, unsigned depth,
+                                                std::vector<file_identity> chain);
 
 /// Parse a json: name and reduce it to a plain one where possible. On
 /// failure the reason is logged ("NAME: why") and nullopt returned with

@@ -9,13 +9,14 @@
 namespace qed::tools {
 
 bool check_objects(const parsed_args& args, std::string& error) {
-    static constexpr std::string_view known[] = {"secret",   "secret_keyring", "tls-creds-x509", "tls-creds-psk",
-                                                 "tls-creds-anon", "authz-simple",   "authz-list",     "authz-listfile",
-                                                 "authz-pam"};
+    static constexpr std::string_view known[] = {"secret",        "secret_keyring", "tls-creds-x509",
+                                                 "tls-creds-psk", "tls-creds-anon", "authz-simple",
+                                                 "authz-list",    "authz-listfile", "authz-pam"};
     for (const auto& v : args.all("object")) {
         if (v == "help") {
-            error = "--object help: the object types accepted are secret, secret_keyring, tls-creds-x509, "
-                    "tls-creds-psk, tls-creds-anon and authz-*";
+            error =
+                "--object help: the object types accepted are secret, secret_keyring, tls-creds-x509, "
+                "tls-creds-psk, tls-creds-anon and authz-*";
             return false;
         }
         // The type is the first item ("secret,id=x") or qom-type=.
