@@ -170,7 +170,13 @@ int run_create(const words& words) {
         std::string line =
             "Formatting '" + r.path + "', fmt=" + std::string(to_string(r.format)) + " size=" + std::to_string(*r.size);
         if (r.format == image_format::qed) {
-            if (!r.backing.empty()) line += " backing_file=" + r.backing;
+            if (!r.backing.empty()) {
+                // qemu-img prints option values with their commas doubled, as
+                // an option list takes them (json: names hold commas).
+                std::string escaped;
+                for (const char ch : r.backing) escaped += ch == ',' ? std::string(",,") : std::string(1, ch);
+                line += " backing_file=" + escaped;
+            }
             if (!r.backing.empty() && r.backing_format)
                 line += " backing_fmt=" + std::string(to_string(*r.backing_format));
             line += " cluster_size=" + std::to_string(cluster);
