@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "qed/image.hpp"
+#include "qed/node_options.hpp"
 #include "support/image_fixture.hpp"
 #include "support/recording_file.hpp"
 
@@ -522,6 +523,109 @@ BOOST_DATA_TEST_CASE(chain_of_depth_three_reads_each_level, data::make(all_layou
     BOOST_TEST(first_mismatch(got, 1536, c, 6 * c, 3) == -1);
     expect_clean(img);
     BOOST_TEST_REQUIRE(!img.close());
+}
+
+
+BOOST_AUTO_TEST_CASE(json_names_open_by_their_options) {
+    mem_env e;
+    e.create("dir/b.qed", e.create_opts(MiB, {4096, 1}));
+    {
+        auto b = e.open("dir/b.qed");
+        write_pattern(b, 0, 64 * KiB, 3);
+        BOOST_TEST_REQUIRE(!b.close());
+    }
+    // A tree that names one file: opened as that file, and called by its name.
+    for (const std::string name : {R"(json:{"driver": "qed", "file": {"driver": "file", "filename": "dir/b.qed"}})",
+                                   "json:{'driver':'qed','file':{'filename':'dir/b.qed'}}",
+                                   R"(json:{"file.driver": "file", "file.filename": "dir/b.qed"})"}) {
+        auto img = e.open(name);
+        BOOST_TEST(img.img.info().filename == "dir/b.qed");
+        BOOST_TEST(img.img.info().format == image_format::qed);
+        expect_pattern(img, 0, 64 * KiB, 3, name.c_str());
+        BOOST_TEST_REQUIRE(!img.close());
+    }
+    // A json: backing name is stored and opened as it is (not relative to the image).
+    auto co = e.create_opts(MiB);
+    co.backing_file = R"(json:{"driver": "qed", "file": {"driver": "file", "filename": "dir/b.qed"}})";
+    co.backing_format = image_format::qed;
+    e.create("dir/top.qed", co);
+    {
+        auto top = e.open("dir/top.qed");
+        BOOST_TEST(top.img.info().backing_file_full == co.backing_file);
+        BOOST_TEST(top.img.backing().info().filename == "dir/b.qed");
+        expect_pattern(top, 0, 64 * KiB, 3, "through the json: backing name");
+        BOOST_TEST_REQUIRE(!top.close());
+    }
+    // raw over qed: the qed image's guest bytes are the raw image's file.
+    const std::string nested = R"(json:{"driver": "raw", "file": {"driver": "qed", "file": {"filename": "dir/b.qed"}}})";
+    {
+        auto raw = e.open(nested);
+        BOOST_TEST(raw.img.info().format == image_format::raw);
+        BOOST_TEST(raw.img.info().filename == nested);
+        BOOST_TEST(raw.img.size() == MiB);
+        expect_pattern(raw, 0, 64 * KiB, 3, "raw over qed");
+        write_pattern(raw, 512 * KiB, 8 * KiB, 4);
+        BOOST_TEST_REQUIRE(!raw.close());
+    }
+    // blkdebug and null-co nodes: rules as inject-error lists over an image
+    // node (here one that fails nothing but flushes), and a sized null device.
+    {
+        auto d = e.open(R"(json:{"driver": "qed", "file": {"driver": "blkdebug", "align": "4k", "inject-error": [{"event": "flush_to_disk", "errno": 28, "once": "on"}], "image": {"driver": "file", "filename": "dir/b.qed"}}})");
+        BOOST_TEST(d.img.size() == MiB);
+        expect_pattern(d, 0, 64 * KiB, 3, "through blkdebug");
+        BOOST_TEST_REQUIRE(!d.close());
+        auto n = e.open(R"(json:{"driver": "null-co", "size": "4M"})");
+        BOOST_TEST(n.img.info().format == image_format::raw);
+        BOOST_TEST(n.img.size() == 4 * MiB);
+        BOOST_TEST_REQUIRE(!n.close());
+    }
+    {
+        auto b = e.open("dir/b.qed");
+        expect_pattern(b, 512 * KiB, 8 * KiB, 4, "written through the raw node");
+        BOOST_TEST(!b.img.info().need_check);  // the nested image was closed cleanly
+        BOOST_TEST_REQUIRE(!b.close());
+    }
+    // Refused, each with one line naming the problem.
+    const std::pair<std::string, std::string> bad[] = {
+        {R"(json:{"driver": "qed", "file": {"driver": "blkdebug"}})", "blkdebug: Parameter 'image' is missing"},
+        {R"(json:{"driver": "qed", "file": {"driver": "blkdebug", "inject-error": [{"errno": 5}], "image": {"filename": "dir/b.qed"}}})",
+         "inject-error.0: Missing event name for rule"},
+        {R"(json:{"driver": "qed", "file": {"driver": "blkdebug", "inject-error": [{"event": "read_aio", "rate": 5}], "image": {"filename": "dir/b.qed"}}})",
+         "Invalid parameter 'rate' in [inject-error]"},
+        {R"(json:{"driver": "null-co", "size": "lots"})", "null-co: Parameter 'size' expects a size"},
+        {R"(json:{"driver": "ssh", "path": "/x"})", "Unknown driver 'ssh'"},
+        {R"(json:{"driver": "qed", "file": {"filename": "dir/b.qed"}, "bogus": 1})",
+         "does not support the option 'bogus'"},
+        {R"(json:{"driver": "qed", "file": "dir/b.qed", "file.driver": "file"})", "node references"},
+        {R"(json:{"driver": "qed")", "Could not parse"},
+        {R"(json:["driver"])", "Invalid JSON object"},
+    };
+    for (const auto& [name, why] : bad) {
+        std::vector<std::string> lines;
+        auto o = e.open_opts();
+        o.log = [&lines](std::string_view l) { lines.emplace_back(l); };
+        auto [ec, img] = e.try_open(name, o);
+        BOOST_TEST(ec, name);
+        BOOST_TEST_REQUIRE(!lines.empty(), name);
+        BOOST_TEST(lines.back().find(why) != std::string::npos, lines.back());
+    }
+}
+
+BOOST_AUTO_TEST_CASE(options_flatten_to_dotted_keys_as_qemu_flattens_them) {
+    std::string why;
+    const auto a = parse_json_options(R"(json:{"driver":"qed","file":{"driver":"file","filename":"x"},"n":[1,true,null]})", why);
+    BOOST_TEST_REQUIRE(a.has_value(), why);
+    const node_options want{{"driver", "qed"}, {"file.driver", "file"}, {"file.filename", "x"},
+                            {"n.0", "1"},      {"n.1", "on"},           {"n.2", ""}};
+    BOOST_TEST((*a == want));
+    const auto b = parse_dotted_options("driver=qed,file.driver=file,file.filename=a,,b", why);
+    BOOST_TEST_REQUIRE(b.has_value(), why);
+    BOOST_TEST(b->at("file.filename") == "a,b");
+    BOOST_TEST(json_name(*b) == R"(json:{"driver": "qed", "file": {"driver": "file", "filename": "a,b"}})");
+    BOOST_TEST((sub_options(*b, "file") == node_options{{"driver", "file"}, {"filename", "a,b"}}));
+    // A dotted key meeting the same key flattened from an object.
+    BOOST_TEST(!parse_json_options(R"({"file": {"driver": "file"}, "file.driver": "raw"})", why).has_value());
+    BOOST_TEST(!parse_dotted_options("driver", why).has_value());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -116,6 +116,21 @@ const std::vector<bad_run> bad_runs = {
     {"io", {"-c", "truncate 4M+1", "good.qed"}, ""},  // parse error: printed on stdout as qemu-io does
     {"io", {"-c", "frobnicate", "good.qed"}, "frobnicate"},
     {"io", {"-r", "-c", "read -P 1 0 64k", "-c", "read 0 64k", "corrupt.qed"}, "", 1, {"corrupt.qed"}},
+    // json: names, --image-opts and --object.
+    {"img", {"info", "json:{\"driver\": \"qed\", \"file\": {\"driver\": \"blkdebug\"}}"}, "blkdebug"},
+    {"img", {"info", "json:{\"driver\": \"qed\""}, "json:"},
+    {"img", {"info", "json:{'driver': 'qed', 'file': {'filename': 'gone.qed'}}"}, "gone.qed"},
+    {"img", {"info", "--image-opts", "-f", "qed", "driver=qed,file.filename=good.qed"}, "mutually exclusive"},
+    {"img", {"info", "--image-opts", "driver=qed,file.filename=good.qed,frob=1"}, "frob", 1, {"good.qed"}},
+    {"img", {"info", "--image-opts", "driver"}, "driver"},
+    {"img", {"info", "--object", "frobber,id=x", "good.qed"}, "frobber"},
+    {"img", {"info", "--object", "secret,data=x", "good.qed"}, "id"},
+    {"io", {"--image-opts", "-c", "read 0 512", "driver=null-co,size=big"}, "null-co"},
+    {"img", {"info", "json:{'driver': 'qed', 'file': {'driver': 'blkdebug', 'inject-error': [{'errno': 5}], "
+                     "'image': {'filename': 'good.qed'}}}"},
+     "inject-error.0", 1, {"good.qed"}},
+    {"io", {"-c", "open -o driver=qed,file.driver=quorum,file.filename=good.qed"}, "quorum", 1, {"good.qed"}},
+    {"io", {"--object", "iothread,id=x", "-c", "read 0 512", "good.qed"}, "iothread", 1, {"good.qed"}},
 };
 
 }  // namespace

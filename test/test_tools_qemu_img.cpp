@@ -734,4 +734,45 @@ BOOST_AUTO_TEST_CASE(info_null_co_as_qemu_img) {
     BOOST_CHECK_EQUAL(ours.out, theirs.out);
 }
 
+// A json: backing name (as QEMU writes one) and --image-opts: qemu-img and
+// qed-img name the images of the chain alike, by their plain file names.
+BOOST_AUTO_TEST_CASE(json_backing_names_and_image_opts_in_info) {
+    scratch s;
+    s.must_qemu_img({"create", "-q", "-f", "qed", "base.qed", "1M"});
+    const std::string json = "json:{\"driver\": \"qed\", \"file\": {\"driver\": \"file\", \"filename\": \"" +
+                             s.path("base.qed") + "\"}}";
+    // Made by qed-img, read by qemu-img, and the other way round.
+    const result made = s.img({"create", "-q", "-f", "qed", "-b", json, "-F", "qed", "ours.qed", "1M"});
+    BOOST_REQUIRE_MESSAGE(made.status == 0, made);
+    s.must_qemu_img({"create", "-q", "-f", "qed", "-b", json, "-F", "qed", "theirs.qed", "1M"});
+    BOOST_CHECK(s.read_file("ours.qed") == s.read_file("theirs.qed"));
+    auto filenames = [](const std::string& out) {
+        std::vector<std::string> v;
+        for (std::size_t p = 0; (p = out.find("\"filename\": \"", p)) != std::string::npos;) {
+            p += 13;
+            v.push_back(out.substr(p, out.find('"', p) - p));
+        }
+        return v;
+    };
+    for (const std::vector<std::string>& args :
+         {std::vector<std::string>{"info", "--backing-chain", "--output=json", "theirs.qed"},
+          {"info", "--backing-chain", "--output=json", "--image-opts",
+           "driver=qed,file.driver=file,file.filename=" + s.path("ours.qed")}}) {
+        const result theirs = s.qemu_img(args);
+        const result ours = s.img(args);
+        BOOST_CHECK_MESSAGE(ours.status == 0, ours);
+        BOOST_CHECK_EQUAL(ours.status, theirs.status);
+        const auto want = filenames(theirs.out);
+        const auto got = filenames(ours.out);
+        BOOST_CHECK_EQUAL_COLLECTIONS(got.begin(), got.end(), want.begin(), want.end());
+        BOOST_CHECK(ours.out.find("\"full-backing-filename\": \"json:{") != std::string::npos);
+    }
+    // The first lines of the human output name the image as qemu-img does.
+    const std::vector<std::string> human = {"info", "json:{'driver':'qed','file':{'filename':'" + s.path("ours.qed") + "'}}"};
+    const auto theirs = s.qemu_img(human).out_lines();
+    const auto ours = s.img(human).out_lines();
+    BOOST_REQUIRE(theirs.size() >= 3 && ours.size() >= 3);
+    for (std::size_t i = 0; i < 3; ++i) BOOST_CHECK_EQUAL(ours[i], theirs[i]);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

@@ -345,6 +345,40 @@ BOOST_AUTO_TEST_CASE(blkdebug_read_error_fails_the_read_as_qemu_io) {
     BOOST_CHECK_MESSAGE(bad.err.find("bad:3: Invalid parameter 'rate' in [inject-error]") != std::string::npos, bad);
 }
 
+// blkdebug as a node of a json: name (iotest 020's shape): rules as
+// inject-error lists over an image node, read as qemu-io reads them; a
+// rule without an event and an unknown key are refused in one line each.
+BOOST_AUTO_TEST_CASE(blkdebug_json_nodes_as_qemu_io) {
+    scratch s;
+    s.must_qemu_img({"create", "-q", "-f", "qed", "img", "1M"});
+    s.must_qemu_io("img", {"write -P 0x11 0 128k"});  // data at file offset 0x50000 (qemu-img map)
+    s.copy("img", "q.img");
+    s.copy("img", "o.img");
+    auto node = [&](const std::string& file) {
+        // Sector 768 is file offset 0x60000: the guest's second 64 KiB.
+        return "json:{'driver': 'qed', 'file': {'driver': 'blkdebug', 'inject-error': [{'event': 'read_aio', "
+               "'errno': 5, 'sector': 768}, {'event': 'write_aio', 'errno': 28, 'once': true}], 'image': "
+               "{'driver': 'file', 'filename': '" +
+               s.path(file) + "'}}}";
+    };
+    const std::vector<std::string> cmds = {"read -P 0x11 0 64k", "read 64k 64k", "write -P 0x22 0 4k",
+                                           "write -P 0x33 0 4k", "read -P 0x33 0 4k"};
+    const result theirs = s.qemu_io(with_commands({}, cmds, node("q.img")));
+    const result ours = s.io(with_commands({}, cmds, node("o.img")));
+    BOOST_CHECK_EQUAL(ours.status, theirs.status);
+    BOOST_CHECK_EQUAL(ours.out_without_timing(), theirs.out_without_timing());
+    BOOST_CHECK_MESSAGE(ours.out.find("read failed: Input/output error") != std::string::npos, ours);
+    BOOST_CHECK_MESSAGE(ours.out.find("write failed: No space left on device") != std::string::npos, ours);
+    BOOST_CHECK_MESSAGE(ours.out.find("Pattern verification failed") == std::string::npos, ours);
+    for (const std::string& bad : {std::string("'inject-error': [{'errno': 5}]"), std::string("'rate': 5")}) {
+        const std::string name = "json:{'driver': 'qed', 'file': {'driver': 'blkdebug', " + bad +
+                                 ", 'image': {'driver': 'file', 'filename': '" + s.path("img") + "'}}}";
+        const result r = s.io({"-c", "read 0 4k", name});
+        BOOST_CHECK_EQUAL(r.status, 1);
+        BOOST_CHECK_MESSAGE(r.err_lines().size() == 1, r);
+    }
+}
+
 // null-co://: 1 GiB of zeros that drops what is written, as qemu-io sees it.
 BOOST_AUTO_TEST_CASE(null_co_reads_zeros_as_qemu_io) {
     scratch s;
@@ -358,6 +392,66 @@ BOOST_AUTO_TEST_CASE(null_co_reads_zeros_as_qemu_io) {
     BOOST_CHECK_EQUAL(ours.out_without_timing(), theirs.out_without_timing());
     const result zeros = s.io({"-f", "raw", "-c", "write -P 7 0 64k", "-c", "read -P 0 0 64k", "null-co://"});
     BOOST_CHECK_MESSAGE(zeros.status == 0 && zeros.out.find("verification failed") == std::string::npos, zeros);
+}
+
+// The names QEMU gives an image by its options: json: names, --image-opts,
+// and open -o with nested keys (a qed image whose file is a qed image, as
+// iotest 072 opens it). qemu-io and qed-io read the same data by each name.
+BOOST_AUTO_TEST_CASE(json_names_image_opts_and_nested_formats_read_as_in_qemu_io) {
+    scratch s;
+    s.must_qemu_img({"create", "-q", "-f", "qed", "img", "4M"});
+    s.must_qemu_io("img", {"write -P 0x42 0 512", "write -P 0x23 512 512", "write -P 0x66 64k 4k"});
+    // The nested image: a qed image holding img's bytes as its guest data.
+    s.must_qemu_img({"convert", "-f", "raw", "-O", "qed", "img", "outer"});
+    const std::vector<std::string> reads = {"read -P 0x42 0 512", "read -P 0x23 512 512", "read -P 0x66 64k 4k",
+                                            "read -P 0 128k 4k"};
+    const std::string img = s.path("img");
+    const std::vector<std::vector<std::string>> names = {
+        {"json:{\"driver\": \"qed\", \"file\": {\"driver\": \"file\", \"filename\": \"" + img + "\"}}"},
+        {"json:{'driver':'qed','file':{'filename':'" + img + "'}}"},
+        {"--image-opts", "driver=qed,file.driver=file,file.filename=" + img},
+        {"--object", "secret,id=sec0,data=123456", "-f", "qed", img},
+    };
+    for (const auto& n : names) {
+        std::vector<std::string> args;
+        for (const auto& c : reads) {
+            args.push_back("-c");
+            args.push_back(c);
+        }
+        args.insert(args.end(), n.begin(), n.end());
+        const result theirs = s.qemu_io(args);
+        const result ours = s.io(args);
+        BOOST_CHECK_MESSAGE(theirs.status == 0, theirs);
+        BOOST_CHECK_MESSAGE(ours.status == 0, ours);
+        BOOST_CHECK_EQUAL(ours.out_without_timing(), theirs.out_without_timing());
+        BOOST_CHECK_EQUAL(ours.err, theirs.err);
+    }
+    // open -o with the format nested in another, and writes through it.
+    const std::string nested = "open -o driver=qed,file.driver=qed,file.file.filename=" + s.path("outer");
+    std::vector<std::string> cmds = {nested};
+    cmds.insert(cmds.end(), reads.begin(), reads.end());
+    cmds.push_back("write -P 0x77 1M 64k");
+    std::vector<std::string> args;
+    for (const auto& c : cmds) {
+        args.push_back("-c");
+        args.push_back(c);
+    }
+    s.copy("outer", "outer.q");
+    const result ours = s.io(args);
+    BOOST_CHECK_MESSAGE(ours.status == 0, ours);
+    for (auto& a : args)
+        if (a == nested) a = "open -o driver=qed,file.driver=qed,file.file.filename=" + s.path("outer.q");
+    const result theirs = s.qemu_io(args);
+    BOOST_CHECK_EQUAL(ours.out_without_timing(), theirs.out_without_timing());
+    // qemu-io reads what we wrote through the nesting, and both layers check clean.
+    const result back = s.qemu_io({"-c", "open -o driver=qed,file.driver=qed,file.file.filename=" + s.path("outer"), "-c",
+                                   "read -P 0x77 1M 64k", "-c", "read -P 0x42 0 512"});
+    BOOST_CHECK_MESSAGE(back.status == 0 && back.out.find("Pattern verification failed") == std::string::npos, back);
+    BOOST_CHECK_MESSAGE(s.qemu_img({"check", "outer"}).status == 0, "outer image check");
+    // Without a format only one layer opens: the outer image's guest data
+    // is not img's data (as iotest 072 expects).
+    const result one = s.io({"-c", "read -P 0x42 0 512", "outer"});
+    BOOST_CHECK(one.out.find("Pattern verification failed") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

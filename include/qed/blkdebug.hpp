@@ -76,6 +76,11 @@ bool is_blkdebug_name(std::string_view name) noexcept;
 /// malformed name: errc::invalid_argument and `error` says why.
 std::error_code parse_blkdebug_name(std::string_view name, blkdebug_config& out, std::string& error);
 
+/// Set one option of `rule` by QEMU's name for it: event, state, and for
+/// inject-error errno, sector, once, immediately, iotype; for set-state
+/// new_state. An unknown key or a bad value: false, and `why` says which.
+bool set_blkdebug_rule_option(blkdebug_rule& rule, std::string_view key, std::string_view value, std::string& why);
+
 /// Read the rules of a QEMU blkdebug configuration file ([inject-error] and
 /// [set-state] sections of `key = "value"` lines; '#' comments) and append
 /// them to `out`. An unknown section, key, event or iotype, or a bad number,

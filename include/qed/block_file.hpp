@@ -134,6 +134,13 @@ public:
     /// errc::not_supported, and the caller writes zeros instead.
     virtual void async_punch_hole(std::uint64_t offset, std::uint64_t length, op_handler handler);
 
+    /// Let go of what the file holds open below it (an image a nested
+    /// format reads through: closed as an image is, flushed and marked
+    /// clean). Called once by the image on it at close, after its last
+    /// operation; nothing may be started on the file afterwards. Default:
+    /// nothing to do (descriptors go with the object).
+    virtual void async_close(op_handler handler);
+
     /// Current size of the file in bytes.
     virtual std::uint64_t size(std::error_code& ec) const = 0;
     /// Offset, length and memory alignment that transfers must keep to be

@@ -442,6 +442,64 @@ std::error_code parse_blkdebug_name(std::string_view name, blkdebug_config& out,
     return {};
 }
 
+bool set_blkdebug_rule_option(blkdebug_rule& r, std::string_view key, std::string_view value, std::string& why) {
+    const bool inject = r.action == blkdebug_rule::kind::inject_error;
+    const std::string k(key);
+    auto number = [&](std::int64_t& dst) {
+        if (parse_number(value, dst)) return true;
+        why = "'" + k + "' expects a number, not '" + std::string(value) + "'";
+        return false;
+    };
+    auto boolean = [&](bool& dst) {
+        if (parse_bool(value, dst)) return true;
+        why = "'" + k + "' expects on or off, not '" + std::string(value) + "'";
+        return false;
+    };
+    if (key == "event") {
+        const auto e = blkdbg_event_from_name(value);
+        if (!e) {
+            why = "unknown event '" + std::string(value) + "'";
+            return false;
+        }
+        r.event = *e;
+        return true;
+    }
+    if (key == "state") return number(r.state);
+    if (inject && key == "errno") {
+        std::int64_t e = 0;
+        if (!number(e)) return false;
+        if (e < 0 || e > INT_MAX) {
+            why = "errno out of range: " + std::string(value);
+            return false;
+        }
+        r.error = static_cast<int>(e);
+        return true;
+    }
+    if (inject && key == "sector") {
+        if (!number(r.sector)) return false;
+        if (r.sector < -1) {
+            why = "sector out of range: " + std::string(value);
+            return false;
+        }
+        return true;
+    }
+    if (inject && key == "once") return boolean(r.once);
+    if (inject && key == "immediately") return boolean(r.immediately);
+    if (inject && key == "iotype") {
+        std::size_t i = 0;
+        while (i < std::size(iotype_names) && value != iotype_names[i]) ++i;
+        if (i == std::size(iotype_names)) {
+            why = "unknown iotype '" + std::string(value) + "'";
+            return false;
+        }
+        r.iotypes = 1u << i;
+        return true;
+    }
+    if (!inject && key == "new_state") return number(r.new_state);
+    why = "Invalid parameter '" + k + "' in [" + (inject ? "inject-error" : "set-state") + "]";
+    return false;
+}
+
 std::error_code read_blkdebug_rules(const std::string& file, std::vector<blkdebug_rule>& out, std::string& error) {
     std::ifstream in(file);
     if (!in) {
@@ -492,51 +550,9 @@ std::error_code read_blkdebug_rules(const std::string& file, std::vector<blkdebu
         if (value.size() < 2 || value.front() != '"' || value.back() != '"')
             return bad(lineno, "parse error: the value of '" + key + "' must be in double quotes");
         value = value.substr(1, value.size() - 2);
-        blkdebug_rule& r = cur->rule;
-        const bool inject = r.action == blkdebug_rule::kind::inject_error;
-        std::int64_t n = 0;
-        auto number = [&](std::int64_t& dst) -> std::error_code {
-            if (!parse_number(value, n))
-                return bad(lineno, "'" + key + "' expects a number, not '" + std::string(value) + "'");
-            dst = n;
-            return {};
-        };
-        auto boolean = [&](bool& dst) -> std::error_code {
-            if (!parse_bool(value, dst))
-                return bad(lineno, "'" + key + "' expects on or off, not '" + std::string(value) + "'");
-            return {};
-        };
-        std::error_code ec;
-        if (key == "event") {
-            const auto e = blkdbg_event_from_name(value);
-            if (!e) return bad(lineno, "unknown event '" + std::string(value) + "'");
-            r.event = *e;
-            cur->has_event = true;
-        } else if (key == "state") {
-            ec = number(r.state);
-        } else if (inject && key == "errno") {
-            std::int64_t e = 0;
-            if (!(ec = number(e)) && (e < 0 || e > INT_MAX))
-                ec = bad(lineno, "errno out of range: " + std::string(value));
-            r.error = static_cast<int>(e);
-        } else if (inject && key == "sector") {
-            ec = number(r.sector);
-            if (!ec && r.sector < -1) ec = bad(lineno, "sector out of range: " + std::string(value));
-        } else if (inject && key == "once") {
-            ec = boolean(r.once);
-        } else if (inject && key == "immediately") {
-            ec = boolean(r.immediately);
-        } else if (inject && key == "iotype") {
-            std::size_t i = 0;
-            while (i < std::size(iotype_names) && value != iotype_names[i]) ++i;
-            if (i == std::size(iotype_names)) return bad(lineno, "unknown iotype '" + std::string(value) + "'");
-            r.iotypes = 1u << i;
-        } else if (!inject && key == "new_state") {
-            ec = number(r.new_state);
-        } else {
-            return bad(lineno, "Invalid parameter '" + key + "' in [" + (inject ? "inject-error" : "set-state") + "]");
-        }
-        if (ec) return ec;
+        std::string why;
+        if (!set_blkdebug_rule_option(cur->rule, key, value, why)) return bad(lineno, why);
+        if (key == "event") cur->has_event = true;
     }
     if (in.bad()) {
         error = file + ": Could not read blkdebug config file: " + std::strerror(EIO);

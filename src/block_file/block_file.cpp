@@ -23,4 +23,8 @@ void block_file::async_punch_hole(std::uint64_t, std::uint64_t, op_handler handl
     });
 }
 
+void block_file::async_close(op_handler handler) {
+    boost::asio::post(get_executor(), [h = std::move(handler)]() mutable { std::move(h)(std::error_code{}); });
+}
+
 }  // namespace qed

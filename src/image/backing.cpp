@@ -5,6 +5,7 @@
 
 #include "table/co_io.hpp"
 #include "image/file_protocol.hpp"
+#include "image/node_open.hpp"
 #include "image/qed_image.hpp"
 #include "image/raw_image.hpp"
 
@@ -17,9 +18,11 @@
 namespace qed::detail {
 
 std::string resolve_backing_path(const std::string& image_path, const std::string& backing_name) {
-    // Another protocol's name (QEMU's path_has_protocol) is used as it is.
+    // json:, "file:", blkdebug: and null-co: names carry a protocol, as remote names do:
+    // QEMU takes them as they are, not relative to the image.
     if (backing_name.empty() || backing_name.front() == '/' || is_remote_name(backing_name) ||
-        is_blkdebug_name(backing_name) || is_null_name(backing_name))
+        is_json_name(backing_name) || backing_name.rfind("file:", 0) == 0 || is_blkdebug_name(backing_name) ||
+        is_null_name(backing_name))
         return backing_name;
     // A remote image has no directory (qed_open refuses a relative name there).
     if (is_remote_name(image_path)) return backing_name;
@@ -156,6 +159,25 @@ boost::asio::awaitable<device_result> open_on_file(boost::asio::any_io_executor 
 boost::asio::awaitable<device_result> open_device(boost::asio::any_io_executor ex, std::string path,
                                                   std::optional<image_format> format, open_options options,
                                                   unsigned depth, std::vector<file_identity> chain) {
+    if (is_json_name(path)) {
+        // A json: name that names a file plainly opens as that file (and the
+        // image goes by its name, as in QEMU); any other tree of options is
+        // opened node by node.
+        std::error_code jec;
+        auto tree = parse_json_name(path, options, jec);
+        if (!tree) co_return device_result{jec, nullptr};
+        auto plain = plain_form(*tree);
+        if (!plain) co_return co_await open_node(ex, std::move(*tree), format, std::move(options), depth, std::move(chain));
+        if (format && plain->format && *format != *plain->format) {
+            if (options.log)
+                options.log(path + ": the format given (" + std::string(to_string(*format)) +
+                            ") is not the driver the options name (" + std::string(to_string(*plain->format)) + ")");
+            co_return device_result{errc::invalid_argument, nullptr};
+        }
+        path = plain->path;
+        if (plain->format) format = plain->format;
+        if (plain->character_device) options.character_device = true;
+    }
     path = without_file_protocol(path);
     if (!options.opener) options.opener = default_opener(ex);
     file_options fo;
@@ -186,6 +208,26 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
     if (depth > parent.max_backing_depth) {
         log(path + ": backing chain deeper than " + std::to_string(parent.max_backing_depth) + " levels");
         co_return device_result{errc::backing_chain_too_deep, nullptr};
+    }
+    if (is_json_name(path)) {
+        std::error_code jec;
+        auto tree = parse_json_name(path, parent, jec);
+        if (!tree) co_return device_result{jec, nullptr};
+        if (auto plain = plain_form(*tree)) {
+            path = plain->path;
+            if (plain->format) format = plain->format;
+        } else if (parent.allowed_backing_dir) {
+            // Only a plain file can be checked against the directory.
+            log(path + ": backing file refused: only a json: name that names one file can be checked against the "
+                       "allowed directory " + *parent.allowed_backing_dir);
+            co_return device_result{errc::backing_not_allowed, nullptr};
+        } else {
+            open_options child = parent;
+            child.read_only = true;
+            child.repair_on_open = false;
+            child.character_device = false;
+            co_return co_await open_node(ex, std::move(*tree), format, std::move(child), depth, std::move(chain));
+        }
     }
     path = without_file_protocol(path);
     const bool remote = is_remote_name(path);

@@ -498,6 +498,11 @@ boost::asio::awaitable<std::error_code> qed_image::do_close() {
         device* d = owner.get();
         keep(co_await co::op([d](op_handler done) { d->close(std::move(done)); }));
     }
+    {
+        // A file that is itself an image (a nested format) is closed as one.
+        block_file* f = file_.get();
+        keep(co_await co::op([f](op_handler done) { f->async_close(std::move(done)); }));
+    }
     closed_ = true;
     cache_.clear_unused();
     // Let go of the file now, not when the last handle goes: that closes

@@ -5,6 +5,7 @@
 #include "image/backing.hpp"
 #include "table/co_io.hpp"
 #include "image/qed_image.hpp"
+#include "qed/node_options.hpp"
 
 #include <algorithm>
 #include <cassert>
@@ -104,7 +105,8 @@ boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vec
     }
 
     if (header_.has(feature_backing_file) && options_.open_backing) {
-        if (is_remote_name(filename_) && backing_full_.front() != '/' && !is_remote_name(backing_full_))
+        if (is_remote_name(filename_) && backing_full_.front() != '/' && !is_remote_name(backing_full_) &&
+            !is_json_name(backing_full_))
             co_return fail(errc::bad_backing_name, "relative backing file name " + backing_name_ +
                                                        " cannot be resolved against a remote image: use an "
                                                        "absolute path or a URI");

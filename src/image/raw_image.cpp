@@ -176,15 +176,16 @@ void raw_image::close(op_handler handler) {
     if (closed_) return complete_later(std::move(handler), make_error_code(errc::closed));
     closed_ = true;
     // The file goes at close (its descriptor, and so the image locks, with it).
-    if (options_.read_only) {
-        file_.reset();
-        return complete_later(std::move(handler), std::error_code{});
-    }
     auto self = shared_from_this();
-    file_->async_flush([this, self, h = std::move(handler)](std::error_code ec) mutable {
-        file_.reset();
-        complete(std::move(h), ec);
-    });
+    // Then the file's own close (an image below a nested format closes).
+    auto release = [this, self, h = std::move(handler)](std::error_code ec) mutable {
+        file_->async_close([this, self, ec, h = std::move(h)](std::error_code cec) mutable {
+            file_.reset();
+            complete(std::move(h), ec ? ec : cec);
+        });
+    };
+    if (options_.read_only) return release(std::error_code{});
+    file_->async_flush(std::move(release));
 }
 
 }  // namespace qed::detail

@@ -2,6 +2,8 @@
 #include "qed/blkdebug.hpp"
 #include "common/files.hpp"
 
+#include "qed/node_options.hpp"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,8 +34,9 @@ bool file_exists(const std::string& path) {
 }
 
 std::string resolve_backing(const std::string& image_path, const std::string& name) {
+    // json:, file:, blkdebug: and null-co: names carry a protocol: taken as they are (as the library and QEMU do).
     if (name.empty() || name.front() == '/' || is_remote_name(name) || is_remote_name(image_path) ||
-        is_blkdebug_name(name) || is_null_name(name))
+        is_json_name(name) || name.rfind("file:", 0) == 0 || is_blkdebug_name(name) || is_null_name(name))
         return name;
     const auto slash = image_path.rfind('/');
     return slash == std::string::npos ? name : image_path.substr(0, slash + 1) + name;

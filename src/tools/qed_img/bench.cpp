@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/driver.hpp"
+#include "common/image_opts.hpp"
 #include "common/sizes.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/options.hpp"
@@ -155,7 +156,7 @@ int run_bench(const words& all_words) {
                        {0, "object", true},
                        {0, "image-opts", false}});
     if (!args) return 1;
-    if (args->has("object") || args->has("image-opts")) return fail("bench: --object and --image-opts are not supported");
+    if (std::string why; !apply_image_options(*args, 1, "format", why)) return fail(why);
     if (!positional_count("bench", *args, 1, 1)) return 1;
     bench_config c;
     c.path = args->positional[0];

@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "common/driver.hpp"
+#include "common/image_opts.hpp"
 #include "common/json.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/options.hpp"
@@ -80,8 +81,7 @@ int run_check(const words& words) {
                        {0, "object", true},
                        {0, "image-opts", false}});
     if (!args) return 1;
-    if (args->has("object") || args->has("image-opts"))
-        return fail("check: --object and --image-opts are not supported");
+    if (std::string why; !apply_image_options(*args, 1, "format", why)) return fail(why);
     bool as_json = false;
     bool direct = false;
     std::optional<image_format> fmt;

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "common/driver.hpp"
+#include "common/image_opts.hpp"
 #include "common/jobs.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/copy_engine.hpp"
@@ -169,8 +170,8 @@ int run_compare(const words& words) {
                        {0, "object", true},
                        {0, "image-opts", false}});
     if (!args) return exit_error;
-    if (args->has("object") || args->has("image-opts"))
-        return error("compare: --object and --image-opts are not supported");
+    if (args->has("image-opts") && args->has("F")) return error("--image-opts and -F are mutually exclusive");
+    if (std::string why; !apply_image_options(*args, 2, "f", why)) return error(why);
     std::optional<image_format> fmt1, fmt2;
     bool direct = false;
     if (!format_value(args->last("f"), fmt1) || !format_value(args->last("F"), fmt2) ||

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "common/driver.hpp"
+#include "common/image_opts.hpp"
 #include "common/files.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/copy_engine.hpp"
@@ -81,8 +82,10 @@ int run_convert(const words& words) {
                        {0, "image-opts", false},
                        {0, "target-image-opts", false}});
     if (!args) return 1;
-    if (args->has("object") || args->has("image-opts") || args->has("target-image-opts"))
-        return fail("convert: --object and --image-opts are not supported");
+    if (args->has("target-image-opts")) return fail("convert: --target-image-opts is not supported");
+    // Every word but the last (the target) names a source image.
+    if (std::string why; !apply_image_options(*args, args->positional.empty() ? 0 : args->positional.size() - 1, "f", why))
+        return fail(why);
     if (args->has("c")) return fail("convert: compression (-c) is not supported by QED or raw images");
     if (args->has("l")) return fail("convert: snapshots (-l) are not supported by QED or raw images");
     if (args->has("C")) return fail("convert: copy offloading (-C) is not supported");

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common/driver.hpp"
+#include "common/image_opts.hpp"
 #include "common/files.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/options.hpp"
@@ -83,7 +84,7 @@ int run_create(const words& words) {
                        {'q', "", false},
                        {0, "object", true}});
     if (!args) return 1;
-    if (args->has("object")) return fail("create: --object is not supported");
+    if (std::string why; !check_objects(*args, why)) return fail(why);
 
     create_request r;
     r.quiet = args->has("q");
@@ -169,7 +170,13 @@ int run_create(const words& words) {
         std::string line =
             "Formatting '" + r.path + "', fmt=" + std::string(to_string(r.format)) + " size=" + std::to_string(*r.size);
         if (r.format == image_format::qed) {
-            if (!r.backing.empty()) line += " backing_file=" + r.backing;
+            if (!r.backing.empty()) {
+                // qemu-img prints option values with their commas doubled, as
+                // an option list takes them (json: names hold commas).
+                std::string escaped;
+                for (const char ch : r.backing) escaped += ch == ',' ? std::string(",,") : std::string(1, ch);
+                line += " backing_file=" + escaped;
+            }
             if (!r.backing.empty() && r.backing_format)
                 line += " backing_fmt=" + std::string(to_string(*r.backing_format));
             line += " cluster_size=" + std::to_string(cluster);

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "common/driver.hpp"
+#include "common/image_opts.hpp"
 #include "common/files.hpp"
 #include "common/json.hpp"
 #include "common/sizes.hpp"
@@ -92,8 +93,7 @@ int run_info(const words& words) {
                        {0, "object", true},
                        {0, "image-opts", false}});
     if (!args) return 1;
-    if (args->has("object") || args->has("image-opts"))
-        return fail("info: --object and --image-opts are not supported");
+    if (std::string why; !apply_image_options(*args, 1, "format", why)) return fail(why);
     bool as_json = false;
     std::optional<image_format> fmt;
     if (!output_value(*args, as_json) || !format_value(args->last("format"), fmt)) return 1;

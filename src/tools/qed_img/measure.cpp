@@ -15,6 +15,7 @@
 #include <cstdio>
 
 #include "common/driver.hpp"
+#include "common/image_opts.hpp"
 #include "common/json.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/options.hpp"
@@ -111,8 +112,7 @@ int run_measure(const words& words) {
                        {0, "object", true},
                        {0, "image-opts", false}});
     if (!args) return 1;
-    if (args->has("object") || args->has("image-opts"))
-        return fail("measure: --object and --image-opts are not supported");
+    if (std::string why; !apply_image_options(*args, 1, "format", why)) return fail(why);
     if (args->has("l")) return fail("measure: snapshots (-l) are not supported by QED or raw images");
     bool as_json = false;
     std::optional<image_format> src_fmt, dst_fmt;

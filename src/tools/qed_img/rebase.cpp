@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "common/driver.hpp"
+#include "common/image_opts.hpp"
 #include "common/files.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/copy_engine.hpp"
@@ -26,8 +27,7 @@ int run_rebase(const words& words) {
                        {0, "object", true},
                        {0, "image-opts", false}});
     if (!args) return 1;
-    if (args->has("object") || args->has("image-opts"))
-        return fail("rebase: --object and --image-opts are not supported");
+    if (std::string why; !apply_image_options(*args, 1, "format", why)) return fail(why);
     std::optional<image_format> fmt, new_fmt;
     bool direct = false, src_direct = false;
     if (!format_value(args->last("format"), fmt) || !format_value(args->last("F"), new_fmt) ||

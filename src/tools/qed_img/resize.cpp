@@ -9,6 +9,7 @@
 #include <cstdio>
 
 #include "common/driver.hpp"
+#include "common/image_opts.hpp"
 #include "common/sizes.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/options.hpp"
@@ -30,8 +31,7 @@ int run_resize(const words& all_words) {
                        {0, "object", true},
                        {0, "image-opts", false}});
     if (!args) return 1;
-    if (args->has("object") || args->has("image-opts"))
-        return fail("resize: --object and --image-opts are not supported");
+    if (std::string why; !apply_image_options(*args, 1, "format", why)) return fail(why);
     std::optional<image_format> fmt;
     if (!format_value(args->last("format"), fmt)) return 1;
     if (!positional_count("resize", *args, 1, 1)) return 1;

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "qed_io/commands.hpp"
+#include "qed/node_options.hpp"
 
 #include "qed/blkdebug.hpp"
 
@@ -13,6 +14,7 @@
 #include <cstring>
 #include <memory>
 #include <sstream>
+#include <algorithm>
 
 #include "common/args.hpp"
 #include "common/driver.hpp"
@@ -619,64 +621,53 @@ bool cmd_open(session& s, const argv_t& argv) {
             return false;
         }
     }
-    std::string driver;
-    if (auto f = a->last("f")) driver = *f;
-    std::string file = a->positional.empty() ? std::string{} : a->positional[0];
-    std::optional<std::string> file_align;  // blkdebug's align, for a blkdebug: file
+    // The -o lists as one set of node options; read-only and locking are
+    // the open's own.
+    node_options tree;
     for (const auto& list : a->all("o")) {
-        std::size_t pos = 0;
-        while (pos <= list.size()) {
-            const std::size_t comma = std::min(list.find(',', pos), list.size());
-            const std::string item = list.substr(pos, comma - pos);
-            pos = comma + 1;
-            if (item.empty()) continue;
-            const auto eq = item.find('=');
-            const std::string key = item.substr(0, eq);
-            const std::string value = eq == std::string::npos ? std::string{} : item.substr(eq + 1);
-            if (key == "driver")
-                driver = value;
-            else if (key == "filename" || key == "file.filename")
-                file = value;
-            else if (key == "read-only")
+        std::string why;
+        auto items = parse_dotted_options(list, why);
+        if (!items) {
+            report("can't open: " + why);
+            return false;
+        }
+        for (auto& [key, value] : *items) {
+            if (key == "read-only") {
                 o.read_only = value == "on" || value == "true";
-            else if (key == "file.align")
-                file_align = value;
-            else if (key == "locking" && (value == "on" || value == "off" || value == "auto"))
+            } else if (key == "locking") {
+                if (value != "on" && value != "off" && value != "auto") {
+                    report("can't open: Parameter 'locking' does not accept value '" + value + "'");
+                    return false;
+                }
                 o.locking = value == "on" ? lock_mode::on : value == "off" ? lock_mode::off : lock_mode::automatic;
-            else {
-                report("can't open: option '" + item + "' is not supported (qed-io takes driver, filename, "
-                       "file.filename, file.align, read-only and locking)");
-                return false;
+            } else {
+                tree[key] = value;
             }
         }
+    }
+    std::string driver;
+    if (auto f = a->last("f")) driver = *f;
+    if (auto it = tree.find("driver"); it != tree.end()) driver = it->second;
+    std::string file = a->positional.empty() ? std::string{} : a->positional[0];
+    bool simple = true;
+    for (const auto& [key, value] : tree) {
+        if (key == "filename" || key == "file.filename")
+            file = value;
+        else if (key != "driver")
+            simple = false;
+    }
+    if (!simple) {
+        // A tree of nodes (a format nested in another, a protocol's own
+        // options): opened as the json: name it amounts to.
+        if (!driver.empty()) tree["driver"] = driver;
+        // A file named on the line with options for it below ("file.align"
+        // with blkdebug::IMAGE) is that node's file name, as in QEMU.
+        if (!file.empty() && !tree.count("filename") && !tree.count("file.filename")) tree["filename"] = file;
+        return s.open(json_name(tree), o, true);
     }
     if (file.empty()) {
         report("can't open: no file name given (open [-r] [-o driver=FMT,filename=FILE] [FILE])");
         return false;
-    }
-    if (file_align) {
-        // The image's file is a blkdebug layer with that alignment.
-        blkdebug_config config;
-        std::string error;
-        if (!is_blkdebug_name(file)) {
-            report("can't open: file.align is blkdebug's option, and '" + file + "' is not a blkdebug: name");
-            return false;
-        }
-        if (parse_blkdebug_name(file, config, error)) {
-            report("can't open: " + error);
-            return false;
-        }
-        std::string why;
-        const auto align = parse_size(*file_align, why);
-        if (!align) {
-            report("can't open: file.align: invalid size '" + *file_align + "': " + why);
-            return false;
-        }
-        config.align = *align;
-        o.opener = [top = file, config, ex = s.loop().executor()](const std::string& path, const file_options& fo,
-                                                           std::error_code& ec) {
-            return path == top ? open_blkdebug_file(ex, config, fo, ec) : open_file(ex, path, fo, ec);
-        };
     }
     if (driver == "file" || driver == "host_device" || driver == "host_cdrom") {
         if (!protocol_file_ok(driver, file, o.read_only)) return false;

@@ -14,6 +14,7 @@
 
 #include "common/args.hpp"
 #include "common/driver.hpp"
+#include "common/image_opts.hpp"
 #include "qed/version.hpp"
 #include "qed_io/commands.hpp"
 #include "qed_io/session.hpp"
@@ -35,6 +36,9 @@ void print_help() {
         "  -t, --cache=MODE     use the given cache mode for the image\n"
         "  -i, --aio=MODE       use AIO mode (threads or io_uring)\n"
         "  -U, --force-share    force shareable permissions on the image\n"
+        "      --image-opts     the file argument is a list of options\n"
+        "                       (driver=qed,file.filename=FILE)\n"
+        "      --object TYPE,id=ID,...  an object (secret, tls-creds-*)\n"
         "  -h, --help           display this help and exit\n"
         "  -V, --version        output version information and exit\n\n"
         "Without -c, commands are read from standard input.\n"
@@ -147,8 +151,8 @@ int run(int argc, char** argv) {
         std::printf("qed-io version " QED_VERSION "\nCopyright (c) 2026 the qed developers\n");
         return 0;
     }
-    if (args->has("object") || args->has("image-opts")) {
-        report("--object and --image-opts are not supported");
+    if (std::string why; !apply_image_options(*args, 1, "format", why)) {
+        report(why);
         return 1;
     }
     if (args->positional.size() > 1) {

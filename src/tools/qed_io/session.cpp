@@ -15,6 +15,7 @@
 
 #include "common/jobs.hpp"
 #include "common/sizes.hpp"
+#include "qed/node_options.hpp"
 
 namespace qed::tools::io {
 
@@ -27,7 +28,14 @@ bool session::open(const std::string& path, open_options options, bool by_option
     img_ = r.img;
     path_ = path;
     const image_info info = img_.info();
-    probed_raw_ = !options.format && info.format == image_format::raw && !info.read_only;
+    // A json: name whose top node names its driver chose the format.
+    bool named_format = false;
+    if (is_json_name(path)) {
+        std::string why;
+        const auto tree = parse_json_options(path, why);
+        named_format = tree && tree->count("driver");
+    }
+    probed_raw_ = !options.format && !named_format && info.format == image_format::raw && !info.read_only;
     if (probed_raw_) {
         // qemu-io's warning, word for word: scripts and users know it.
         report("warning: Image format was not specified for '" + info.filename +

@@ -1,0 +1,571 @@
+// SPDX-License-Identifier: BSL-1.0
+#include "image/node_open.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <boost/asio/post.hpp>
+#include <cctype>
+#include <cstring>
+#include <map>
+#include <qed/blkdebug.hpp>
+#include <vector>
+
+#include "table/co_io.hpp"
+
+namespace qed::detail {
+namespace {
+
+bool is_protocol(std::string_view d) {
+    return d == "file" || d == "host_device" || d == "host_cdrom";
+}
+
+bool has_prefix(const node_options& o, std::string_view prefix) {
+    const std::string p = std::string(prefix) + ".";
+    auto it = o.lower_bound(p);
+    return it != o.end() && it->first.compare(0, p.size(), p) == 0;
+}
+
+std::string get(const node_options& o, const std::string& key) {
+    auto it = o.find(key);
+    return it == o.end() ? std::string{} : it->second;
+}
+
+/// A size option as QEMU writes one: bytes, or a number with k, M, G, T, P
+/// or E (powers of 1024). nullopt when malformed or past 2^64.
+std::optional<std::uint64_t> size_option(const std::string& v, std::string& why) {
+    std::size_t used = 0;
+    std::uint64_t n = 0;
+    while (used < v.size() && v[used] >= '0' && v[used] <= '9') {
+        if (n > (~std::uint64_t{0} - 9) / 10) {
+            why = "too large";
+            return std::nullopt;
+        }
+        n = n * 10 + static_cast<unsigned>(v[used++] - '0');
+    }
+    if (used == 0) {
+        why = "not a number: '" + v + "'";
+        return std::nullopt;
+    }
+    if (used == v.size() || (used + 1 == v.size() && (v[used] == 'b' || v[used] == 'B'))) return n;
+    static constexpr std::string_view units = "KMGTPE";
+    const auto u = units.find(static_cast<char>(std::toupper(static_cast<unsigned char>(v[used]))));
+    if (used + 1 != v.size() || u == std::string_view::npos) {
+        why = "unknown unit in '" + v + "'";
+        return std::nullopt;
+    }
+    const unsigned shift = 10 * static_cast<unsigned>(u + 1);
+    if (n > (~std::uint64_t{0} >> shift)) {
+        why = "too large";
+        return std::nullopt;
+    }
+    return n << shift;
+}
+
+void log_line(const open_options& open, const std::string& line) {
+    if (open.log) open.log(line);
+}
+
+// ---- an image as the file of another format --------------------------------
+
+/// The block file a nested format reads through: an open image. Transfers
+/// must keep to its 512-byte sectors for writes (what alignment() says, and
+/// what the formats above write); misaligned reads go through a bounce
+/// buffer. Writes past the end grow the image first; reads past it give zeros.
+class image_file final : public block_file {
+public:
+    explicit image_file(std::shared_ptr<device> dev) : dev_(std::move(dev)), read_only_(dev_->info().read_only) {}
+
+    executor_type get_executor() const override { return dev_->get_executor(); }
+
+    void async_read_at(std::uint64_t offset, std::span<const boost::asio::mutable_buffer> buffers,
+                       io_handler handler) override {
+        mutable_buffers bufs(buffers.begin(), buffers.end());
+        const std::uint64_t n = total_size(bufs);
+        const std::uint64_t a0 = offset / sector_size * sector_size;
+        const std::uint64_t a1 = (offset + n + sector_size - 1) / sector_size * sector_size;
+        const std::uint64_t size = dev_->size();
+        const std::uint64_t end = std::min(a1, std::max(size, a0));
+        // The bytes from the device: [a0, end), through a bounce buffer
+        // unless the request is aligned and inside the image.
+        if (a0 == offset && a1 == offset + n && end == a1) {
+            dev_->read(offset, std::move(bufs), std::move(handler));
+            return;
+        }
+        auto bounce = std::make_shared<std::vector<std::byte>>(static_cast<std::size_t>(a1 - a0));
+        auto finish = [bounce, bufs, skip = static_cast<std::size_t>(offset - a0), n, h = std::move(handler)](
+                          std::error_code ec, std::size_t) mutable {
+            if (ec) return std::move(h)(ec, std::size_t{0});
+            std::size_t at = skip;
+            for (const auto& b : bufs) {
+                std::memcpy(b.data(), bounce->data() + at, b.size());
+                at += b.size();
+            }
+            std::move(h)(std::error_code{}, static_cast<std::size_t>(n));
+        };
+        if (end <= a0) {  // all past the end: zeros
+            boost::asio::post(get_executor(), [f = std::move(finish)]() mutable { f(std::error_code{}, 0); });
+            return;
+        }
+        mutable_buffers inner{boost::asio::mutable_buffer(bounce->data(), static_cast<std::size_t>(end - a0))};
+        dev_->read(a0, std::move(inner), std::move(finish));
+    }
+
+    void async_write_at(std::uint64_t offset, std::span<const boost::asio::const_buffer> buffers,
+                        io_handler handler) override {
+        const_buffers bufs(buffers.begin(), buffers.end());
+        const std::uint64_t n = total_size(bufs);
+        if (offset % sector_size || n % sector_size) {
+            boost::asio::post(get_executor(), [h = std::move(handler)]() mutable {
+                std::move(h)(make_error_code(errc::invalid_argument), std::size_t{0});
+            });
+            return;
+        }
+        const std::uint64_t need = offset + n;
+        if (need <= dev_->size()) {
+            dev_->write(offset, std::move(bufs), write_options{}, std::move(handler));
+            return;
+        }
+        // Grow first. Two writes may both grow; the smaller target then
+        // finds the image already large enough (and its refusal is moot).
+        dev_->grow(need, [this, dev = dev_, offset, need, bufs = std::move(bufs),
+                          h = std::move(handler)](std::error_code ec) mutable {
+            if (ec && dev->size() < need) return std::move(h)(ec, std::size_t{0});
+            dev->write(offset, std::move(bufs), write_options{}, std::move(h));
+        });
+    }
+
+    void async_flush(op_handler handler) override { dev_->flush(std::move(handler)); }
+
+    void async_resize(std::uint64_t size, op_handler handler) override {
+        if (size <= dev_->size()) {
+            // Images only grow; a smaller size keeps the bytes beyond it,
+            // which the format above no longer uses.
+            boost::asio::post(get_executor(), [h = std::move(handler)]() mutable { std::move(h)(std::error_code{}); });
+            return;
+        }
+        dev_->grow((size + sector_size - 1) / sector_size * sector_size, std::move(handler));
+    }
+
+    void async_punch_hole(std::uint64_t offset, std::uint64_t length, op_handler handler) override {
+        if (offset % sector_size || length % sector_size || offset + length > dev_->size())
+            return block_file::async_punch_hole(offset, length, std::move(handler));
+        dev_->write_zeroes(offset, length, zero_options{}, std::move(handler));
+    }
+
+    void async_close(op_handler handler) override {
+        if (!dev_->is_open())
+            return boost::asio::post(get_executor(),
+                                     [h = std::move(handler)]() mutable { std::move(h)(std::error_code{}); });
+        dev_->close(std::move(handler));
+    }
+
+    std::uint64_t size(std::error_code& ec) const override {
+        ec.clear();
+        return dev_->size();
+    }
+    std::size_t alignment() const noexcept override { return sector_size; }
+    file_identity identity() const noexcept override { return id_; }
+    bool read_only() const noexcept override { return read_only_; }
+    const char* backend_name() const noexcept override { return "image"; }
+
+private:
+    static file_identity next_identity() {
+        static std::atomic<std::uint64_t> n{0};
+        return {~std::uint64_t{1}, ++n};
+    }
+    std::shared_ptr<device> dev_;
+    bool read_only_;
+    file_identity id_ = next_identity();
+};
+
+// ---- drivers of a node's file ----------------------------------------------
+
+using file_result = std::pair<std::error_code, std::shared_ptr<block_file>>;
+
+/// What a driver of a node's file gets: that node's options (the "file."
+/// prefix taken off), the caller's open options and the chain so far.
+struct child_request {
+    boost::asio::any_io_executor ex;
+    node_options options;
+    open_options open;
+    unsigned depth = 0;
+    std::vector<file_identity> chain;
+};
+
+/// A driver: turns a child_request into a block file, or logs one line and fails.
+using child_driver = boost::asio::awaitable<file_result> (*)(child_request);
+
+file_result refuse(const open_options& open, const std::string& line, std::error_code ec) {
+    log_line(open, line);
+    return {ec, nullptr};
+}
+
+/// Options a driver does not know fail in QEMU's words.
+bool only_keys(const child_request& r, std::string_view driver, std::initializer_list<std::string_view> keys,
+               std::string& bad) {
+    for (const auto& [k, v] : r.options) {
+        if (std::find(keys.begin(), keys.end(), k) != keys.end()) continue;
+        bad = "Block protocol '" + std::string(driver) + "' doesn't support the option '" + k + "'";
+        return false;
+    }
+    return true;
+}
+
+file_result open_path(const child_request& r, const std::string& path, bool character_device) {
+    file_options fo;
+    fo.read_only = r.open.read_only;
+    fo.direct = r.open.direct;
+    fo.backend = r.open.backend;
+    fo.locking = r.open.locking;
+    fo.force_share = r.open.force_share;
+    fo.character_device = character_device;
+    auto logged = std::make_shared<bool>(false);
+    fo.log = [logged, log = r.open.log](std::string_view line) {
+        *logged = true;
+        if (log) log(line);
+    };
+    const std::string lock = get(r.options, "locking");
+    if (lock == "on" || lock == "off") fo.locking = lock == "on" ? lock_mode::on : lock_mode::off;
+    std::error_code ec;
+    auto opener = r.open.opener ? r.open.opener : default_opener(r.ex);
+    auto f = opener(path, fo, ec);
+    if (!f) {
+        if (!ec) ec = std::make_error_code(std::errc::io_error);
+        if (!*logged) log_line(r.open, "Could not open '" + path + "': " + ec.message());
+        return {ec, nullptr};
+    }
+    return {{}, std::move(f)};
+}
+
+boost::asio::awaitable<file_result> protocol_driver(child_request r, std::string driver) {
+    std::string bad;
+    if (!only_keys(r, driver, {"driver", "filename", "locking"}, bad))
+        co_return refuse(r.open, bad, errc::invalid_argument);
+    const std::string lock = get(r.options, "locking");
+    if (!lock.empty() && lock != "on" && lock != "off" && lock != "auto")
+        co_return refuse(r.open, "Parameter 'locking' does not accept value '" + lock + "'", errc::invalid_argument);
+    const std::string path = get(r.options, "filename");
+    if (path.empty())
+        co_return refuse(r.open, "The '" + driver + "' block driver requires a file name", errc::invalid_argument);
+    co_return open_path(r, path, driver != "file");
+}
+
+boost::asio::awaitable<file_result> file_driver(child_request r) {
+    co_return co_await protocol_driver(std::move(r), "file");
+}
+boost::asio::awaitable<file_result> host_device_driver(child_request r) {
+    co_return co_await protocol_driver(std::move(r), "host_device");
+}
+boost::asio::awaitable<file_result> host_cdrom_driver(child_request r) {
+    co_return co_await protocol_driver(std::move(r), "host_cdrom");
+}
+
+/// driver=nbd: server.type=unix with server.path, or server.type=inet with
+/// server.host and server.port (10809 by default); export. Opened as the
+/// NBD URI they spell.
+boost::asio::awaitable<file_result> nbd_driver(child_request r) {
+    std::string bad;
+    if (!only_keys(r, "nbd", {"driver", "server.type", "server.path", "server.host", "server.port", "export"}, bad))
+        co_return refuse(r.open, bad, errc::invalid_argument);
+    const std::string type = get(r.options, "server.type");
+    const std::string exp = get(r.options, "export");
+    std::string uri;
+    if (type == "unix") {
+        const std::string path = get(r.options, "server.path");
+        if (path.empty()) co_return refuse(r.open, "Parameter 'server.path' is missing", errc::invalid_argument);
+        uri = "nbd+unix:///" + exp + "?socket=" + path;
+    } else if (type == "inet") {
+        const std::string host = get(r.options, "server.host");
+        if (host.empty()) co_return refuse(r.open, "Parameter 'server.host' is missing", errc::invalid_argument);
+        const std::string port = get(r.options, "server.port");
+        const bool v6 = host.find(':') != std::string::npos;
+        uri = "nbd://" + (v6 ? "[" + host + "]" : host) + ":" + (port.empty() ? "10809" : port) + "/" + exp;
+    } else {
+        co_return refuse(r.open,
+                         type.empty() ? std::string("Parameter 'server.type' is missing")
+                                      : "Parameter 'server.type' does not accept value '" + type + "'",
+                         errc::invalid_argument);
+    }
+    co_return open_path(r, uri, false);
+}
+
+/// Open a child node by its "driver" (the table below).
+boost::asio::awaitable<file_result> open_child(child_request r);
+
+/// driver=null-co (null-aio): `size` bytes (1 GiB by default) that read
+/// as zeros and drop what is written. read-zeroes and latency-ns are
+/// accepted as QEMU's; ours always reads zeros and adds no latency.
+boost::asio::awaitable<file_result> null_driver(child_request r) {
+    std::string bad;
+    const std::string driver = get(r.options, "driver").empty() ? "null-co" : get(r.options, "driver");
+    if (!only_keys(r, driver, {"driver", "filename", "size", "read-zeroes", "latency-ns"}, bad))
+        co_return refuse(r.open, bad, errc::invalid_argument);
+    const std::string name = get(r.options, "filename");
+    if (!name.empty() && !is_null_name(name))
+        co_return refuse(r.open, "The '" + driver + "' block driver takes no file name, not '" + name + "'",
+                         errc::invalid_argument);
+    std::uint64_t size = std::uint64_t{1} << 30;
+    if (const std::string v = get(r.options, "size"); !v.empty()) {
+        std::string why;
+        const auto n = size_option(v, why);
+        if (!n)
+            co_return refuse(r.open, driver + ": Parameter 'size' expects a size (" + why + ")",
+                             errc::invalid_argument);
+        size = *n;
+    }
+    co_return file_result(std::error_code{}, make_null_file(r.ex, size, r.open.read_only));
+}
+
+/// driver=blkdebug: QEMU's fault injection over the node `image` (a tree of
+/// its own, or "x-image" / a blkdebug: file name), with `config` (a rules
+/// file), `align`, and rules as lists: inject-error.N.KEY and set-state.N.KEY
+/// (the rules file's keys; the file's rules come first, then the lists in
+/// index order).
+boost::asio::awaitable<file_result> blkdebug_driver(child_request r) {
+    blkdebug_config config;
+    node_options image;
+    std::string why;
+    auto bad = [&](const std::string& line) { return refuse(r.open, line, errc::invalid_argument); };
+    if (const std::string name = get(r.options, "filename"); !name.empty()) {
+        if (parse_blkdebug_name(name, config, why)) co_return bad(why);
+        image["filename"] = config.image;
+    }
+    struct listed {
+        blkdebug_rule rule;
+        bool has_event = false;
+    };
+    std::map<std::pair<int, unsigned long>, listed> lists;  // (0 inject-error / 1 set-state, index)
+    for (const auto& [k, v] : r.options) {
+        if (k == "driver" || k == "filename") continue;
+        if (k == "config") {
+            config.config_file = v;
+        } else if (k == "align") {
+            const auto n = size_option(v, why);
+            if (!n) co_return bad("Parameter 'align' expects a size (" + why + ")");
+            config.align = *n;
+        } else if (k == "x-image") {
+            image["filename"] = v;
+        } else if (k.compare(0, 6, "image.") == 0) {
+            image[k.substr(6)] = v;
+        } else if (k.compare(0, 13, "inject-error.") == 0 || k.compare(0, 10, "set-state.") == 0) {
+            const bool inject = k[0] == 'i';
+            const std::string rest = k.substr(inject ? 13 : 10);
+            const auto dot = rest.find('.');
+            const std::string index = rest.substr(0, dot);
+            if (dot == std::string::npos || index.empty() ||
+                index.find_first_not_of("0123456789") != std::string::npos || index.size() > 9)
+                co_return bad("Block protocol 'blkdebug' doesn't support the option '" + k + "'");
+            listed& l = lists[{inject ? 0 : 1, std::stoul(index)}];
+            l.rule.action = inject ? blkdebug_rule::kind::inject_error : blkdebug_rule::kind::set_state;
+            const std::string key = rest.substr(dot + 1);
+            if (!set_blkdebug_rule_option(l.rule, key, v, why)) co_return bad(k + ": " + why);
+            if (key == "event") l.has_event = true;
+        } else if (k == "image") {
+            co_return bad("option 'image' names a node by reference (not supported: give its options as image.*)");
+        } else {
+            co_return bad("Block protocol 'blkdebug' doesn't support the option '" + k + "'");
+        }
+    }
+    if (image.empty()) co_return bad("blkdebug: Parameter 'image' is missing");
+    std::vector<blkdebug_rule> rules;
+    if (!config.config_file.empty() && read_blkdebug_rules(config.config_file, rules, why)) co_return bad(why);
+    for (const auto& [at, l] : lists) {
+        if (!l.has_event)
+            co_return bad(std::string(at.first == 0 ? "inject-error." : "set-state.") + std::to_string(at.second) +
+                          ": Missing event name for rule");
+        rules.push_back(l.rule);
+    }
+    // (A named request: g++ 12 destroys a braced temporary inside co_await twice.)
+    child_request below{r.ex, std::move(image), r.open, r.depth, r.chain};
+    auto [ec, inner] = co_await open_child(std::move(below));
+    if (ec) co_return file_result(ec, nullptr);
+    auto file = make_blkdebug_file(std::move(inner), std::move(rules), config.align, ec);
+    if (!file) co_return bad("Cannot meet constraints with align " + std::to_string(config.align));
+    co_return file_result(std::error_code{}, std::move(file));
+}
+
+/// No driver: the file is named by "filename" (a path, a remote URI, or a
+/// protocol's name: blkdebug: and null-co:// take their drivers' options).
+boost::asio::awaitable<file_result> by_name_driver(child_request r) {
+    const std::string path = get(r.options, "filename");
+    if (is_blkdebug_name(path)) co_return co_await blkdebug_driver(std::move(r));
+    if (is_null_name(path)) co_return co_await null_driver(std::move(r));
+    std::string bad;
+    if (!only_keys(r, "file", {"filename", "locking"}, bad)) co_return refuse(r.open, bad, errc::invalid_argument);
+    if (path.empty()) co_return refuse(r.open, "A block device must be specified for \"file\"", errc::invalid_argument);
+    co_return open_path(r, path, false);
+}
+
+/// driver=qed / driver=raw below another format: the image is the file.
+boost::asio::awaitable<file_result> nested_format_driver(child_request r) {
+    open_options inner = r.open;
+    inner.format.reset();
+    auto [ec, dev] =
+        co_await open_node(r.ex, std::move(r.options), std::nullopt, std::move(inner), r.depth, std::move(r.chain));
+    if (ec) co_return file_result{ec, nullptr};
+    co_return file_result{{}, std::make_shared<image_file>(std::move(dev))};
+}
+
+struct driver_entry {
+    std::string_view name;
+    child_driver open;
+};
+
+// The drivers a node's "file" may name. A new one (blkdebug, null-co...) is
+// a function of type child_driver and one line here.
+const driver_entry child_drivers[] = {
+    {"", by_name_driver},
+    {"file", file_driver},
+    {"host_device", host_device_driver},
+    {"host_cdrom", host_cdrom_driver},
+    {"nbd", nbd_driver},
+    {"blkdebug", blkdebug_driver},
+    {"null-co", null_driver},
+    {"null-aio", null_driver},
+    {"qed", nested_format_driver},
+    {"raw", nested_format_driver},
+};
+
+const driver_entry* find_driver(std::string_view name) {
+    for (const auto& d : child_drivers)
+        if (d.name == name) return &d;
+    return nullptr;
+}
+
+std::string unsupported(const std::string& driver) {
+    return "Unknown driver '" + driver +
+           "' (unsupported: qed opens qed, raw, file, host_device, host_cdrom, nbd, blkdebug and null-co nodes)";
+}
+
+boost::asio::awaitable<file_result> open_child(child_request r) {
+    const std::string name = get(r.options, "driver");
+    const driver_entry* d = find_driver(name);
+    if (!d) co_return refuse(r.open, unsupported(name), errc::not_supported);
+    co_return co_await d->open(std::move(r));
+}
+
+/// A key that is a value and a parent of other keys at once ("file": "x"
+/// with "file.driver"): QEMU takes a string there as a node reference.
+std::string mixed_key(const node_options& o) {
+    for (const auto& [k, v] : o)
+        if (has_prefix(o, k)) return k;
+    return {};
+}
+
+}  // namespace
+
+std::optional<plain_node> plain_form(const node_options& o) {
+    const std::string driver = get(o, "driver");
+    plain_node out;
+    if (is_protocol(driver)) {
+        for (const auto& [k, v] : o)
+            if (k != "driver" && k != "filename") return std::nullopt;
+        out.path = get(o, "filename");
+        if (out.path.empty()) return std::nullopt;
+        out.format = image_format::raw;
+        out.character_device = driver != "file";
+        return out;
+    }
+    if (!driver.empty()) {
+        out.format = parse_format(driver);
+        if (!out.format) return std::nullopt;
+    }
+    const bool top_name = o.count("filename") != 0;
+    std::string file_driver;
+    for (const auto& [k, v] : o) {
+        if (k == "driver" || k == "filename") continue;
+        if (k == "file.filename" && !top_name) {
+            out.path = v;
+        } else if (k == "file.driver" && is_protocol(v)) {
+            file_driver = v;
+        } else {
+            return std::nullopt;
+        }
+    }
+    if (top_name) out.path = get(o, "filename");
+    if (out.path.empty()) return std::nullopt;
+    out.character_device = !file_driver.empty() && file_driver != "file";
+    return out;
+}
+
+std::string node_display_name(const node_options& options) {
+    if (auto p = plain_form(options)) return p->path;
+    return json_name(options);
+}
+
+std::optional<node_options> parse_json_name(const std::string& name, const open_options& open, std::error_code& ec) {
+    std::string why;
+    auto tree = parse_json_options(name, why);
+    if (!tree) {
+        log_line(open, name + ": " + why);
+        ec = errc::invalid_argument;
+        return std::nullopt;
+    }
+    if (const auto k = mixed_key(*tree); !k.empty()) {
+        log_line(open, name + ": option '" + k +
+                           "' is given both as a value and as a set of options "
+                           "(node references are not supported)");
+        ec = errc::invalid_argument;
+        return std::nullopt;
+    }
+    ec.clear();
+    return tree;
+}
+
+boost::asio::awaitable<device_result> open_node(boost::asio::any_io_executor ex, node_options options,
+                                                std::optional<image_format> format, open_options open, unsigned depth,
+                                                std::vector<file_identity> chain) {
+    const std::string name = node_display_name(options);
+    const std::string driver = get(options, "driver");
+    auto fail = [&](const std::string& why, std::error_code ec) {
+        log_line(open, name + ": " + why);
+        return device_result{ec, nullptr};
+    };
+    child_request child{ex, {}, open, depth, chain};
+    std::optional<image_format> fmt = format;
+    if (driver.empty() || parse_format(driver)) {
+        // A format node: its own options, and its file's below "file".
+        if (!driver.empty()) {
+            const auto f = parse_format(driver);
+            if (format && *format != *f)
+                co_return fail("the format given (" + std::string(to_string(*format)) + ") is not the driver '" +
+                                   driver + "' the options name",
+                               errc::invalid_argument);
+            fmt = f;
+        }
+        for (const auto& [k, v] : options) {
+            if (k == "driver" || k == "filename" || k.compare(0, 5, "file.") == 0) continue;
+            co_return fail("Block format '" + (driver.empty() ? std::string("(probed)") : driver) +
+                               "' does not support the option '" + k + "'",
+                           errc::invalid_argument);
+        }
+        child.options = sub_options(options, "file");
+        if (auto it = options.find("filename"); it != options.end()) {
+            // The format's file name is its file's, with the file's other
+            // options beside it (QEMU: "file.align=512" and blkdebug::IMG).
+            if (child.options.count("filename") || child.options.count("driver"))
+                co_return fail("Cannot specify both 'filename' and 'file' options", errc::invalid_argument);
+            child.options["filename"] = it->second;
+        }
+        if (child.options.empty())
+            co_return fail("A block device must be specified for \"file\"", errc::invalid_argument);
+    } else if (find_driver(driver)) {
+        // A protocol node opened on its own reads as raw bytes.
+        if (format && *format != image_format::raw)
+            co_return fail("driver '" + driver + "' is a protocol: its bytes read as raw, not as " +
+                               std::string(to_string(*format)),
+                           errc::invalid_argument);
+        fmt = image_format::raw;
+        child.options = std::move(options);
+    } else {
+        co_return fail(unsupported(driver), errc::not_supported);
+    }
+    const std::string child_driver_name = get(child.options, "driver");
+    const driver_entry* d = find_driver(child_driver_name);
+    if (!d) co_return fail(unsupported(child_driver_name), errc::not_supported);
+    auto [ec, file] = co_await d->open(std::move(child));
+    if (ec) co_return device_result{ec, nullptr};
+    co_return co_await open_on_file(ex, std::move(file), name, fmt, std::move(open), depth, std::move(chain));
+}
+
+}  // namespace qed::detail

@@ -1,0 +1,30 @@
+// SPDX-License-Identifier: BSL-1.0
+// qemu-img's and qemu-io's --object and --image-opts.
+//
+// --image-opts: the image argument is a dotted option list
+// ("driver=qed,file.filename=x"), opened as the json: name it amounts to.
+// --object: the objects QEMU's tools take for encryption keys and TLS
+// (secret, tls-creds-*, authz-*) are checked and accepted; nothing in a QED
+// or raw image uses them. Any other type is refused.
+#pragma once
+
+#include <string>
+
+#include "common/args.hpp"
+
+namespace qed::tools {
+
+/// Check every --object. False with `error` set (QEMU's words) for a
+/// malformed one or an unknown type.
+bool check_objects(const parsed_args& args, std::string& error);
+
+/// The json: name an --image-opts argument designates. False with `error`.
+bool image_opts_name(const std::string& arg, std::string& out, std::string& error);
+
+/// Both of the above for a command: objects checked, and with --image-opts
+/// the first `images` positional words replaced by json: names (refused
+/// with -f, as qemu-img does). `format_key` is the name of the format
+/// option ("format" or "f"). False with `error` set.
+bool apply_image_options(parsed_args& args, std::size_t images, const char* format_key, std::string& error);
+
+}  // namespace qed::tools
