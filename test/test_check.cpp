@@ -612,7 +612,22 @@ order_stats check_flush_order(mem_env& e, const io_log& log, const std::string& 
     const std::uint64_t c = rg.cs;
     std::map<std::uint64_t, std::size_t> last_write;  // host cluster -> log index of its last write
     std::optional<std::size_t> last_flush;
-    std::set<std::uint64_t> tables_written;
+    // A new table is private until an L1 write links it: its writes before
+    // that (whole, or only the blocks holding entries when it lies in fresh
+    // space) are not updates. Tables the log never links were there before
+    // it: every write to them is an update. (A table that was there before
+    // and shares an L1 sector with a new one counts as new until that
+    // sector's write: its earlier writes go unchecked, never misjudged.)
+    std::map<std::uint64_t, std::size_t> first_link;  // table -> log index of the first L1 write carrying it
+    for (std::size_t idx = 0; idx < log.size(); ++idx) {
+        const auto& r = log[idx];
+        if (r.file != name || r.what != io_record::write || !rg.is_l1(r.offset)) continue;
+        for (std::size_t k8 = 0; k8 + 8 <= r.data.size(); k8 += 8) {
+            std::uint64_t entry = 0;
+            for (int b = 7; b >= 0; --b) entry = (entry << 8) | r.data[k8 + static_cast<std::size_t>(b)];
+            if (entry) first_link.emplace(entry, idx);
+        }
+    }
     auto flushed_since = [&](std::uint64_t host_cluster) {
         const auto it = last_write.find(host_cluster);
         return it == last_write.end() || (last_flush && *last_flush > it->second);
@@ -636,7 +651,8 @@ order_stats check_flush_order(mem_env& e, const io_log& log, const std::string& 
         bool update = to_l1;
         if (rg.is_table(r.offset)) {
             const std::uint64_t t = *std::prev(rg.tables.upper_bound(r.offset));
-            update = !tables_written.insert(t).second || r.length < rg.tb;  // a new table is written whole, once
+            const auto link = first_link.find(t);
+            update = link == first_link.end() || link->second < idx;
         }
         if (!update) {
             for (std::uint64_t p = r.offset / c * c; p < r.offset + r.length; p += c) last_write[p / c] = idx;

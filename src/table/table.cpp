@@ -30,6 +30,14 @@ void table::from_disk() noexcept {
     }
 }
 
+void table::grow(std::uint32_t entries) {
+    if (entries <= entries_) return;
+    aligned_bytes bigger = allocate_aligned(std::size_t{entries} * sizeof(std::uint64_t), true);
+    std::memcpy(bigger.get(), bytes_.get(), byte_size());
+    bytes_ = std::move(bigger);
+    entries_ = entries;
+}
+
 void async_read_table(block_file& file, std::uint64_t offset, table& t, op_handler handler) {
     const boost::asio::mutable_buffer buf(t.raw(), t.byte_size());
     file.async_read_at(offset, {&buf, 1}, [&t, h = std::move(handler)](std::error_code ec, std::size_t) mutable {

@@ -46,6 +46,12 @@ public:
     /// Convert entries just read from disk (little-endian) to host order.
     void from_disk() noexcept;
 
+    /// Hold `entries` (more than now) entries: the first size() keep their
+    /// values, the new ones are 0. The table object stays where it is (the
+    /// write-back keeps a pointer to it); only its buffer is replaced, so
+    /// nothing may hold a pointer into the entries across this call.
+    void grow(std::uint32_t entries);
+
 private:
     std::uint32_t entries_;
     aligned_bytes bytes_;
