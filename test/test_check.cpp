@@ -19,6 +19,7 @@
 
 #include "qed/image.hpp"
 #include "support/chaos_file.hpp"
+#include "support/fixed_size_file.hpp"
 #include "support/image_fixture.hpp"
 #include "support/recording_file.hpp"
 
@@ -280,6 +281,113 @@ BOOST_DATA_TEST_CASE(invalid_offsets_are_counted_and_cleared_by_repair_all, data
     expect_pattern(again, 3 * c, c, 3, "after reopen");
     expect_clean(again);
     BOOST_TEST_REQUIRE(!again.close());
+}
+
+// Memory holds only the L1 entries covering the image; the rest of the L1
+// is still the image's (QEMU's check walks it): an invalid entry there is
+// a corruption, and repair clears it on disk.
+BOOST_DATA_TEST_CASE(l1_entries_past_the_image_size_are_checked, data::make(all_layouts), l) {
+    mem_env e;
+    const std::uint64_t c = l.cs, fresh = l.fresh_file_size();
+    e.create("img.qed", e.create_opts(l.span(), l));  // one L1 entry in use
+    {
+        auto img = e.open("img.qed");
+        write_pattern(img, 0, 2 * c, 1);
+        BOOST_TEST_REQUIRE(!img.close());
+    }
+    const std::uint64_t l1 = e.hdr("img.qed").l1_table_offset;
+    const std::uint64_t last = l.entries() - 1;  // far past the entries kept in memory
+    e.set_u64("img.qed", l1 + 8 * last, fresh + 512);
+    auto img = e.open("img.qed");
+    auto r = check_image(img);
+    BOOST_TEST(r.corruptions == 1u);
+    BOOST_TEST(r.allocated_clusters == 2u);
+    r = check_image(img, check_options::repair::all);
+    BOOST_TEST(r.corruptions_fixed == 1u);
+    BOOST_TEST(r.corruptions == 0u);
+    BOOST_TEST(e.u64("img.qed", l1 + 8 * last) == 0u);
+    expect_pattern(img, 0, 2 * c, 1, "data after the repair");
+    expect_clean(img);
+    BOOST_TEST_REQUIRE(!img.close());
+}
+
+// On fixed-size storage (an NBD export) new clusters go after the last one
+// the tables use, not at the end of the storage: a table linked by an L1
+// entry past the image size, and the cluster it links, are in use too --
+// handing them out again would make two owners of one cluster.
+BOOST_DATA_TEST_CASE(fixed_size_storage_keeps_clusters_linked_past_the_image_size, data::make(all_layouts), l) {
+    mem_env e;
+    const std::uint64_t c = l.cs, tb = l.table_bytes();
+    e.create("img.qed", e.create_opts(l.span(), l));
+    {
+        auto img = e.open("img.qed");
+        write_pattern(img, 0, c, 1);
+        BOOST_TEST_REQUIRE(!img.close());
+    }
+    // Past the image's clusters: a table, then the data cluster it links.
+    const std::uint64_t table_at = (e.file_size("img.qed") + c - 1) / c * c;
+    const std::uint64_t data_at = table_at + tb;
+    e.put("img.qed", table_at, std::vector<std::uint8_t>(static_cast<std::size_t>(tb), 0));
+    e.set_u64("img.qed", table_at, data_at);
+    e.put("img.qed", data_at, pattern(0, static_cast<std::size_t>(c), 9));
+    const std::uint64_t l1 = e.hdr("img.qed").l1_table_offset;
+    e.set_u64("img.qed", l1 + 8 * (l.entries() - 1), table_at);
+    e.put("img.qed", data_at + c, std::vector<std::uint8_t>(static_cast<std::size_t>(8 * c), 0xee));  // free space
+    e.fs.wrap = [](std::shared_ptr<block_file> f, const std::string&) -> std::shared_ptr<block_file> {
+        return std::make_shared<fixed_size_file>(std::move(f));
+    };
+    auto img = e.open("img.qed");
+    write_pattern(img, 4 * c, 2 * c, 2);  // two new clusters
+    BOOST_TEST_REQUIRE(!img.flush());
+    BOOST_TEST((e.bytes("img.qed", data_at, static_cast<std::size_t>(c)) == pattern(0, static_cast<std::size_t>(c), 9)),
+               "the cluster linked past the image size was overwritten");
+    BOOST_TEST(e.u64("img.qed", table_at) == data_at, "the table linked past the image size was overwritten");
+    BOOST_TEST(e.l2_entry("img.qed", 4 * c) >= data_at + c);
+    const auto r = check_image(img);
+    BOOST_TEST(r.corruptions == 0u);
+    BOOST_TEST(r.allocated_clusters == 4u);
+    expect_pattern(img, 0, c, 1);
+    expect_pattern(img, 4 * c, 2 * c, 2);
+    BOOST_TEST_REQUIRE(!img.close());
+}
+
+// Grow brings the L1 entries the new size covers into memory, as the disk
+// has them: a table an entry there links (check saw it all along) is what
+// the new range reads, and new writes there work and survive a reopen.
+BOOST_DATA_TEST_CASE(grow_reads_the_l1_entries_it_newly_covers, data::make(all_layouts), l) {
+    mem_env e;
+    const std::uint64_t c = l.cs, tb = l.table_bytes(), span = l.span();
+    e.create("img.qed", e.create_opts(span, l));
+    {
+        auto img = e.open("img.qed");
+        write_pattern(img, 0, c, 1);
+        BOOST_TEST_REQUIRE(!img.close());
+    }
+    const std::uint64_t table_at = (e.file_size("img.qed") + c - 1) / c * c;
+    const std::uint64_t data_at = table_at + tb;
+    e.put("img.qed", table_at, std::vector<std::uint8_t>(static_cast<std::size_t>(tb), 0));
+    e.set_u64("img.qed", table_at, data_at);
+    e.put("img.qed", data_at, pattern(100 * span, static_cast<std::size_t>(c), 9));
+    e.set_u64("img.qed", e.hdr("img.qed").l1_table_offset + 8 * 100, table_at);
+    {
+        auto img = e.open("img.qed");
+        BOOST_TEST_REQUIRE(!img.grow(200 * span));
+        expect_pattern(img, 100 * span, c, 9, "the table linked past the old size");
+        write_pattern(img, 150 * span + c, c, 3);
+        write_pattern(img, 100 * span + c, c, 4);
+        expect_pattern(img, 0, c, 1);
+        const auto r = check_image(img);
+        BOOST_TEST(r.corruptions == 0u);
+        BOOST_TEST(r.allocated_clusters == 4u);
+        BOOST_TEST_REQUIRE(!img.close());
+    }
+    auto img = e.open("img.qed");
+    expect_pattern(img, 0, c, 1);
+    expect_pattern(img, 100 * span, c, 9);
+    expect_pattern(img, 100 * span + c, c, 4);
+    expect_pattern(img, 150 * span + c, c, 3);
+    expect_clean(img);
+    BOOST_TEST_REQUIRE(!img.close());
 }
 
 BOOST_DATA_TEST_CASE(double_references_are_never_repaired, data::make(all_layouts), l) {
@@ -612,7 +720,22 @@ order_stats check_flush_order(mem_env& e, const io_log& log, const std::string& 
     const std::uint64_t c = rg.cs;
     std::map<std::uint64_t, std::size_t> last_write;  // host cluster -> log index of its last write
     std::optional<std::size_t> last_flush;
-    std::set<std::uint64_t> tables_written;
+    // A new table is private until an L1 write links it: its writes before
+    // that (whole, or only the blocks holding entries when it lies in fresh
+    // space) are not updates. Tables the log never links were there before
+    // it: every write to them is an update. (A table that was there before
+    // and shares an L1 sector with a new one counts as new until that
+    // sector's write: its earlier writes go unchecked, never misjudged.)
+    std::map<std::uint64_t, std::size_t> first_link;  // table -> log index of the first L1 write carrying it
+    for (std::size_t idx = 0; idx < log.size(); ++idx) {
+        const auto& r = log[idx];
+        if (r.file != name || r.what != io_record::write || !rg.is_l1(r.offset)) continue;
+        for (std::size_t k8 = 0; k8 + 8 <= r.data.size(); k8 += 8) {
+            std::uint64_t entry = 0;
+            for (int b = 7; b >= 0; --b) entry = (entry << 8) | r.data[k8 + static_cast<std::size_t>(b)];
+            if (entry) first_link.emplace(entry, idx);
+        }
+    }
     auto flushed_since = [&](std::uint64_t host_cluster) {
         const auto it = last_write.find(host_cluster);
         return it == last_write.end() || (last_flush && *last_flush > it->second);
@@ -636,7 +759,8 @@ order_stats check_flush_order(mem_env& e, const io_log& log, const std::string& 
         bool update = to_l1;
         if (rg.is_table(r.offset)) {
             const std::uint64_t t = *std::prev(rg.tables.upper_bound(r.offset));
-            update = !tables_written.insert(t).second || r.length < rg.tb;  // a new table is written whole, once
+            const auto link = first_link.find(t);
+            update = link == first_link.end() || link->second < idx;
         }
         if (!update) {
             for (std::uint64_t p = r.offset / c * c; p < r.offset + r.length; p += c) last_write[p / c] = idx;

@@ -106,6 +106,11 @@ const workload workloads[] = {
     {"race_raw_backing_b", 1, backing_kind::raw, 24, 6, 0, true},
     {"race_raw_backing_c", 1, backing_kind::raw, 27, 10, 0, true},
     {"race_raw_backing_d", 1, backing_kind::raw, 28, 10, 0, true},
+    // table_size 4 (16 KiB tables, 32 sectors): a new L2 table lies in fresh
+    // space, so only its sectors holding entries are written and the file is
+    // extended past it; L1 may link it only once both are flushed.
+    {"no_backing_ts4_sparse_new_tables", 4, backing_kind::none, 41, 3, 0, false, 3},
+    {"raw_backing_ts4_sparse_new_tables", 4, backing_kind::raw, 42, 5, 0},
     // On fixed-size storage (an NBD export) full of old bytes: create writes
     // the L1 table as zeros before the header, open finds the end of the
     // data from the tables, new clusters are written whole, clusters written

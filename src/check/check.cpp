@@ -41,6 +41,17 @@ private:
     std::uint64_t n_;
 };
 
+// Write back a repaired piece of the L1 entries past the image size.
+boost::asio::awaitable<void> write_l1_piece(qed_image& img, std::uint32_t first, const table& piece,
+                                            check_result& out) {
+    const std::uint64_t at = img.header_.l1_table_offset + std::uint64_t{first} * sizeof(std::uint64_t);
+    if (auto ec = co_await co::write_table(*img.file_, at, piece, 0, piece.size(), img.io_align_)) {
+        ++out.check_errors;
+        if (out.messages.size() < max_messages)
+            out.messages.push_back("cannot write repaired L1 table: " + ec.message());
+    }
+}
+
 }  // namespace
 
 boost::asio::awaitable<std::error_code> run_check(qed_image& img, check_options::repair mode, check_result& out) {
@@ -84,16 +95,43 @@ boost::asio::awaitable<std::error_code> run_check(qed_image& img, check_options:
     assert(g.table_entries % piece_entries == 0);  // both powers of two
     table l2(piece_entries);
     std::uint64_t prev_host = 0;
-    for (std::uint32_t i = 0; i < l1.size(); ++i) {
-        const std::uint64_t off = l1[i];
+    // Every L1 entry is checked, those past the image size too (nothing
+    // looks them up, but a table they link still owns its clusters, and
+    // QEMU's check walks them): memory holds only the entries covering the
+    // image, the rest are read from disk in pieces of 1 MiB, and a repaired
+    // piece is written back before the next one is read (power failing
+    // between pieces: as for the L2 pieces above).
+    table beyond(piece_entries);
+    std::uint32_t tail_first = 0, tail_size = 0;  // which L1 entries `tail` holds
+    bool tail_changed = false;
+    bool tail_ok = true;
+    for (std::uint32_t i = 0; i < g.table_entries; ++i) {
+        const bool in_memory = i < l1.size();
+        if (!in_memory && i >= tail_first + tail_size) {
+            if (tail_changed) co_await write_l1_piece(img, tail_first, beyond, out);
+            tail_changed = false;
+            tail_first = i;
+            tail_size = std::min(piece_entries, g.table_entries - i);
+            if (tail_size != beyond.size()) beyond = table(tail_size);
+            if (img.reads_as_zeros(img.header_.l1_table_offset + std::uint64_t{tail_first} * 8, beyond.byte_size())) {
+                std::fill(beyond.data(), beyond.data() + beyond.size(), 0);  // a hole: skipped without reading
+            } else if (auto ec = co_await img.read_l1_piece(tail_first, beyond)) {
+                ++out.check_errors;
+                note("cannot read L1 table: " + ec.message());
+                tail_ok = false;
+                break;
+            }
+        }
+        std::uint64_t& entry = in_memory ? l1[i] : beyond[i - tail_first];
+        const std::uint64_t off = entry;
         if (off == 0) continue;
         if (!img.valid_l2_offset(off)) {  // (img.file_end_ == end during the walk)
             note("L1 entry " + std::to_string(i) + ": invalid L2 table offset " + hex(off) +
                  (img.inside_l1(off, g.table_bytes) ? " (inside the L1 table)" : "") +
                  (fix_corruptions ? " (cleared)" : ""));
             if (fix_corruptions) {
-                l1[i] = 0;
-                l1_changed = true;
+                entry = 0;
+                (in_memory ? l1_changed : tail_changed) = true;
                 ++out.corruptions_fixed;
             } else {
                 ++out.corruptions;
@@ -107,6 +145,7 @@ boost::asio::awaitable<std::error_code> run_check(qed_image& img, check_options:
         }
         for (std::uint32_t base = 0; base < g.table_entries; base += piece_entries) {
             const std::uint64_t piece_off = off + std::uint64_t{base} * sizeof(std::uint64_t);
+            if (img.reads_as_zeros(piece_off, l2.byte_size())) continue;  // only zero entries
             if (auto ec = co_await co::read_table(*img.file_, piece_off, l2)) {
                 ++out.check_errors;
                 note("cannot read L2 table at " + hex(off) + ": " + ec.message());
@@ -147,6 +186,7 @@ boost::asio::awaitable<std::error_code> run_check(qed_image& img, check_options:
             }
         }
     }
+    if (tail_ok && tail_changed) co_await write_l1_piece(img, tail_first, beyond, out);
     if (l1_changed) {
         if (auto ec =
                 co_await co::write_table(*img.file_, img.header_.l1_table_offset, l1, 0, l1.size(), img.io_align_)) {

@@ -278,6 +278,21 @@ boost::asio::awaitable<std::error_code> qed_image::do_grow(std::uint64_t new_siz
             if (new_size % sector_size) co_return errc::image_size_unaligned;
             if (new_size > max_image_size(header_.cluster_size, header_.table_size)) co_return errc::image_too_large;
             if (new_size == header_.image_size) co_return std::error_code{};
+            // The L1 entries the new size covers come into memory first (the
+            // zeroing below and every later request look them up). They are
+            // read from disk, as they are: whatever the file holds there is
+            // what check saw and repaired. Pending L1 updates go to the disk
+            // first, so the write-back's record of dirty L1 sectors is empty
+            // while the table changes size; nothing on disk changes here.
+            if (const std::uint32_t want = l1_entries_for(new_size); want > l1_->size()) {
+                if (auto ec = co_await sync_co(false)) co_return ec;
+                if (writeback_.dirty()) co_return std::make_error_code(std::errc::io_error);
+                const std::uint32_t have = l1_->size();
+                table more(want - have);
+                if (auto ec = co_await read_l1_piece(have, more)) co_return ec;
+                l1_->grow(want);
+                std::copy(more.data(), more.data() + more.size(), l1_->data() + have);
+            }
             // A backing file longer than the image must not show through the
             // new space: guest bytes past the old end were never there, so
             // they read as zeros (QEMU >= 5.1 does the same).
@@ -434,10 +449,21 @@ boost::asio::awaitable<std::error_code> qed_image::do_make_empty() {
             // A crash between the two leaves leaks, never dangling entries.
             co_await sync_co(false);  // no round may write a table while we drop them
             writeback_.discard();
-            table empty(geo_.table_entries);
-            if (auto ec = co_await co::write_table(*file_, header_.l1_table_offset, empty, 0, geo_.table_entries,
-                                                   io_align_))
-                co_return ec;
+            // The whole on-disk L1 (entries past the image size too: check
+            // reads them) becomes zeros, written 1 MiB at a time from the
+            // shared zero block rather than from a whole empty table. Power
+            // failing between two pieces leaves some entries zero and the
+            // rest as they were: every table still linked is intact, the
+            // unlinked ones are leaks, which check reports and nothing reads.
+            {
+                const auto z = zero_block();
+                for (std::uint64_t done = 0; done < geo_.table_bytes;) {
+                    const std::size_t n =
+                        static_cast<std::size_t>(std::min<std::uint64_t>(geo_.table_bytes - done, z.size()));
+                    if (auto ec = co_await co::write(*file_, header_.l1_table_offset + done, z.data(), n)) co_return ec;
+                    done += n;
+                }
+            }
             if (auto ec = co_await co::flush(*file_)) co_return ec;
             std::fill(l1_->data(), l1_->data() + l1_->size(), 0);
             cache_.clear_unused();

@@ -66,7 +66,34 @@ public:
     std::string backing_name_;       ///< as stored in the header
     std::string backing_full_;       ///< resolved path
     std::optional<image_format> backing_format_;
+    /// The L1 entries that cover the image size (rounded up to whole write
+    /// blocks), not the whole table: a 1 GiB L1 of a small image costs only
+    /// the entries it uses. Entries past it are read from disk in pieces by
+    /// whatever needs them (check, find_used_end); grow reads in the newly
+    /// covered ones.
     std::unique_ptr<table> l1_;
+    /// How many L1 entries l1_ holds for an image of `size` bytes.
+    std::uint32_t l1_entries_for(std::uint64_t size) const noexcept {
+        const std::uint64_t span = geo_.l2_span();
+        std::uint64_t n = size / span + (size % span != 0);
+        const std::uint64_t per_block = io_align_ / sizeof(std::uint64_t);
+        n = std::max<std::uint64_t>(n, 1);
+        n = (n + per_block - 1) / per_block * per_block;
+        return static_cast<std::uint32_t>(std::min<std::uint64_t>(n, geo_.table_entries));
+    }
+    /// Read on-disk L1 entries [first, first + piece.size()) into `piece`.
+    boost::asio::awaitable<std::error_code> read_l1_piece(std::uint32_t first, table& piece);
+    /// The file has a hole at [off, off + len) (reads as zeros): a piece of
+    /// a table there holds only zero entries and need not be read. False
+    /// when the file can't tell (then the piece is read).
+    bool reads_as_zeros(std::uint64_t off, std::uint64_t len) const {
+        bool data = true;
+        std::uint64_t run = 0;
+        if (file_->allocation(off, len, data, run)) return false;
+        return !data && run >= len;
+    }
+    /// Entries per piece when L1 entries past l1_ are read from disk (1 MiB).
+    static constexpr std::uint32_t l1_piece_entries = (1u << 20) / sizeof(std::uint64_t);
     l2_cache cache_;
     std::size_t io_align_ = sector_size;  ///< granularity of metadata writes
     aligned_bytes header_block_;          ///< first io_align_ bytes of the file, as on disk

@@ -15,24 +15,53 @@ namespace qed::detail {
 
 // With file_end_ at the capacity: the end of everything the tables
 // reference that lies inside it (what lies outside is left for the check
-// to report), and at least the header and L1 table.
+// to report), and at least the header and L1 table. Every L1 entry counts,
+// those past the image size too (read from disk 1 MiB at a time): a table
+// they link holds clusters that must not be handed out again. L2 tables
+// are read in 1 MiB pieces as well, whatever their size.
 boost::asio::awaitable<std::error_code> qed_image::find_used_end() {
     std::uint64_t end = std::max(geo_.header_bytes, header_.l1_table_offset + geo_.table_bytes);
-    table l2(geo_.table_entries);
-    for (std::uint32_t i = 0; i < l1_->size(); ++i) {
-        const std::uint64_t off = (*l1_)[i];
+    const std::uint32_t piece_entries = std::min(geo_.table_entries, l1_piece_entries);
+    table l2(piece_entries);
+    table tail(piece_entries);
+    std::uint32_t tail_first = 0, tail_size = 0;  // which L1 entries `tail` holds
+    for (std::uint32_t i = 0; i < geo_.table_entries; ++i) {
+        std::uint64_t off = 0;
+        if (i < l1_->size()) {
+            off = (*l1_)[i];
+        } else {
+            if (i >= tail_first + tail_size) {
+                tail_first = i;
+                tail_size = std::min(piece_entries, geo_.table_entries - i);
+                if (tail_size != tail.size()) tail = table(tail_size);
+                if (reads_as_zeros(header_.l1_table_offset + std::uint64_t{tail_first} * 8, tail.byte_size()))
+                    std::fill(tail.data(), tail.data() + tail.size(), 0);  // a hole: skipped without reading
+                else if (auto ec = co_await read_l1_piece(tail_first, tail))
+                    co_return ec;
+            }
+            off = tail[i - tail_first];
+        }
         if (off == 0 || !valid_l2_offset(off)) continue;
         end = std::max(end, off + geo_.table_bytes);
-        if (auto ec = co_await co::read_table(*file_, off, l2)) co_return ec;
-        for (std::uint32_t j = 0; j < l2.size(); ++j) {
-            const std::uint64_t e = l2[j];
-            if (e == 0 || e == zero_cluster_entry || !valid_data_offset(e)) continue;
-            end = std::max(end, e + geo_.cluster_size);
+        for (std::uint32_t base = 0; base < geo_.table_entries; base += piece_entries) {
+            const std::uint64_t piece_off = off + std::uint64_t{base} * sizeof(std::uint64_t);
+            if (reads_as_zeros(piece_off, l2.byte_size())) continue;  // only zero entries
+            if (auto ec = co_await co::read_table(*file_, piece_off, l2)) co_return ec;
+            for (std::uint32_t j = 0; j < l2.size(); ++j) {
+                const std::uint64_t e = l2[j];
+                if (e == 0 || e == zero_cluster_entry || !valid_data_offset(e)) continue;
+                end = std::max(end, e + geo_.cluster_size);
+            }
         }
     }
     assert(end <= file_end_);  // only offsets inside the capacity were taken
     file_end_ = end;
     co_return std::error_code{};
+}
+
+boost::asio::awaitable<std::error_code> qed_image::read_l1_piece(std::uint32_t first, table& piece) {
+    co_return co_await co::read_table(*file_, header_.l1_table_offset + std::uint64_t{first} * sizeof(std::uint64_t),
+                                      piece);
 }
 
 boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vector<file_identity> chain) {
@@ -72,7 +101,9 @@ boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vec
         if (header_.has(feature_backing_format_no_probe)) backing_format_ = image_format::raw;
     }
 
-    l1_ = std::make_unique<table>(geo_.table_entries);
+    // Only the entries covering the image (entries past it are never looked
+    // up by a request; check and find_used_end read them in pieces).
+    l1_ = std::make_unique<table>(l1_entries_for(header_.image_size));
     if ((ec = co_await co::read_table(*file_, header_.l1_table_offset, *l1_))) co_return fail(ec, "");
     writeback_.attach({file_.get(), io_align_, l1_.get(), header_.l1_table_offset,
                        // Fixed-size storage holds old bytes where a new cluster goes: a

@@ -359,23 +359,75 @@ void allocating_write::issue_writes() {
         writes_.emplace_back(from, std::move(tail));
     }
     // New L2 tables are private until L1 points at them: fill them in now
-    // and write them whole.
+    // and write them. A table (or the part of it) at or past phys_before_
+    // lies in space the file has never held bytes in, which reads as zeros:
+    // only the blocks holding this batch's entries are written, and the
+    // file is extended to the end of the batch (the last table), instead of
+    // writing a table of up to 1 GiB that is mostly zeros. Below
+    // phys_before_ (old bytes of a fixed-size export, or what a failed
+    // batch left) the table is written whole.
+    //
+    // If power fails after any of these writes (or the extension): the L1
+    // does not point at the table yet -- its entry is only set in memory by
+    // issue_updates(), and the write-back writes L1 sectors only after a
+    // flush that follows the table writes (table/writeback.hpp) -- so any
+    // mix of table blocks, data and file length that landed is unreferenced
+    // space past the last cluster in use: a leak at worst, cut off or reused
+    // like any space past the end. A file that did not get extended is just
+    // shorter; the next open starts allocating at its (cluster-rounded) end.
+    // Once that flush completed, the extension and every written block are
+    // durable, and the unwritten rest of the table reads as zeros, so the
+    // L1 entry written after it links a complete table.
+    bool extend = false;
     for (auto& [l1_index, tu] : tables_) {
         if (!tu.fresh) continue;
+        std::vector<std::uint64_t> blocks;  // io_align_ blocks of the table holding entries
         for (const auto& [k, s] : clusters_) {
             if ((k >> g.l2_bits) != l1_index) continue;
-            tu.fresh->t[k & (g.table_entries - 1)] = s.zero_cluster ? zero_cluster_entry : s.host;
+            const std::uint32_t i = static_cast<std::uint32_t>(k & (g.table_entries - 1));
+            tu.fresh->t[i] = s.zero_cluster ? zero_cluster_entry : s.host;
+            blocks.push_back(std::uint64_t{i} * sizeof(std::uint64_t) / img_.io_align_);
         }
-        const_buffers whole{boost::asio::const_buffer(tu.fresh->t.raw(), tu.fresh->t.byte_size())};
-        writes_.emplace_back(tu.fresh->offset, std::move(whole));
+        const std::uint64_t off = tu.fresh->offset;
+        const std::uint64_t bytes = tu.fresh->t.byte_size();
+        const std::byte* raw = tu.fresh->t.raw();
+        // Bytes [0, old) of the table may hold old data: write them whole.
+        const std::uint64_t old = phys_before_ > off ? std::min(bytes, phys_before_ - off) : 0;
+        if (old)
+            writes_.emplace_back(off, const_buffers{boost::asio::const_buffer(raw, static_cast<std::size_t>(old))});
+        if (old == bytes) continue;
+        extend = true;
+        // `blocks` is in entry order (clusters_ is sorted by guest cluster):
+        // runs of neighbouring blocks become one write each.
+        blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+        for (std::size_t b = 0; b < blocks.size();) {
+            std::size_t e = b + 1;
+            while (e < blocks.size() && blocks[e] == blocks[e - 1] + 1) ++e;
+            std::uint64_t from = blocks[b] * img_.io_align_;
+            const std::uint64_t to = std::min(bytes, (blocks[e - 1] + 1) * img_.io_align_);
+            from = std::max(from, old);  // the part below `old` is written already
+            if (from < to)
+                writes_.emplace_back(off + from, const_buffers{boost::asio::const_buffer(
+                                                     raw + from, static_cast<std::size_t>(to - from))});
+            b = e;
+        }
     }
-
+    // Written whole, a table would have made the file reach its end; now
+    // the file is extended there (to the end of the batch, the last table),
+    // so the table lies inside the file on the next open. Only ever larger:
+    // nothing is written past batch_end_, and the file holds nothing past
+    // phys_before_ < batch_end_.
+    const bool resize = extend && batch_end_ > phys_before_;
     img_.physical_size_ = std::max(img_.physical_size_, batch_end_);  // assume they may land, even on failure
     pending_ = 1;
     for (auto& [off, bufs] : writes_) {
         ++pending_;
         img_.file_->debug_event(blkdbg_event::write_aio);
         img_.file_->async_write_at(off, bufs, [this](std::error_code ec, std::size_t) { one_done(ec); });
+    }
+    if (resize) {
+        ++pending_;
+        img_.file_->async_resize(batch_end_, [this](std::error_code ec) { one_done(ec); });
     }
     --pending_;
 }

@@ -1,14 +1,33 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "table/table.hpp"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstring>
 #include <new>
 
 namespace qed::detail {
 
+namespace {
+constexpr std::size_t map_threshold = 8u << 20;  // zeroed buffers this large are mapped
+}
+
+void aligned_free::operator()(void* p) const noexcept {
+    if (mapped)
+        ::munmap(p, mapped);
+    else
+        std::free(p);
+}
+
 aligned_bytes allocate_aligned(std::size_t n, bool zeroed) {
     const std::size_t rounded = (std::max<std::size_t>(n, 1) + memory_alignment - 1) & ~(memory_alignment - 1);
+    if (zeroed && rounded >= map_threshold) {
+        // Anonymous pages read as zeros and are only backed once touched.
+        void* m = ::mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) throw std::bad_alloc();
+        return aligned_bytes(static_cast<std::byte*>(m), aligned_free{rounded});
+    }
     void* p = std::aligned_alloc(memory_alignment, rounded);
     if (!p) throw std::bad_alloc();
     if (zeroed) std::memset(p, 0, rounded);
@@ -28,6 +47,14 @@ void table::from_disk() noexcept {
     if constexpr (std::endian::native == std::endian::big) {
         for (std::uint32_t i = 0; i < entries_; ++i) data()[i] = __builtin_bswap64(data()[i]);
     }
+}
+
+void table::grow(std::uint32_t entries) {
+    if (entries <= entries_) return;
+    aligned_bytes bigger = allocate_aligned(std::size_t{entries} * sizeof(std::uint64_t), true);
+    std::memcpy(bigger.get(), bytes_.get(), byte_size());
+    bytes_ = std::move(bigger);
+    entries_ = entries;
 }
 
 void async_read_table(block_file& file, std::uint64_t offset, table& t, op_handler handler) {

@@ -20,12 +20,18 @@ namespace qed::detail {
 /// Memory alignment of every buffer the driver allocates (O_DIRECT-safe).
 inline constexpr std::size_t memory_alignment = 4096;
 
+/// Frees what allocate_aligned() returned: from the heap, or (a large zeroed
+/// buffer) mapped pages, `mapped` bytes of them.
 struct aligned_free {
-    void operator()(void* p) const noexcept { std::free(p); }
+    std::size_t mapped = 0;
+    void operator()(void* p) const noexcept;
 };
 using aligned_bytes = std::unique_ptr<std::byte[], aligned_free>;
 
 /// `n` bytes aligned to memory_alignment (rounded up); throws std::bad_alloc.
+/// A large zeroed buffer (a table of up to 1 GiB) is mapped anonymous
+/// memory: its pages cost nothing until written, so a new, mostly empty
+/// table takes memory for the entries it holds, not for its size.
 aligned_bytes allocate_aligned(std::size_t n, bool zeroed);
 
 /// A read-only buffer of zeros shared by everything that writes zeros.
@@ -45,6 +51,12 @@ public:
 
     /// Convert entries just read from disk (little-endian) to host order.
     void from_disk() noexcept;
+
+    /// Hold `entries` (more than now) entries: the first size() keep their
+    /// values, the new ones are 0. The table object stays where it is (the
+    /// write-back keeps a pointer to it); only its buffer is replaced, so
+    /// nothing may hold a pointer into the entries across this call.
+    void grow(std::uint32_t entries);
 
 private:
     std::uint32_t entries_;
