@@ -7,6 +7,7 @@
 // the QED images of a directory; nonsense command lines are refused with
 // exit status 1 and one clear message; TLS covers every export.
 #include <algorithm>
+#include <memory>
 
 #include "test_nbd_support.hpp"
 
@@ -461,6 +462,90 @@ BOOST_AUTO_TEST_CASE(shared_counts_clients_of_all_exports, *boost::unit_test::pr
     BOOST_CHECK_EQUAL(srv.stop(), 0);
     verify_image(a, 0, std::string(4096, '\x0a'));
     verify_image(b, 0, std::string(4096, '\x0b'));
+}
+
+// --threads: the exports' images on threads of their own (the log says
+// which), eight clients at once (a copy into each export and a qemu-io
+// writing and reading back elsewhere in it), with 1, 2 and 4 threads;
+// every image ends as written, NEED_CHECK clear, check clean.
+BOOST_AUTO_TEST_CASE(threads_serve_exports_at_once, *boost::unit_test::precondition(have_qemu)) {
+    for (const unsigned threads : {1u, 2u, 4u}) {
+        BOOST_TEST_CONTEXT("--threads " << threads) {
+            temp_dir dir("exports-threads-" + std::to_string(threads));
+            std::vector<std::string> args{"-t", "-v", "-e", "0", "--threads", std::to_string(threads)};
+            std::vector<std::string> images, sources;
+            for (int i = 0; i < 4; ++i) {
+                const std::string n = std::to_string(i);
+                images.push_back(dir / ("e" + n + ".qed"));
+                create_qed(images.back(), 8 * mib);
+                sources.push_back(dir / ("s" + n + ".raw"));
+                write_file(sources.back(), random_bytes(4 * mib, 10 + static_cast<unsigned>(i)));
+                args.insert(args.end(), {"--export", export_arg("e" + n, images.back())});
+            }
+            server srv(dir);
+            srv.start(args, "", true);
+            if (threads > 1) {
+                const std::string last = std::to_string(threads) + " of " + std::to_string(threads);
+                BOOST_CHECK_MESSAGE(log_shows(srv, "thread " + last), srv.stderr_text());
+            } else {
+                BOOST_CHECK(srv.stderr_text().find(", thread ") == std::string::npos);
+            }
+            std::vector<std::unique_ptr<child>> clients;
+            for (int i = 0; i < 4; ++i) {
+                const std::string n = std::to_string(i);
+                clients.push_back(
+                    std::make_unique<child>(std::vector<std::string>{"qemu-img", "convert", "-n", "-W", "-f", "raw",
+                                                                     "-O", "raw", sources[i], srv.uri("e" + n)},
+                                            dir / ("copy" + n + ".out"), dir / ("copy" + n + ".err")));
+                clients.push_back(std::make_unique<child>(
+                    qemu_io(srv.uri("e" + n), {"write -P 0x5" + n + " 6M 256k", "write -z 7M 64k",
+                                               "read -P 0x5" + n + " 6M 256k", "read -P 0 7M 64k", "flush"}),
+                    dir / ("io" + n + ".out"), dir / ("io" + n + ".err")));
+            }
+            for (std::size_t k = 0; k < clients.size(); ++k) {
+                BOOST_CHECK_EQUAL(clients[k]->wait_for(120s).value_or(-1), 0);
+                const std::string which = (k % 2 ? "io" : "copy") + std::to_string(k / 2);
+                const std::string out = read_file(dir / (which + ".out"));
+                BOOST_CHECK_MESSAGE(out.find("Pattern verification failed") == std::string::npos, out);
+                BOOST_CHECK_MESSAGE(read_file(dir / (which + ".err")).empty(), read_file(dir / (which + ".err")));
+            }
+            BOOST_CHECK_EQUAL(srv.stop(), 0);
+            for (int i = 0; i < 4; ++i) {
+                verify_image(images[i], 0, read_file(sources[i]));
+                verify_image(images[i], 6 * mib, std::string(256 * 1024, static_cast<char>(0x50 + i)));
+            }
+        }
+    }
+}
+
+// --threads with TLS: a TLS connection stays on the thread of its
+// handshake and its image requests cross to the export's thread; nbdcopy
+// writes export b (on the second thread) and reads it back.
+BOOST_AUTO_TEST_CASE(threads_with_tls, *boost::unit_test::precondition(have_tls_tools)) {
+    if (!have("nbdcopy")) return;
+    temp_dir dir("exports-threads-tls");
+    const std::string creds = dir / "creds";
+    NBD_RUN_OK(dir.path(), {"bash", std::string(QED_TEST_SOURCE_DIR) + "/support/make-tls-creds.sh", creds});
+    const std::string a = dir / "a.qed";
+    const std::string b = dir / "b.qed";
+    create_qed(a, 8 * mib);
+    create_qed(b, 8 * mib);
+    const std::string src = dir / "src.raw";
+    write_file(src, random_bytes(8 * mib, 7));
+    server srv(dir);
+    srv.start({"-t", "-v", "--threads", "2", "--object", "tls-creds-psk,id=tls0,endpoint=server,dir=" + creds + "/psk",
+               "--tls-creds", "tls0", "--export", export_arg("a", a), "--export", export_arg("b", b)},
+              "");
+    BOOST_CHECK_MESSAGE(log_shows(srv, "thread 2 of 2"), srv.stderr_text());
+    const std::string uri =
+        "nbds://alice@localhost:" + std::to_string(srv.port()) + "/b?tls-psk-file=" + creds + "/psk/keys.psk";
+    NBD_RUN_OK(dir.path(), {"nbdcopy", "--requests=16", src, uri});
+    const std::string back = dir / "back.raw";
+    NBD_RUN_OK(dir.path(), {"nbdcopy", uri, back});
+    BOOST_CHECK(read_file(back) == read_file(src));
+    BOOST_CHECK_EQUAL(srv.stop(), 0);
+    verify_image(b, 0, read_file(src));
+    verify_image(a, 0, std::string(4096, '\0'));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -17,6 +17,7 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "qed/version.hpp"
@@ -63,6 +64,9 @@ void usage(std::ostream& out) {
            "      --allow-remote-backing\n"
            "                            also accept backing files on nbd:// and rbd:\n"
            "      --handshake-limit=N   seconds a client may take to negotiate (default 10)\n"
+           "      --threads=N           threads serving the exports (default: the number of\n"
+           "                            cores; at most one per export is used: each export's\n"
+           "                            image and clients live on one of them)\n"
            "      --memory-limit=SIZE   bytes of request buffers all clients together (of\n"
            "                            all exports) may hold (default 256M; then clients wait)\n"
            "      --connection-memory-limit=SIZE\n"
@@ -120,6 +124,7 @@ enum long_only {
     opt_allow_remote_backing,
     opt_export,
     opt_dir,
+    opt_threads,
 };
 
 /// "64M", "1G", "65536": bytes; false if malformed or out of range.
@@ -216,6 +221,7 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
         {"tls-creds", required_argument, nullptr, opt_tls_creds},
         {"tls-authz", required_argument, nullptr, opt_tls_authz},
         {"memory-limit", required_argument, nullptr, opt_memory_limit},
+        {"threads", required_argument, nullptr, opt_threads},
         {"allocation-depth", no_argument, nullptr, 'A'},
         {"detect-zeroes", required_argument, nullptr, opt_detect_zeroes},
         {"snapshot", no_argument, nullptr, 's'},
@@ -292,6 +298,11 @@ int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
             case opt_dir:
                 if (!*optarg) return fail("--dir needs a directory");
                 dirs.emplace_back(optarg);
+                break;
+            case opt_threads:
+                if (!parse_unsigned(optarg, 1024, n) || n == 0)
+                    return fail(std::string("invalid number of threads '") + optarg + "' (1 to 1024)");
+                o.threads = static_cast<unsigned>(n);
                 break;
             case 'e':
                 if (!parse_unsigned(optarg, std::numeric_limits<unsigned>::max(), n))
@@ -533,6 +544,7 @@ int fork_server(int& ready_fd) {
 
 int main(int argc, char** argv) {
     qed::nbd::server_options options;
+    options.threads = std::max(1u, std::thread::hardware_concurrency());
     bool fork_mode = false;
     if (const int rc = parse(argc, argv, options, fork_mode); rc >= 0) return rc;
 

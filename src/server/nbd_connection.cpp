@@ -69,7 +69,8 @@ connection::connection(socket_type socket, server_context& ctx, std::uint64_t id
       id_(id),
       peer_(std::move(peer)),
       closed_(std::move(closed)),
-      handshake_timer_(stream_.get_executor()) {}
+      handshake_timer_(stream_.get_executor()),
+      home_(stream_.get_executor()) {}
 
 connection::~connection() = default;
 
@@ -90,7 +91,9 @@ void connection::start() {
     stream_.socket().set_option(boost::asio::ip::tcp::no_delay(true), ignored);  // fails harmlessly on unix sockets
     handshake_timer_.expires_after(ctx_.lim.handshake_timeout);
     handshake_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
-        if (ec || self->reading_ != reader::handshake) return;
+        // (handshake_over_, not reading_: the handshake timer lives on the
+        // thread of the handshake, which a connection may have left.)
+        if (ec || self->handshake_over_) return;
         self->log("handshake timed out");
         boost::system::error_code ignore;
         self->stream_.socket().close(ignore);
@@ -101,6 +104,7 @@ void connection::start() {
 }
 
 void connection::on_handshake(std::error_code ec, const session& s) {
+    handshake_over_ = true;
     handshake_timer_.cancel();
     if (ec) {
         // Refusals (TLS, authorization) are always reported; other
@@ -117,6 +121,26 @@ void connection::on_handshake(std::error_code ec, const session& s) {
     log(std::string("handshake done") + (s.structured ? ", structured replies" : "") +
         (report_.tls ? ", TLS" + (report_.identity.empty() ? std::string() : " as '" + report_.identity + "'")
                      : std::string()));
+    if (export_->executor && export_->executor != home_) {
+        // --threads: the export's image lives on another thread. A plain
+        // socket moves there, so the connection and its image share one
+        // thread and no locks; a TLS stream cannot move, so its image
+        // requests are posted to the image's thread and complete back here.
+        if (report_.tls) {
+            remote_image_ = true;
+        } else {
+            boost::system::error_code mec;
+            stream_.move_to(export_->executor, mec);
+            if (mec) {
+                warn("could not move to the thread of its export: " + mec.message());
+                broken_ = true;
+                return reader_done();
+            }
+            home_ = export_->executor;
+            boost::asio::post(home_, [self = shared_from_this()] { self->read_next(); });
+            return;
+        }
+    }
     read_next();
 }
 
@@ -362,23 +386,50 @@ std::uint32_t connection::validate(const transaction& t, std::string& why) const
 void connection::start_request(transaction_ptr t) {
     std::string why;
     if (const std::uint32_t err = validate(*t, why)) return reply_error(std::move(t), err, why);
+    const request& r = t->req;
+    if ((r.type == cmd_read || r.type == cmd_write) && r.length == 0) return reply_ok(std::move(t));
+    if (r.type == cmd_read) {
+        t->data = allocate(r.length);
+        if (!t->data) return reply_error(std::move(t), err_nomem, "out of memory");
+    }
+    if (r.type != cmd_read && r.type != cmd_write && r.type != cmd_write_zeroes && r.type != cmd_trim &&
+        r.type != cmd_flush && r.type != cmd_block_status)
+        return reply_error(std::move(t), err_inval, "unsupported command");
+    if (remote_image_)
+        return boost::asio::post(
+            export_->executor, [self = shared_from_this(), t = std::move(t)]() mutable { self->issue(std::move(t)); });
+    issue(std::move(t));
+}
 
+template <class F>
+void connection::at_home(F&& f) {
+    if (remote_image_)
+        boost::asio::post(home_, std::forward<F>(f));
+    else
+        f();
+}
+
+void connection::issue(transaction_ptr t) {
+    // Runs on the image's thread; completions go back to the connection's
+    // (at_home). Only the export's fixed settings are read here.
     const request& r = t->req;
     const bool fua = export_->writethrough || (r.flags & cmd_flag_fua);
+    image& img = export_->image;
     auto self = shared_from_this();
+    auto done = [self](transaction_ptr done_t, std::error_code ec) {
+        self->at_home([self, t = std::move(done_t), ec]() mutable { self->on_done(std::move(t), ec); });
+    };
     switch (r.type) {
         case cmd_read: {
-            if (r.length == 0) return reply_ok(std::move(t));
-            t->data = allocate(r.length);
-            if (!t->data) return reply_error(std::move(t), err_nomem, "out of memory");
             auto* p = t->data.get();
-            export_->image.async_read_at(
+            img.async_read_at(
                 r.offset, boost::asio::buffer(p, r.length),
-                [self, t = std::move(t)](std::error_code ec, std::size_t) mutable { self->on_read(std::move(t), ec); });
+                [self, t = std::move(t)](std::error_code ec, std::size_t) mutable {
+                    self->at_home([self, t = std::move(t), ec]() mutable { self->on_read(std::move(t), ec); });
+                });
             return;
         }
         case cmd_write: {
-            if (r.length == 0) return reply_ok(std::move(t));
             const auto* p = t->data.get();
             if (export_->zeroes != detect_zeroes::off && all_zero(p, r.length)) {
                 // As qemu's detect-zeroes: the write becomes a write of zeroes,
@@ -388,38 +439,35 @@ void connection::start_request(transaction_ptr t) {
                 zero_options o;
                 o.may_unmap = true;
                 o.fua = fua;
-                export_->image.async_write_zeroes(
-                    r.offset, r.length, o,
-                    [self, t = std::move(t)](std::error_code ec) mutable { self->on_done(std::move(t), ec); });
+                img.async_write_zeroes(r.offset, r.length, o, [done, t = std::move(t)](std::error_code ec) mutable {
+                    done(std::move(t), ec);
+                });
                 return;
             }
-            export_->image.async_write_at(
+            img.async_write_at(
                 r.offset, boost::asio::buffer(p, r.length), write_options{fua},
-                [self, t = std::move(t)](std::error_code ec, std::size_t) mutable { self->on_done(std::move(t), ec); });
+                [done, t = std::move(t)](std::error_code ec, std::size_t) mutable { done(std::move(t), ec); });
             return;
         }
         case cmd_write_zeroes: {
             zero_options o;
             o.may_unmap = (r.flags & cmd_flag_no_hole) == 0;
             o.fua = fua;
-            export_->image.async_write_zeroes(
-                r.offset, r.length, o,
-                [self, t = std::move(t)](std::error_code ec) mutable { self->on_done(std::move(t), ec); });
+            img.async_write_zeroes(r.offset, r.length, o,
+                                   [done, t = std::move(t)](std::error_code ec) mutable { done(std::move(t), ec); });
             return;
         }
         case cmd_trim:
             // Whole clusters of the range give their space back (image::async_discard);
             // FUA: the discard is durable before the reply.
-            export_->image.async_discard(r.offset, r.length, [self, t = std::move(t), fua](const auto& ec) mutable {
-                if (ec || !fua) return self->on_done(std::move(t), ec);
-                auto& img = self->export_->image;
-                img.async_flush(
-                    [self, t = std::move(t)](const auto& fec) mutable { self->on_done(std::move(t), fec); });
+            img.async_discard(r.offset, r.length, [self, done, t = std::move(t), fua](const auto& ec) mutable {
+                if (ec || !fua) return done(std::move(t), ec);
+                self->export_->image.async_flush(
+                    [done, t = std::move(t)](const auto& fec) mutable { done(std::move(t), fec); });
             });
             return;
         case cmd_flush:
-            export_->image.async_flush(
-                [self, t = std::move(t)](std::error_code ec) mutable { self->on_done(std::move(t), ec); });
+            img.async_flush([done, t = std::move(t)](std::error_code ec) mutable { done(std::move(t), ec); });
             return;
         case cmd_block_status: {
             // Ask the driver about the enclosing 512-byte aligned range; the
@@ -427,14 +475,17 @@ void connection::start_request(transaction_ptr t) {
             const std::uint64_t first = r.offset / sector * sector;
             const std::uint64_t end =
                 std::min(export_->info.size, (r.offset + r.length + sector - 1) / sector * sector);
-            export_->image.async_block_status(
-                first, end - first, [self, t = std::move(t)](std::error_code ec, std::vector<extent> v) mutable {
-                    self->on_block_status(std::move(t), ec, v);
-                });
+            img.async_block_status(first, end - first,
+                                   [self, t = std::move(t)](std::error_code ec, std::vector<extent> v) mutable {
+                                       self->at_home([self, t = std::move(t), ec, v = std::move(v)]() mutable {
+                                           self->on_block_status(std::move(t), ec, v);
+                                       });
+                                   });
             return;
         }
         default:
-            return reply_error(std::move(t), err_inval, "unsupported command");
+            // start_request() lets only the commands above through.
+            assert(false);
     }
 }
 
@@ -657,7 +708,7 @@ void connection::abort() {
 void connection::check_done() {
     if (finished_ || reading_ != reader::done || in_flight_ != 0 || writing_) return;
     finished_ = true;
-    handshake_timer_.cancel();
+    if (!handshake_over_) handshake_timer_.cancel();  // (else cancelled already, on the handshake's thread)
     boost::system::error_code ignored;
     if (stream_.socket().is_open()) {
         stream_.socket().shutdown(socket_type::shutdown_both, ignored);

@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: BSL-1.0
 // One NBD client connection: the handshake, then the transmission phase.
 //
-// Threading: everything runs on the io_context shared with the image (one
-// thread); no locks. Requests are read one after another and started on the
+// Threading: a connection runs on one thread at a time with no locks: the
+// server's during the handshake, then its export's (--threads; a plain
+// socket moves there; a TLS connection stays and posts its image requests
+// to the image's thread, completions coming back). The server calls stop()
+// and abort() on home(). Requests are read one after another and started on the
 // image at once, so many are in flight and their replies go out in the
 // order they complete. A reply writer batches whatever is ready into one
 // gathered write.
@@ -99,6 +102,8 @@ enum class detect_zeroes { off, on, unmap };
 /// One export: its image and how to serve it.
 struct export_context {
     qed::image image;
+    /// The image's executor (--threads: one of the server's io_contexts).
+    boost::asio::any_io_executor executor;
     export_info info;
     std::string path;           ///< the image file, for the log
     bool discard = false;       ///< TRIM advertised (--discard=unmap): discard the range
@@ -142,6 +147,10 @@ public:
     void abort();
 
     std::uint64_t id() const noexcept { return id_; }
+    /// The executor the connection runs on: the handshake's, then (--threads)
+    /// its export's. Read by the server on its own thread, which is the one
+    /// that changes it.
+    const boost::asio::any_io_executor& home() const noexcept { return home_; }
     const std::string& peer() const noexcept { return peer_; }
     /// memory_budget::wait() came through: `n` bytes were taken for us.
     /// Runs on_granted() on the connection's executor.
@@ -174,6 +183,12 @@ private:
     void read_payload(transaction_ptr t);
     void discard_payload(transaction_ptr t, std::uint64_t left);
     void start_request(transaction_ptr t);
+    /// The image calls of a request, on the image's thread.
+    void issue(transaction_ptr t);
+    /// Run `f` on the connection's thread: at once, or posted there when
+    /// the image lives on another (remote_image_).
+    template <class F>
+    void at_home(F&& f);
     std::uint32_t validate(const transaction& t, std::string& why) const;
     void reader_done();
 
@@ -202,6 +217,9 @@ private:
     closed_handler closed_;
     boost::asio::steady_timer handshake_timer_;
     session session_;
+    boost::asio::any_io_executor home_;
+    bool handshake_over_ = false;  ///< on_handshake has run (read on the handshake's thread)
+    bool remote_image_ = false;    ///< the image is on another thread: requests cross over
     reader reading_ = reader::handshake;
     bool stopping_ = false;
     bool broken_ = false;  ///< socket unusable: replies are dropped

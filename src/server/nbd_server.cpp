@@ -11,6 +11,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
 #include <cerrno>
 #include <climits>
 #include <cstdio>
@@ -18,6 +19,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 
 namespace qed::nbd {
 
@@ -56,10 +58,50 @@ server::server(boost::asio::io_context& ioc, server_options options)
       drain_timer_(ioc),
       retry_timer_(ioc) {}
 
-server::~server() = default;
+server::~server() {
+    // After a normal end the threads have already run out of work; after
+    // an exception they are stopped here.
+    for (auto& c : contexts_) c->stop();
+    for (auto& t : threads_) t.join();
+}
 
 void server::error(const std::string& message) const {
+    // Lines come from every thread (connections log from their export's).
+    static std::mutex m;
+    std::lock_guard<std::mutex> lock(m);
     std::cerr << "qed-nbd: " << message << std::endl;
+}
+
+boost::asio::any_io_executor server::executor_for(std::size_t i) const {
+    const std::size_t n = contexts_.size() + 1;
+    if (i % n == 0) return ioc_.get_executor();
+    return contexts_[i % n - 1]->get_executor();
+}
+
+void server::tell(const std::shared_ptr<connection>& c, void (connection::*what)()) {
+    // Posted, never called inline (we may be iterating over connections_).
+    // A connection on our thread may still move to its export's before
+    // the message runs (its handshake completing first): the message then
+    // follows it there. Its home changes only on our thread, once.
+    boost::asio::post(c->home(), [c, what, where = c->home()] {
+        if (c->home() == where) return ((*c).*what)();
+        boost::asio::post(c->home(), [c, what] { ((*c).*what)(); });
+    });
+}
+
+void server::start_threads() {
+    const std::size_t want = std::min<std::size_t>(std::max(1u, options_.threads), options_.exports.size());
+    for (std::size_t i = 1; i < want; ++i) {
+        contexts_.push_back(std::make_unique<boost::asio::io_context>(1));
+        guards_.push_back(boost::asio::make_work_guard(*contexts_.back()));
+    }
+    for (auto& c : contexts_) threads_.emplace_back([ctx = c.get()] { ctx->run(); });
+}
+
+void server::stop_threads() {
+    // Nothing is left on the extra contexts once the images are closed and
+    // the connections gone: without their guards they run out and return.
+    guards_.clear();
 }
 
 void server::note(const std::string& message) const {
@@ -77,6 +119,7 @@ std::string server::describe(std::size_t i, const std::string& path) const {
 
 void server::start() {
     phase_ = phase::opening;
+    start_threads();
     wait_for_signal();
     if (options_.tls) {
         // Credentials first: a server that cannot do TLS must not open the images.
@@ -162,8 +205,11 @@ void server::open_image(std::size_t i, std::string path, std::optional<image_for
     o.allowed_backing_dir = std::move(backing_dir);
     o.allow_remote_backing = options_.allow_remote_backing;
     o.log = [this](std::string_view line) { error(std::string(line)); };
-    image::async_open(ioc_.get_executor(), path, std::move(o),
-                      [this, i, path](std::error_code ec, image img) { on_open(i, path, ec, std::move(img)); });
+    // Opened on its own thread's executor; the result comes back to ours.
+    image::async_open(executor_for(i), path, std::move(o), [this, i, path](std::error_code ec, image img) {
+        boost::asio::post(
+            ioc_, [this, i, path, ec, img = std::move(img)]() mutable { on_open(i, path, ec, std::move(img)); });
+    });
 }
 
 void server::wait_for_signal() {
@@ -187,6 +233,7 @@ void server::on_open(std::size_t i, std::string path, std::error_code ec, image 
     const export_options& e = options_.exports[i];
     auto x = std::make_unique<export_context>();
     x->image = std::move(img);
+    x->executor = executor_for(i);
     x->path = std::move(path);
     export_info& info = x->info;
     info.name = e.name;
@@ -251,7 +298,10 @@ void server::all_open() {
              (tls_ ? std::string(", TLS required (") +
                          (options_.tls->creds.type == tls_object::kind::psk ? "PSK" : "X.509") + ")"
                    : std::string()) +
-             ") on " + what);
+             ") on " + what +
+             (contexts_.empty() ? std::string()
+                                : ", thread " + std::to_string(i % (contexts_.size() + 1) + 1) + " of " +
+                                      std::to_string(contexts_.size() + 1)));
     }
     if (options_.ready) options_.ready();
     for (auto& l : listeners_) accept(*l);
@@ -358,8 +408,10 @@ void server::on_accept(listener& l, boost::system::error_code ec, socket_type so
 void server::start_connection(socket_type socket) {
     served_any_ = true;
     std::string peer = peer_name(socket);
-    auto c = std::make_shared<connection>(std::move(socket), ctx_, next_id_++, std::move(peer),
-                                          [this](connection& done) { on_closed(done); });
+    // A connection ends on its own thread; the server hears of it on its own.
+    auto c = std::make_shared<connection>(
+        std::move(socket), ctx_, next_id_++, std::move(peer),
+        [this](connection& done) { boost::asio::post(ioc_, [this, c = done.shared_from_this()] { on_closed(*c); }); });
     connections_.push_back(c);
     if (ctx_.log) ctx_.log("client " + std::to_string(c->id()) + " (" + c->peer() + "): connected");
     c->start();
@@ -406,8 +458,7 @@ void server::shutdown() {
             break;
         case phase::draining: {
             // Asked again: stop waiting for slow clients.
-            auto all = connections_;
-            for (auto& c : all) c->abort();
+            for (auto& c : connections_) tell(c, &connection::abort);
             return;
         }
         case phase::closing:
@@ -419,16 +470,13 @@ void server::shutdown() {
     for (auto& l : listeners_) l->acceptor.close(ignored);
     retry_timer_.cancel();
     parked_.clear();
-    // stop() may finish a connection at once; its removal is posted, so
-    // iterating over a copy is enough.
-    auto all = connections_;
-    for (auto& c : all) c->stop();
+    // Each connection stops on its own thread; its removal comes back posted.
+    for (auto& c : connections_) tell(c, &connection::stop);
     drain_timer_.expires_after(options_.drain_timeout);
     drain_timer_.async_wait([this](boost::system::error_code ec) {
         if (ec || phase_ != phase::draining) return;
         error("clients did not finish in time; closing their connections");
-        auto left = connections_;
-        for (auto& c : left) c->abort();
+        for (auto& c : connections_) tell(c, &connection::abort);
     });
     maybe_close_image();
 }
@@ -444,18 +492,24 @@ void server::close_next(std::size_t i) {
     if (i == exports_.size()) return finish();
     image& img = exports_[i]->image;
     if (!img.is_open()) return close_next(i + 1);
-    // Close finishes what is in flight, flushes and clears NEED_CHECK.
-    img.async_close([this, i](std::error_code ec) {
-        if (ec) {
-            error("closing " + describe(i, exports_[i]->path) + " failed: " + ec.message());
-            exit_code_ = 1;
-        }
-        close_next(i + 1);
+    // Close finishes what is in flight, flushes and clears NEED_CHECK; on
+    // the image's thread, the result coming back to ours.
+    boost::asio::post(exports_[i]->executor, [this, i, &img] {
+        img.async_close([this, i](std::error_code ec) {
+            boost::asio::post(ioc_, [this, i, ec] {
+                if (ec) {
+                    error("closing " + describe(i, exports_[i]->path) + " failed: " + ec.message());
+                    exit_code_ = 1;
+                }
+                close_next(i + 1);
+            });
+        });
     });
 }
 
 void server::finish() {
     phase_ = phase::stopped;
+    stop_threads();
     boost::system::error_code ignored;
     signals_.cancel(ignored);
     drain_timer_.cancel();

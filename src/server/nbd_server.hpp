@@ -3,12 +3,18 @@
 // Unix socket, runs connections, and shuts down cleanly (finish requests in
 // flight, flush, close the images so NEED_CHECK is cleared).
 //
-// Threading: one io_context, one thread, shared by the images and every
-// connection. Construct, start(), then run the io_context; run() returns
-// once the server has stopped and the images are closed.
+// Threading: the server's own state (listeners, the connection list, the
+// phases) lives on the io_context it is given, run by the caller's thread.
+// With `threads` > 1 the server adds io_contexts, each run by a thread of
+// its own, up to one per export; export i's image lives on context
+// i % contexts (context 0 being the caller's), and a connection moves to
+// its export's context after the handshake. Construct, start(), then run
+// the io_context; run() returns once the server has stopped and the images
+// are closed; the destructor joins the server's threads.
 #pragma once
 
 #include <boost/asio/basic_socket_acceptor.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -17,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "qed/image.hpp"
@@ -57,6 +64,9 @@ struct server_options {
     std::optional<tls_settings> tls;
     /// How long a shutdown waits for connections to drain before closing them.
     std::chrono::milliseconds drain_timeout{10000};
+    /// Threads serving the exports, the caller's included (more than the
+    /// exports would idle: at most one per export is started).
+    unsigned threads = 1;
     /// Called once, when the server listens (for --fork).
     std::function<void()> ready;
 };
@@ -114,10 +124,21 @@ private:
     void maybe_close_image();
     void finish();
     void error(const std::string& message) const;
+    /// The executor export i's image lives on.
+    boost::asio::any_io_executor executor_for(std::size_t i) const;
+    void start_threads();
+    /// Run stop() or abort() of `c` on the connection's thread.
+    void tell(const std::shared_ptr<connection>& c, void (connection::*what)());
+    void stop_threads();
     void note(const std::string& message) const;
 
     boost::asio::io_context& ioc_;
     server_options options_;
+    // The extra contexts come first: images and sockets on them are
+    // destroyed (members below) before the contexts are.
+    std::vector<std::unique_ptr<boost::asio::io_context>> contexts_;
+    std::vector<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> guards_;
+    std::vector<std::thread> threads_;
     phase phase_ = phase::idle;
     bool stop_requested_ = false;  ///< a signal came while the images were opening
     int exit_code_ = 0;

@@ -7,9 +7,12 @@
 // once, both from the connection's strand.
 #pragma once
 
+#include <unistd.h>
+
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/ssl/stream.hpp>
+#include <cassert>
 #include <memory>
 #include <utility>
 
@@ -28,6 +31,25 @@ public:
     socket_type& socket() noexcept { return socket_; }
     /// The TLS layer, or nullptr before STARTTLS.
     tls_type* tls() noexcept { return tls_.get(); }
+
+    /// Move the socket to another io_context (--threads: a connection joins
+    /// its export's thread once the handshake has chosen the export). Only
+    /// without TLS (the TLS layer keeps timers on the executor it was made
+    /// with) and with no operation outstanding.
+    void move_to(const boost::asio::any_io_executor& ex, boost::system::error_code& ec) {
+        assert(!tls_);  // a TLS stream cannot change executors
+        const auto protocol = socket_.local_endpoint(ec).protocol();
+        if (ec) return;
+        socket_type moved(ex);
+        const auto fd = socket_.release(ec);
+        if (ec) return;
+        moved.assign(protocol, fd, ec);
+        if (ec) {
+            ::close(fd);
+            return;
+        }
+        socket_ = std::move(moved);
+    }
 
     /// Put a TLS layer over the socket (no I/O yet: see async_tls_handshake).
     void start_tls(boost::asio::ssl::context& ctx) { tls_ = std::make_unique<tls_type>(socket_, ctx); }
