@@ -1,31 +1,30 @@
 // SPDX-License-Identifier: BSL-1.0
 // The QED on-disk format: header encoding, constants, validation, the
 // maximum image size and the geometry helpers (pure computation, no I/O).
-#include "qed/format.hpp"
-
-#include "qed/error.hpp"
-#include "qed/image.hpp"
-#include "support/memory_fs.hpp"
-#include "support/sync.hpp"
-
 #include <boost/test/data/monomorphic.hpp>
 #include <boost/test/data/test_case.hpp>
 #include <boost/test/unit_test.hpp>
-
 #include <cstring>
 #include <limits>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "format/layout.hpp"
+#include "qed/error.hpp"
+#include "qed/format.hpp"
+#include "qed/image.hpp"
+#include "support/memory_fs.hpp"
+#include "support/sync.hpp"
+
 namespace data = boost::unit_test::data;
 
 namespace {
 
 // Every valid cluster size and table size.
-const std::vector<std::uint32_t> all_cluster_sizes = {
-    1u << 12, 1u << 13, 1u << 14, 1u << 15, 1u << 16, 1u << 17, 1u << 18, 1u << 19,
-    1u << 20, 1u << 21, 1u << 22, 1u << 23, 1u << 24, 1u << 25, 1u << 26};
+const std::vector<std::uint32_t> all_cluster_sizes = {1u << 12, 1u << 13, 1u << 14, 1u << 15, 1u << 16,
+                                                      1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21,
+                                                      1u << 22, 1u << 23, 1u << 24, 1u << 25, 1u << 26};
 const std::vector<std::uint32_t> all_table_sizes = {1, 2, 4, 8, 16};
 
 std::uint8_t byte_at(const std::array<std::byte, qed::header_struct_size>& b, std::size_t i) {
@@ -147,7 +146,9 @@ BOOST_AUTO_TEST_CASE(exact_little_endian_layout) {
         0x71, 0x72, 0x73, 0x74,                          // backing_filename_size
     };
     for (std::size_t i = 0; i < 64; ++i) {
-        BOOST_TEST_CONTEXT("byte " << i) { BOOST_TEST(byte_at(b, i) == expected[i]); }
+        BOOST_TEST_CONTEXT("byte " << i) {
+            BOOST_TEST(byte_at(b, i) == expected[i]);
+        }
     }
     // And decoding those bytes gives the fields back, whatever the host order.
     std::array<std::byte, 64> raw{};
@@ -160,11 +161,11 @@ BOOST_AUTO_TEST_CASE(qemu_img_default_header_bytes) {
     const auto b = qed::encode(baseline());
     BOOST_TEST(byte_at(b, 4) == 0x00);
     BOOST_TEST(byte_at(b, 5) == 0x00);
-    BOOST_TEST(byte_at(b, 6) == 0x01);  // cluster_size 0x10000
-    BOOST_TEST(byte_at(b, 8) == 0x04);  // table_size 4
-    BOOST_TEST(byte_at(b, 12) == 0x01); // header_size 1
-    BOOST_TEST(byte_at(b, 42) == 0x01); // l1_table_offset 0x10000
-    BOOST_TEST(byte_at(b, 51) == 0x40); // image_size 0x40000000
+    BOOST_TEST(byte_at(b, 6) == 0x01);   // cluster_size 0x10000
+    BOOST_TEST(byte_at(b, 8) == 0x04);   // table_size 4
+    BOOST_TEST(byte_at(b, 12) == 0x01);  // header_size 1
+    BOOST_TEST(byte_at(b, 42) == 0x01);  // l1_table_offset 0x10000
+    BOOST_TEST(byte_at(b, 51) == 0x40);  // image_size 0x40000000
     for (std::size_t i : {16, 24, 32, 56, 60}) BOOST_TEST(byte_at(b, i) == 0);
 }
 
@@ -209,7 +210,7 @@ BOOST_AUTO_TEST_CASE(baseline_is_valid) {
     auto h = baseline();
     h.features = qed::feature_need_check;
     BOOST_TEST(!check(h, baseline_file));
-    h.compat_features = ~0ull;  // unknown compat bits: ignored
+    h.compat_features = ~0ull;     // unknown compat bits: ignored
     h.autoclear_features = ~0ull;  // unknown autoclear bits: cleared on open, not an error
     BOOST_TEST(!check(h, baseline_file));
 }
@@ -350,12 +351,12 @@ BOOST_AUTO_TEST_CASE(header_size_larger_than_one_is_fine) {
     h.header_size = 3;
     h.l1_table_offset = 3 * 65536;
     BOOST_TEST(!check(h, 3 * 65536 + 4 * 65536));
-    BOOST_TEST((check(h, 2 * 65536) == qed::errc::invalid_header_size ||
-                check(h, 2 * 65536) == qed::errc::l1_table_past_eof));
+    BOOST_TEST(
+        (check(h, 2 * 65536) == qed::errc::invalid_header_size || check(h, 2 * 65536) == qed::errc::l1_table_past_eof));
 }
 
-BOOST_DATA_TEST_CASE(image_size_not_sector_multiple, data::make({1ull, 511ull, 513ull, (1ull << 30) + 1, (1ull << 30) - 256}),
-                     size) {
+BOOST_DATA_TEST_CASE(image_size_not_sector_multiple,
+                     data::make({1ull, 511ull, 513ull, (1ull << 30) + 1, (1ull << 30) - 256}), size) {
     auto h = baseline();
     h.image_size = size;
     BOOST_TEST((check(h, baseline_file) == qed::errc::image_size_unaligned));
@@ -646,6 +647,84 @@ BOOST_AUTO_TEST_CASE(category_and_messages) {
     BOOST_TEST((ec == qed::errc::bad_magic));
     BOOST_TEST((ec != qed::errc::file_too_small));
     BOOST_TEST((ec != std::make_error_code(std::errc::invalid_argument)));
+}
+
+// ---- layout (src/format/layout.hpp): pure placement rules -----------------
+
+// Where a new backing name goes: inside the first block when it fits there,
+// else whole blocks clear of the old name, or nowhere.
+BOOST_AUTO_TEST_CASE(backing_name_placement) {
+    using qed::detail::place_backing_name;
+    qed::header none;
+    const std::uint64_t area = 65536;  // one 64 KiB header cluster
+    for (const std::size_t block : {std::size_t{512}, std::size_t{4096}}) {
+        BOOST_TEST(place_backing_name(none, 10, block, area) == qed::header_struct_size);
+        BOOST_TEST(place_backing_name(none, block - qed::header_struct_size, block, area) == qed::header_struct_size);
+        // One byte too many for the first block: the end of the header area.
+        const std::size_t longer = block - qed::header_struct_size + 1;
+        const std::uint64_t len = (longer + block - 1) / block * block;
+        BOOST_TEST(place_backing_name(none, longer, block, area) == area - len);
+        // The old name sits at the end of the area: right after it is past
+        // the area, so the second block.
+        qed::header had;
+        had.features = qed::feature_backing_file;
+        had.backing_filename_offset = static_cast<std::uint32_t>(area - len);
+        had.backing_filename_size = static_cast<std::uint32_t>(longer);
+        BOOST_TEST(place_backing_name(had, longer, block, area) == block);
+        // Too long for the area, or no place clear of the old name.
+        BOOST_TEST(place_backing_name(none, area, block, area) == 0u);
+        qed::header big;
+        big.features = qed::feature_backing_file;
+        big.backing_filename_offset = static_cast<std::uint32_t>(block);
+        big.backing_filename_size = static_cast<std::uint32_t>(area - block);
+        BOOST_TEST(place_backing_name(big, block, block, area) == 0u);
+    }
+}
+
+// How many L1 entries an image looks up: whole write blocks, at least one,
+// never more than the table.
+BOOST_AUTO_TEST_CASE(l1_entries_for_sizes) {
+    qed::header h;
+    h.cluster_size = 65536;
+    h.table_size = 4;
+    h.l1_table_offset = 65536;
+    const qed::geometry g(h);  // 32768 entries, 2 GiB per L2 table
+    using qed::detail::l1_entries_for;
+    BOOST_TEST(l1_entries_for(g, 0, 512) == 64u);
+    BOOST_TEST(l1_entries_for(g, 1, 512) == 64u);
+    BOOST_TEST(l1_entries_for(g, 64 * g.l2_span(), 512) == 64u);
+    BOOST_TEST(l1_entries_for(g, 64 * g.l2_span() + 1, 512) == 128u);
+    BOOST_TEST(l1_entries_for(g, 1, 4096) == 512u);
+    BOOST_TEST(l1_entries_for(g, qed::max_image_size(h.cluster_size, h.table_size), 4096) == g.table_entries);
+}
+
+// The first block: the header over what it held, the name after it only
+// where the header puts it there; little-endian entries either way.
+BOOST_AUTO_TEST_CASE(first_block_and_entries) {
+    std::vector<std::byte> block(512, std::byte{0x77});
+    qed::header h;
+    h.features = qed::feature_backing_file;
+    h.backing_filename_offset = qed::header_struct_size;
+    h.backing_filename_size = 4;
+    qed::detail::encode_first_block(block, h, "base");
+    BOOST_TEST(std::memcmp(block.data() + qed::header_struct_size, "base", 4) == 0);
+    BOOST_TEST((block[qed::header_struct_size + 4] == std::byte{0x77}));  // the rest as it was
+    const auto decoded = qed::decode(std::span<const std::byte, qed::header_struct_size>(block.data(), 64));
+    BOOST_TEST((decoded == h));
+    h.backing_filename_offset = 4096;  // elsewhere: the block keeps its bytes
+    std::vector<std::byte> other(512, std::byte{0x77});
+    qed::detail::encode_first_block(other, h, "base");
+    BOOST_TEST((other[qed::header_struct_size] == std::byte{0x77}));
+
+    const std::uint64_t in[2] = {0x0102030405060708ull, 1};
+    std::uint64_t out[2];
+    qed::detail::convert_entries(in, out, 2);
+    const auto* b = reinterpret_cast<const unsigned char*>(out);
+    BOOST_TEST(b[0] == 0x08);  // little-endian on disk, whatever the host
+    BOOST_TEST(b[8] == 0x01);
+    BOOST_TEST(qed::detail::bytes_in_backing(0, 100, 50) == 50u);
+    BOOST_TEST(qed::detail::bytes_in_backing(60, 100, 50) == 0u);
+    BOOST_TEST(qed::detail::bytes_in_backing(10, 20, 50) == 20u);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

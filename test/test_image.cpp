@@ -525,7 +525,6 @@ BOOST_DATA_TEST_CASE(chain_of_depth_three_reads_each_level, data::make(all_layou
     BOOST_TEST_REQUIRE(!img.close());
 }
 
-
 BOOST_AUTO_TEST_CASE(json_names_open_by_their_options) {
     mem_env e;
     e.create("dir/b.qed", e.create_opts(MiB, {4096, 1}));
@@ -557,7 +556,8 @@ BOOST_AUTO_TEST_CASE(json_names_open_by_their_options) {
         BOOST_TEST_REQUIRE(!top.close());
     }
     // raw over qed: the qed image's guest bytes are the raw image's file.
-    const std::string nested = R"(json:{"driver": "raw", "file": {"driver": "qed", "file": {"filename": "dir/b.qed"}}})";
+    const std::string nested =
+        R"(json:{"driver": "raw", "file": {"driver": "qed", "file": {"filename": "dir/b.qed"}}})";
     {
         auto raw = e.open(nested);
         BOOST_TEST(raw.img.info().format == image_format::raw);
@@ -570,7 +570,8 @@ BOOST_AUTO_TEST_CASE(json_names_open_by_their_options) {
     // blkdebug and null-co nodes: rules as inject-error lists over an image
     // node (here one that fails nothing but flushes), and a sized null device.
     {
-        auto d = e.open(R"(json:{"driver": "qed", "file": {"driver": "blkdebug", "align": "4k", "inject-error": [{"event": "flush_to_disk", "errno": 28, "once": "on"}], "image": {"driver": "file", "filename": "dir/b.qed"}}})");
+        auto d = e.open(
+            R"(json:{"driver": "qed", "file": {"driver": "blkdebug", "align": "4k", "inject-error": [{"event": "flush_to_disk", "errno": 28, "once": "on"}], "image": {"driver": "file", "filename": "dir/b.qed"}}})");
         BOOST_TEST(d.img.size() == MiB);
         expect_pattern(d, 0, 64 * KiB, 3, "through blkdebug");
         BOOST_TEST_REQUIRE(!d.close());
@@ -613,7 +614,8 @@ BOOST_AUTO_TEST_CASE(json_names_open_by_their_options) {
 
 BOOST_AUTO_TEST_CASE(options_flatten_to_dotted_keys_as_qemu_flattens_them) {
     std::string why;
-    const auto a = parse_json_options(R"(json:{"driver":"qed","file":{"driver":"file","filename":"x"},"n":[1,true,null]})", why);
+    const auto a =
+        parse_json_options(R"(json:{"driver":"qed","file":{"driver":"file","filename":"x"},"n":[1,true,null]})", why);
     BOOST_TEST_REQUIRE(a.has_value(), why);
     const node_options want{{"driver", "qed"}, {"file.driver", "file"}, {"file.filename", "x"},
                             {"n.0", "1"},      {"n.1", "on"},           {"n.2", ""}};
@@ -814,8 +816,8 @@ BOOST_DATA_TEST_CASE(no_unmap_allocates_real_zeros, data::make(all_layouts), l) 
     // 64 KiB pages, so 64 KiB clusters of zeros may be holes).
     const auto got = status(img, 0, 4 * c);
     const std::vector<extent> as_data{data_ext(0, c, 1, 0), data_ext(c, 2 * c, 0, fresh), data_ext(3 * c, c, 1, 3 * c)};
-    const std::vector<extent> as_hole{data_ext(0, c, 1, 0), {c, 2 * c, 0, true, true, false, fresh},
-                                      data_ext(3 * c, c, 1, 3 * c)};
+    const std::vector<extent> as_hole{
+        data_ext(0, c, 1, 0), {c, 2 * c, 0, true, true, false, fresh}, data_ext(3 * c, c, 1, 3 * c)};
     BOOST_TEST((got == as_data || got == as_hole), "block status: " << describe(got));
     const auto on_disk = e.bytes("top.qed", fresh, 2 * c);
     BOOST_TEST(first_mismatch(on_disk, 0, on_disk.size(), 0, 0) == -1);
@@ -1224,6 +1226,33 @@ BOOST_AUTO_TEST_CASE(grown_space_reads_the_backing_file_where_it_was_visible_bef
     const auto got = read_bytes(img, 3 * MiB, 64 * KiB);
     BOOST_TEST(first_mismatch(got, 0, 4096, 3 * MiB, 1) == -1);
     BOOST_TEST(first_mismatch(got, 4096, got.size(), 3 * MiB, 0) == -1, "prefill past the backing file is zeros");
+    BOOST_TEST_REQUIRE(!img.close());
+}
+
+// Growing an image opened without its backing file (as qed-img resize
+// opens it) zeroes the new range in clusters whose first bytes, below the
+// old end, come from the backing file: those bytes are copied from it, not
+// replaced by zeros. (Before, the last partial cluster's backing data was
+// lost: `qemu-io -c "read -P 0xaa 64K 36K"` failed on a 100 KiB overlay of
+// a 200 KiB base grown to 200 KiB by qed-img resize.)
+BOOST_AUTO_TEST_CASE(grow_without_the_chain_keeps_the_backing_data_below_the_old_end) {
+    mem_env e;
+    e.make_raw("base.raw", 4 * MiB, 8);
+    const std::uint64_t old_size = 2 * MiB + 40 * KiB;  // ends inside a 64 KiB cluster
+    auto co = e.create_opts(old_size);
+    co.backing_file = "base.raw";
+    co.backing_format = image_format::raw;
+    e.create("top.qed", co);
+    {
+        auto o = e.open_opts();
+        o.open_backing = false;
+        auto img = e.open("top.qed", o);
+        BOOST_TEST_REQUIRE(!grow(img, 4 * MiB));
+        BOOST_TEST_REQUIRE(!img.close());
+    }
+    auto img = e.open("top.qed");
+    expect_pattern(img, 0, old_size, 8, "the old range still reads the backing file");
+    expect_pattern(img, old_size, 4 * MiB - old_size, 0, "grown range");
     BOOST_TEST_REQUIRE(!img.close());
 }
 

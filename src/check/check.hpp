@@ -1,29 +1,24 @@
 // SPDX-License-Identifier: BSL-1.0
-// Consistency check and repair.
-//
-// Walks L1 and every L2 table and marks each referenced cluster in a bitmap
-// indexed by offset / cluster_size. Reports:
-//   corruptions: table or data offsets misaligned, inside the header, or past
-//                the end of the file (tables must fit whole); clusters
-//                referenced twice (never repairable);
-//   leaks:       clusters after the header that nothing references;
-//   allocated / total / fragmented clusters.
-// Repair (`all`) clears invalid offsets (their data is unreachable anyway),
-// writes the fixed tables and flushes. Both repair modes cut leaked clusters
-// off the end of the file. Only when no corruption remains is NEED_CHECK
-// cleared; otherwise the image stays marked (and close won't clear it).
+// Consistency check and repair: the I/O around check/scan.hpp. Reads every
+// table (those linked from L1 entries past the image size too), writes back
+// what repair changed, cuts leaked clusters off the end of the file, and
+// flushes. Whether NEED_CHECK may then be cleared is the image's decision
+// (check_verdict): the check only reports.
 #pragma once
-
-#include "qed/image.hpp"
 
 #include <boost/asio/awaitable.hpp>
 
+#include "check/scan.hpp"
+#include "table/metadata.hpp"
+
 namespace qed::detail {
 
-class qed_image;
-
-/// Run a check on an image nobody else is using (open, or inside the
-/// exclusive gate).
-boost::asio::awaitable<std::error_code> run_check(qed_image& img, check_options::repair mode, check_result& out);
+/// Check (and, unless `mode` is none, repair) the image whose metadata is
+/// `meta`; nobody else may be using it (open, or inside the image's
+/// exclusive gate). `read_only`: nothing is written. Problems the check
+/// finds, I/O errors included, are findings in `out`; the returned error is
+/// only for failing to finish the repair's final flush.
+boost::asio::awaitable<std::error_code> run_check(metadata& meta, check_options::repair mode, bool read_only,
+                                                  check_result& out);
 
 }  // namespace qed::detail

@@ -1,19 +1,18 @@
 // SPDX-License-Identifier: BSL-1.0
 // Cluster lookup: where do the guest bytes at `pos` live?
 //
-// L1 entry -> L2 table (from the cache, loading it on a miss) -> a run of
-// clusters of one kind starting at `pos`. Runs never cross an L2 table, so
-// a request acts on one table at a time.
+// L1 entry -> L2 table (from the cache; the caller loads it on a miss) -> a
+// run of clusters of one kind starting at `pos`. Runs never cross an L2
+// table, so a request acts on one table at a time. Pure: answers from
+// memory, no I/O.
 #pragma once
-
-#include "table/l2_cache.hpp"
 
 #include <cstdint>
 #include <system_error>
 
-namespace qed::detail {
+#include "table/metadata.hpp"
 
-class qed_image;
+namespace qed::detail {
 
 struct cluster_run {
     enum class kind {
@@ -28,22 +27,14 @@ struct cluster_run {
 };
 
 struct lookup {
-    std::error_code ec;            ///< invalid L1/L2 entry: the image is corrupt here
-    bool need_table = false;       ///< the L2 table must be loaded first
+    std::error_code ec;       ///< invalid L1/L2 entry: the image is corrupt here
+    bool need_table = false;  ///< the L2 table must be loaded first (metadata::load_l2)
     std::uint64_t table_offset = 0;
     cluster_run run;
 };
 
 /// Answer from memory. `held` is the caller's reference to an L2 table; it is
 /// replaced by the table this lookup uses (kept so it can't be evicted).
-lookup find_cluster(qed_image& img, l2_ref& held, std::uint64_t pos, std::uint64_t len);
-
-/// Load the L2 table at `offset` into the cache (sharing a load already in
-/// flight). The handler runs when the table is in the cache, or on error.
-void load_l2(qed_image& img, std::uint64_t offset, op_handler handler);
-
-/// The table for `l1_index` if it is in memory, else null. `missing` tells
-/// whether the L1 entry is simply 0 (no table yet).
-l2_ref cached_table(qed_image& img, std::uint64_t l1_index, bool& missing, bool& invalid);
+lookup find_cluster(metadata& meta, l2_ref& held, std::uint64_t pos, std::uint64_t len);
 
 }  // namespace qed::detail

@@ -2,15 +2,14 @@
 // Creating images. A new QED image is byte-for-byte what
 // `qemu-img create -f qed` writes with the same options: the header (and
 // backing name) in the first cluster, a zeroed L1 table right after it.
-#include "image/backing.hpp"
-#include "table/co_io.hpp"
-#include "image/device.hpp"
-
 #include <boost/asio/co_spawn.hpp>
-
 #include <cstring>
 
+#include "format/layout.hpp"
+#include "image/backing.hpp"
+#include "image/device.hpp"
 #include "image/file_protocol.hpp"
+#include "table/co_io.hpp"
 
 namespace qed::detail {
 namespace {
@@ -26,7 +25,8 @@ boost::asio::awaitable<std::error_code> create_image(boost::asio::any_io_executo
     if (o.format == image_format::qed) {
         if (!is_valid_cluster_size(o.cluster_size)) co_return errc::invalid_cluster_size;
         if (!is_valid_table_size(o.table_size)) co_return errc::invalid_table_size;
-        if (o.backing_file.size() > max_backing_name_size) co_return errc::backing_name_too_long;  // we could not open it
+        if (o.backing_file.size() > max_backing_name_size)
+            co_return errc::backing_name_too_long;  // we could not open it
     } else if (!o.backing_file.empty()) {
         co_return errc::not_supported;  // raw images have no backing file
     }
@@ -39,8 +39,8 @@ boost::asio::awaitable<std::error_code> create_image(boost::asio::any_io_executo
         bo.backend = o.backend;
         bo.locking = o.locking;
         bo.log = o.log;
-        auto [ec, dev] = co_await open_device(ex, resolve_backing_path(path, o.backing_file), o.backing_format, bo,
-                                              1, {});
+        auto [ec, dev] =
+            co_await open_device(ex, resolve_backing_path(path, o.backing_file), o.backing_format, bo, 1, {});
         if (ec) co_return ec;
         size = dev->size();
         device* d = dev.get();
@@ -96,9 +96,7 @@ boost::asio::awaitable<std::error_code> create_image(boost::asio::any_io_executo
         }
     }
     auto block = allocate_aligned(block_len, true);
-    const auto bytes = encode(h);
-    std::memcpy(block.get(), bytes.data(), bytes.size());
-    std::memcpy(block.get() + header_struct_size, o.backing_file.data(), o.backing_file.size());
+    encode_first_block({block.get(), block_len}, h, o.backing_file);
     if ((ec = co_await co::write(*file, 0, block.get(), block_len))) co_return ec;
     // The rest of the header cluster(s) and the L1 table are zeros.
     if ((ec = co_await co::resize(*file, file_size))) co_return ec;
@@ -109,9 +107,10 @@ boost::asio::awaitable<std::error_code> create_image(boost::asio::any_io_executo
 
 void initiate_create(const boost::asio::any_io_executor& ex, std::string path, create_options options,
                      op_handler handler) {
-    co::run(ex, create_image(ex, std::move(path), std::move(options)), [ex, h = std::move(handler)](std::error_code ec) mutable {
-        boost::asio::dispatch(ex, boost::asio::append(std::move(h), ec));
-    });
+    co::run(ex, create_image(ex, std::move(path), std::move(options)),
+            [ex, h = std::move(handler)](std::error_code ec) mutable {
+                boost::asio::dispatch(ex, boost::asio::append(std::move(h), ec));
+            });
 }
 
 }  // namespace qed::detail

@@ -11,12 +11,12 @@
 // on the entry the first created.
 #pragma once
 
-#include "table/table.hpp"
-
 #include <list>
 #include <memory>
 #include <unordered_map>
 #include <vector>
+
+#include "table/table.hpp"
 
 namespace qed::detail {
 
@@ -24,16 +24,19 @@ struct l2_entry {
     l2_entry(std::uint64_t off, std::uint32_t entries) : offset(off), t(entries) {}
     std::uint64_t offset;  ///< file offset of the table
     table t;
-    bool loaded = false;   ///< false while the first read is in flight
-    /// Sectors that differ from disk (see writeback.hpp); while any is set
-    /// the write-back holds a reference, so the entry can't be evicted.
+    bool loaded = false;  ///< false while the first read is in flight
+    /// Sectors that differ from disk (see writeback.hpp), empty when none;
+    /// while any is set the write-back holds a reference, so the entry can't
+    /// be evicted.
     std::vector<std::uint64_t> dirty_bits;
-    bool dirty = false;
     std::vector<op_handler> waiters;  ///< requests waiting for the load
     std::list<std::uint64_t>::iterator lru;
 };
 using l2_ref = std::shared_ptr<l2_entry>;
 
+/// Ownership: one per image, owned by its metadata; entries are shared
+/// (l2_ref) by the cache, the write-back and the requests using them, and
+/// freed when the last of them lets go. Used on the image's executor only.
 class l2_cache {
 public:
     explicit l2_cache(std::size_t capacity) : capacity_(capacity ? capacity : 1) {}

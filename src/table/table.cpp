@@ -7,6 +7,8 @@
 #include <cstring>
 #include <new>
 
+#include "format/layout.hpp"
+
 namespace qed::detail {
 
 namespace {
@@ -43,10 +45,17 @@ std::span<const std::byte> zero_block() noexcept {
 table::table(std::uint32_t entries)
     : entries_(entries), bytes_(allocate_aligned(std::size_t{entries} * sizeof(std::uint64_t), true)) {}
 
-void table::from_disk() noexcept {
-    if constexpr (std::endian::native == std::endian::big) {
-        for (std::uint32_t i = 0; i < entries_; ++i) data()[i] = __builtin_bswap64(data()[i]);
+void append_zeros(const_buffers& out, std::uint64_t len) {
+    const auto z = zero_block();
+    while (len) {
+        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(len, z.size()));
+        out.emplace_back(z.data(), n);
+        len -= n;
     }
+}
+
+void table::from_disk() noexcept {
+    convert_entries(data(), data(), entries_);
 }
 
 void table::grow(std::uint32_t entries) {
@@ -65,8 +74,8 @@ void async_read_table(block_file& file, std::uint64_t offset, table& t, op_handl
     });
 }
 
-void async_write_table(block_file& file, std::uint64_t offset, const table& t, std::uint32_t first,
-                       std::uint32_t count, std::size_t align, op_handler handler) {
+void async_write_table(block_file& file, std::uint64_t offset, const table& t, std::uint32_t first, std::uint32_t count,
+                       std::size_t align, op_handler handler) {
     const std::size_t begin = (std::size_t{first} * 8) / align * align;
     const std::size_t end = std::min(t.byte_size(), (std::size_t{first + count} * 8 + align - 1) / align * align);
     const auto* base = reinterpret_cast<const std::byte*>(t.data());
@@ -77,13 +86,11 @@ void async_write_table(block_file& file, std::uint64_t offset, const table& t, s
                             [h = std::move(handler)](std::error_code ec, std::size_t) mutable { std::move(h)(ec); });
     } else {
         auto copy = std::make_shared<aligned_bytes>(allocate_aligned(end - begin, false));
-        auto* out = reinterpret_cast<std::uint64_t*>(copy->get());
-        for (std::size_t i = begin / 8; i < end / 8; ++i) out[i - begin / 8] = __builtin_bswap64(t[i]);
+        convert_entries(t.data() + begin / 8, reinterpret_cast<std::uint64_t*>(copy->get()), (end - begin) / 8);
         const boost::asio::const_buffer buf(copy->get(), end - begin);
-        file.async_write_at(offset + begin, {&buf, 1},
-                            [copy, h = std::move(handler)](std::error_code ec, std::size_t) mutable {
-                                std::move(h)(ec);
-                            });
+        file.async_write_at(
+            offset + begin, {&buf, 1},
+            [copy, h = std::move(handler)](std::error_code ec, std::size_t) mutable { std::move(h)(ec); });
     }
 }
 

@@ -4,9 +4,11 @@
 // A table is table_size clusters of 64-bit little-endian offsets on disk.
 // Writes of a table update only the 512-byte sectors (or larger O_DIRECT
 // blocks) that hold changed entries.
+//
+// Ownership: a table owns its entries (one aligned buffer); the L1 table is
+// owned by the image's metadata, L2 tables by their l2_entry (shared by the
+// cache, the write-back and the requests using them).
 #pragma once
-
-#include "qed/block_file.hpp"
 
 #include <bit>
 #include <cstddef>
@@ -14,6 +16,9 @@
 #include <cstdlib>
 #include <memory>
 #include <span>
+
+#include "qed/block_file.hpp"
+#include "qed/detail/buffers.hpp"
 
 namespace qed::detail {
 
@@ -36,6 +41,9 @@ aligned_bytes allocate_aligned(std::size_t n, bool zeroed);
 
 /// A read-only buffer of zeros shared by everything that writes zeros.
 std::span<const std::byte> zero_block() noexcept;
+
+/// Append `len` bytes of zeros to `out`, as descriptors of zero_block().
+void append_zeros(const_buffers& out, std::uint64_t len);
 
 class table {
 public:
@@ -68,7 +76,7 @@ void async_read_table(block_file& file, std::uint64_t offset, table& t, op_handl
 
 /// Write entries [first, first + count) of `t`, widened to whole `align`-byte
 /// blocks, to the table at `offset`. `t` must not change until completion.
-void async_write_table(block_file& file, std::uint64_t offset, const table& t, std::uint32_t first,
-                       std::uint32_t count, std::size_t align, op_handler handler);
+void async_write_table(block_file& file, std::uint64_t offset, const table& t, std::uint32_t first, std::uint32_t count,
+                       std::size_t align, op_handler handler);
 
 }  // namespace qed::detail

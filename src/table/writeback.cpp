@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "table/writeback.hpp"
 
-#include <boost/asio/post.hpp>
-
 #include <algorithm>
-#include <bit>
+#include <boost/asio/post.hpp>
+#include <cassert>
+
+#include "block_file/completion.hpp"
+#include "format/layout.hpp"
 
 namespace qed::detail {
 namespace {
@@ -17,74 +19,76 @@ void set_bits(std::vector<std::uint64_t>& bits, std::size_t nbits, std::size_t f
 }  // namespace
 
 // One round: a named step at a time, each step's I/Os in parallel.
+// Ownership: created by start_round(), deletes itself in finish().
 class table_writeback::round {
 public:
     round(table_writeback& owner, std::vector<run> l2, std::vector<run> l1, std::vector<op_handler> waiters,
-          bool durable)
-        : w_(owner), l2_(std::move(l2)), l1_(std::move(l1)), waiters_(std::move(waiters)), durable_(durable) {}
+          bool durable, std::shared_ptr<void> keep_alive)
+        : w_(owner),
+          l2_(std::move(l2)),
+          l1_(std::move(l1)),
+          waiters_(std::move(waiters)),
+          durable_(durable),
+          keep_alive_(std::move(keep_alive)) {}
 
-    void next() {
+    void step(std::error_code ec = {}) {
         for (;;) {
-            if (error_) at_ = step::done;
+            if (ec && !error_) error_ = ec;
+            if (error_) at_ = state::done;
             switch (at_) {
-            case step::flush_data:
-                at_ = step::tables;
-                // Data (and backing prefill) durable before any L2 entry to it.
-                if (!l2_.empty() && w_.target_.flush_before_l2 && w_.target_.flush_before_l2()) {
-                    pending_ = 1;
-                    w_.target_.file->async_flush([this](std::error_code ec) {
-                        if (!ec && w_.target_.flushed) w_.target_.flushed();
-                        one_done(ec);
-                    });
-                    return;
-                }
-                break;
-            case step::tables:
-                at_ = step::flush_tables;
-                if (!l2_.empty()) return write(l2_);
-                break;
-            case step::flush_tables:
-                at_ = step::l1;
-                // New tables (written whole by their batch) durable before L1 points at them.
-                if (!l1_.empty()) return flush();
-                break;
-            case step::l1:
-                at_ = step::flush_end;
-                if (!l1_.empty()) return write(l1_);
-                break;
-            case step::flush_end:
-                at_ = step::done;
-                if (durable_) return flush();
-                break;
-            case step::done:
-                return finish();
+                case state::flush_data:
+                    at_ = state::tables;
+                    // Data (and backing prefill) durable before any L2 entry to it.
+                    if (!l2_.empty() && w_.target_.flush_before_l2 && w_.target_.flush_before_l2()) {
+                        w_.target_.file->async_flush([this](std::error_code fec) {
+                            if (!fec && w_.target_.flushed) w_.target_.flushed();
+                            step(fec);
+                        });
+                        return;
+                    }
+                    break;
+                case state::tables:
+                    at_ = state::flush_tables;
+                    if (!l2_.empty()) return write(l2_);
+                    break;
+                case state::flush_tables:
+                    at_ = state::l1;
+                    // New tables (written by their batch) durable before L1 points at them.
+                    if (!l1_.empty()) return flush();
+                    break;
+                case state::l1:
+                    at_ = state::flush_end;
+                    if (!l1_.empty()) return write(l1_);
+                    break;
+                case state::flush_end:
+                    at_ = state::done;
+                    if (durable_) return flush();
+                    break;
+                case state::done:
+                    return finish();
             }
         }
     }
 
 private:
-    enum class step { flush_data, tables, flush_tables, l1, flush_end, done };
+    enum class state { flush_data, tables, flush_tables, l1, flush_end, done };
 
     void flush() {
-        pending_ = 1;
-        w_.target_.file->async_flush([this](std::error_code ec) { one_done(ec); });
+        w_.target_.file->async_flush([this](std::error_code ec) { step(ec); });
     }
     void write(const std::vector<run>& runs) {
-        pending_ = static_cast<unsigned>(runs.size());
+        group_.open();
         for (const auto& r : runs) {
             const std::uint64_t base = r.table ? r.table->offset : w_.target_.l1_offset;
-            const std::size_t bytes = w_.run_bytes(r);
-            const boost::asio::const_buffer b(r.bytes->get(), bytes);
+            const boost::asio::const_buffer b(r.bytes->get(), w_.run_bytes(r));
+            group_.add();
             w_.target_.file->async_write_at(base + r.first * w_.target_.align, {&b, 1},
                                             [this, r](std::error_code ec, std::size_t) {
                                                 if (ec) w_.remark(r);
-                                                one_done(ec);
+                                                if (group_.done(ec)) step(group_.error());
                                             });
         }
-    }
-    void one_done(std::error_code ec) {
-        if (ec && !error_) error_ = ec;
-        if (--pending_ == 0) next();
+        if (group_.close()) step(group_.error());  // (runs is never empty)
     }
     void finish() {
         if (error_) {  // whatever this round did not get onto the disk goes back
@@ -99,46 +103,41 @@ private:
         w.round_done(ec, std::move(waiters));
     }
 
-public:
-    std::shared_ptr<void> keep_alive_;
-
-private:
-
     table_writeback& w_;
     std::vector<run> l2_, l1_;
     std::vector<op_handler> waiters_;
     bool durable_;
-    step at_ = step::flush_data;
-    unsigned pending_ = 0;
+    std::shared_ptr<void> keep_alive_;
+    state at_ = state::flush_data;
+    fan_in group_;
     std::error_code error_;
 };
 
+void table_writeback::mark_table(const l2_ref& t) {
+    // A table is listed once, from its first dirty sector until a round takes them.
+    if (std::find(tables_.begin(), tables_.end(), t) == tables_.end()) tables_.push_back(t);
+}
+
 void table_writeback::mark(const l2_ref& t, std::uint32_t first, std::uint32_t count) {
+    const bool was_clean = t->dirty_bits.empty();
     const std::size_t n = sectors_of(t->t.byte_size());
     set_bits(t->dirty_bits, n, std::size_t{first} * 8 / target_.align,
              (std::size_t{first + count} * 8 - 1) / target_.align);
-    if (!t->dirty) {
-        t->dirty = true;
-        tables_.push_back(t);
-    }
+    if (was_clean) tables_.push_back(t);
+    assert(std::count(tables_.begin(), tables_.end(), t) == 1);  // a dirty table is listed exactly once
     retry_ = true;
 }
 
 void table_writeback::mark_l1(std::uint32_t first, std::uint32_t count) {
     set_bits(l1_bits_, sectors_of(target_.l1->byte_size()), std::size_t{first} * 8 / target_.align,
              (std::size_t{first + count} * 8 - 1) / target_.align);
-    l1_dirty_ = true;
     retry_ = true;
 }
 
 void table_writeback::discard() {
-    for (auto& t : tables_) {
-        t->dirty = false;
-        t->dirty_bits.clear();
-    }
+    for (auto& t : tables_) t->dirty_bits.clear();
     tables_.clear();
     l1_bits_.clear();
-    l1_dirty_ = false;
 }
 
 void table_writeback::kick() {
@@ -171,13 +170,9 @@ std::vector<table_writeback::run> table_writeback::take_runs(bool l1) {
         bits.clear();
     };
     if (l1) {
-        if (l1_dirty_) collect(nullptr, l1_bits_, sectors_of(target_.l1->byte_size()));
-        l1_dirty_ = false;
+        if (!l1_bits_.empty()) collect(nullptr, l1_bits_, sectors_of(target_.l1->byte_size()));
     } else {
-        for (auto& t : tables_) {
-            collect(t, t->dirty_bits, sectors_of(t->t.byte_size()));
-            t->dirty = false;
-        }
+        for (auto& t : tables_) collect(t, t->dirty_bits, sectors_of(t->t.byte_size()));
         tables_.clear();
     }
     return out;
@@ -194,26 +189,14 @@ void table_writeback::snapshot(run& r) const {
     const std::size_t bytes = run_bytes(r);
     r.bytes = std::make_shared<aligned_bytes>(allocate_aligned(bytes, false));
     const std::size_t first_entry = r.first * target_.align / 8;
-    auto* out = reinterpret_cast<std::uint64_t*>(r.bytes->get());
-    for (std::size_t i = 0; i < bytes / 8; ++i) {
-        std::uint64_t v = t[first_entry + i];
-        if constexpr (std::endian::native == std::endian::big) v = __builtin_bswap64(v);
-        out[i] = v;
-    }
+    convert_entries(t.data() + first_entry, reinterpret_cast<std::uint64_t*>(r.bytes->get()), bytes / 8);
 }
 
 void table_writeback::remark(const run& r) {
     const std::size_t bytes = r.table ? r.table->t.byte_size() : target_.l1->byte_size();
     auto& bits = r.table ? r.table->dirty_bits : l1_bits_;
     set_bits(bits, sectors_of(bytes), r.first, r.first + r.count - 1);
-    if (r.table) {
-        if (!r.table->dirty) {
-            r.table->dirty = true;
-            tables_.push_back(r.table);
-        }
-    } else {
-        l1_dirty_ = true;
-    }
+    if (r.table) mark_table(r.table);
 }
 
 void table_writeback::start_round() {
@@ -224,9 +207,9 @@ void table_writeback::start_round() {
     next_durable_ = false;
     auto l2 = take_runs(false);
     auto l1 = take_runs(true);
-    auto* r = new round(*this, std::move(l2), std::move(l1), std::move(waiters), durable);
-    if (target_.keep_alive) r->keep_alive_ = target_.keep_alive();
-    r->next();
+    auto* r = new round(*this, std::move(l2), std::move(l1), std::move(waiters), durable,
+                        target_.keep_alive ? target_.keep_alive() : nullptr);
+    r->step();
 }
 
 void table_writeback::round_done(std::error_code ec, std::vector<op_handler> waiters) {

@@ -23,21 +23,23 @@
 // never evicts an update that is not on disk.
 #pragma once
 
-#include "table/l2_cache.hpp"
-
 #include <boost/asio/any_io_executor.hpp>
-
 #include <functional>
 #include <memory>
 #include <vector>
 
+#include "table/l2_cache.hpp"
+
 namespace qed::detail {
 
+/// Ownership: one per image, owned by its metadata; a round in flight is a
+/// heap object that deletes itself when done and keeps the owner alive
+/// through target::keep_alive. Used on the image's executor only.
 class table_writeback {
 public:
     struct target {
         block_file* file = nullptr;
-        std::size_t align = 512;      ///< sector size of table writes
+        std::size_t align = 512;  ///< sector size of table writes
         table* l1 = nullptr;
         std::uint64_t l1_offset = 0;
         /// True when L2 entries must wait for a flush: the image has a backing
@@ -56,8 +58,7 @@ public:
     /// Entries [first, first + count) of `t` changed in memory.
     void mark(const l2_ref& t, std::uint32_t first, std::uint32_t count);
     void mark_l1(std::uint32_t first, std::uint32_t count);
-    bool dirty() const noexcept { return !tables_.empty() || l1_dirty_; }
-    bool running() const noexcept { return running_; }
+    bool dirty() const noexcept { return !tables_.empty() || !l1_bits_.empty(); }
 
     /// Start a round in the background unless one runs already.
     void kick();
@@ -68,15 +69,16 @@ public:
     void discard();
 
 private:
-    struct run {                 // a run of dirty sectors in one table
-        l2_ref table;            // null: the L1 table
-        std::size_t first, count;  // in sectors
+    struct run {                               // a run of dirty sectors in one table
+        l2_ref table;                          // null: the L1 table
+        std::size_t first, count;              // in sectors
         std::shared_ptr<aligned_bytes> bytes;  // the sectors as they were when the round began
     };
     class round;
 
     std::vector<run> take_runs(bool l1);
     void remark(const run& r);
+    void mark_table(const l2_ref& t);
     void snapshot(run& r) const;
     std::size_t run_bytes(const run& r) const;
     void start_round();
@@ -85,11 +87,10 @@ private:
 
     boost::asio::any_io_executor ex_;
     target target_;
-    std::vector<l2_ref> tables_;             // tables with dirty sectors
-    std::vector<std::uint64_t> l1_bits_;     // dirty L1 sectors
-    bool l1_dirty_ = false;
+    std::vector<l2_ref> tables_;          // tables with dirty sectors (each once)
+    std::vector<std::uint64_t> l1_bits_;  // dirty L1 sectors (empty: none)
     bool running_ = false;
-    bool retry_ = true;                      // false after a failed round until new marks
+    bool retry_ = true;  // false after a failed round until new marks
     std::vector<op_handler> next_waiters_;
     bool next_durable_ = false;
 };
