@@ -109,6 +109,16 @@ alloc_plan::writes_plan alloc_plan::writes(const std::vector<alloc_piece>& piece
                                            const std::vector<const std::byte*>& backing, std::uint64_t physical,
                                            std::size_t block) const {
     writes_plan out;
+    data_writes(pieces, backing, physical, block, out);
+    table_writes(physical, block, out);
+    return out;
+}
+
+// The new data clusters: runs of pieces become one write each; zero fill
+// at or past `physical` is left as a hole, and the file made to reach the
+// end of the last cluster.
+void alloc_plan::data_writes(const std::vector<alloc_piece>& pieces, const std::vector<const std::byte*>& backing,
+                             std::uint64_t physical, std::size_t block, writes_plan& out) const {
     // Host offset of a guest position inside a new data cluster.
     auto host_of = [&](std::uint64_t pos) {
         return clusters_.at(pos >> g_.cluster_bits).host + g_.offset_in_cluster(pos);
@@ -162,6 +172,9 @@ alloc_plan::writes_plan alloc_plan::writes(const std::vector<alloc_piece>& piece
         append_zeros(tail, data_end - from);
         out.writes.push_back({from, std::move(tail)});
     }
+}
+
+void alloc_plan::table_writes(std::uint64_t physical, std::size_t block, writes_plan& out) const {
     // New L2 tables are private until L1 points at them: fill them in now
     // and write them. A table (or the part of it) at or past `physical` lies
     // in space the file has never held bytes in, which reads as zeros: only
@@ -222,7 +235,6 @@ alloc_plan::writes_plan alloc_plan::writes(const std::vector<alloc_piece>& piece
     // nothing is written past end_, and the file holds nothing past
     // `physical` < end_.
     out.resize = extend && end_ > physical;
-    return out;
 }
 
 std::vector<l2_update> alloc_plan::l2_updates() const {

@@ -122,6 +122,9 @@ private:
         l2_ref fresh;     // a new table (L1 entry was 0; after place())
     };
     std::uint64_t value_of(const slot& s) const noexcept { return s.zero_cluster ? zero_cluster_entry : s.host; }
+    void data_writes(const std::vector<alloc_piece>& pieces, const std::vector<const std::byte*>& backing,
+                     std::uint64_t physical, std::size_t block, writes_plan& out) const;
+    void table_writes(std::uint64_t physical, std::size_t block, writes_plan& out) const;
 
     geometry g_;
     std::map<std::uint64_t, slot> clusters_;        // guest cluster index -> slot

@@ -3,7 +3,6 @@
 // under its own export name (--export, --dir). The single-image command
 // line follows qemu-nbd's so that one can stand in for the other in scripts.
 #include <fcntl.h>
-#include <getopt.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "cli/args.hpp"
+#include "cli/size_arg.hpp"
 #include "qed/version.hpp"
 #include "server/exports.hpp"
 #include "server/list_exports.hpp"
@@ -97,59 +98,13 @@ void usage(std::ostream& out) {
            "images, exit 0.\n";
 }
 
-bool parse_unsigned(const char* s, unsigned long max, unsigned long& out) {
-    if (!s || !*s) return false;
+bool parse_unsigned(const std::string& s, unsigned long max, unsigned long& out) {
+    if (s.empty() || s[0] == '-') return false;
     char* end = nullptr;
     errno = 0;
-    const unsigned long v = std::strtoul(s, &end, 10);
-    if (errno || *end || s[0] == '-' || v > max) return false;
+    const unsigned long v = std::strtoul(s.c_str(), &end, 10);
+    if (errno || *end || v > max) return false;
     out = v;
-    return true;
-}
-
-enum long_only {
-    opt_cache = 256,
-    opt_aio,
-    opt_allow_backing_dir,
-    opt_pid_file,
-    opt_fork,
-    opt_handshake_limit,
-    opt_object,
-    opt_tls_creds,
-    opt_tls_authz,
-    opt_memory_limit,
-    opt_connection_memory_limit,
-    opt_detect_zeroes,
-    opt_discard,
-    opt_allow_remote_backing,
-    opt_export,
-    opt_dir,
-    opt_threads,
-};
-
-/// "64M", "1G", "65536": bytes; false if malformed or out of range.
-bool parse_size(const char* s, std::uint64_t& out) {
-    if (!s || !*s || *s == '-') return false;
-    char* end = nullptr;
-    errno = 0;
-    const unsigned long long v = std::strtoull(s, &end, 10);
-    if (errno || end == s) return false;
-    unsigned shift = 0;
-    const std::string suffix = end;
-    if (suffix.empty() || suffix == "B" || suffix == "b")
-        shift = 0;
-    else if (suffix == "K" || suffix == "k")
-        shift = 10;
-    else if (suffix == "M" || suffix == "m")
-        shift = 20;
-    else if (suffix == "G" || suffix == "g")
-        shift = 30;
-    else if (suffix == "T" || suffix == "t")
-        shift = 40;
-    else
-        return false;
-    if (v > (std::numeric_limits<std::uint64_t>::max() >> shift)) return false;
-    out = static_cast<std::uint64_t>(v) << shift;
     return true;
 }
 
@@ -194,314 +149,315 @@ int resolve_tls(const std::vector<qed::nbd::tls_object>& objects, const std::str
     return 0;
 }
 
+/// What the options set, before the checks that combine them.
+struct command_line {
+    explicit command_line(qed::nbd::server_options& options) : o(options) {}
+    qed::nbd::server_options& o;
+    bool tcp_given = false;
+    bool list_mode = false;
+    bool fork_mode = false;
+    bool read_only = false;
+    std::optional<int> exit_now;  ///< --help, --version
+    std::vector<qed::nbd::tls_object> objects;
+    std::string tls_creds;
+    std::vector<std::string> tls_authz;
+    std::string single_only;  ///< the first single-image option given (--export/--dir replace them)
+    std::vector<qed::nbd::export_spec> specs;
+    std::vector<std::string> dirs;
+    std::optional<qed::image_format> format;
+    std::string export_name;
+    std::string description;
+
+    void single(const char* name) {
+        if (single_only.empty()) single_only = name;
+    }
+};
+
+/// An option: its spelling for the parser, and what it does to the command
+/// line (an empty string, or one line saying what is wrong with `value`).
+struct option_def {
+    qed::cli::option_spec spec;
+    std::string (*apply)(command_line& c, const std::string& value);
+};
+
+/// The choice of `value` among `names` (index), or nullopt.
+std::optional<std::size_t> choice(const std::string& value, std::initializer_list<const char*> names) {
+    std::size_t i = 0;
+    for (const char* n : names) {
+        if (value == n) return i;
+        ++i;
+    }
+    return std::nullopt;
+}
+
+std::string limit_option(command_line& c, const std::string& v, bool global) {
+    const char* name = global ? "--memory-limit" : "--connection-memory-limit";
+    std::string why;
+    const auto bytes = qed::cli::parse_size(v, why);
+    if (!bytes) return std::string("invalid size for ") + name + " '" + v + "'";
+    if (*bytes < c.o.lim.max_payload) return std::string(name) + " must be at least 32M (the largest request)";
+    (global ? c.o.memory_limit : c.o.lim.max_buffered) = static_cast<std::size_t>(*bytes);
+    return {};
+}
+
+const option_def option_table[] = {
+    {{'p', "port", true},
+     [](command_line& c, const std::string& v) -> std::string {
+         unsigned long n = 0;
+         if (!parse_unsigned(v, 65535, n) || n == 0) return "invalid port '" + v + "'";
+         c.o.port = static_cast<std::uint16_t>(n);
+         c.tcp_given = true;
+         return {};
+     }},
+    {{'b', "bind", true},
+     [](command_line& c, const std::string& v) -> std::string {
+         c.o.bind_address = v;
+         c.tcp_given = true;
+         return {};
+     }},
+    {{'k', "socket", true},
+     [](command_line& c, const std::string& v) -> std::string { return c.o.socket_path = v, ""; }},
+    {{'x', "export-name", true},
+     [](command_line& c, const std::string& v) -> std::string {
+         c.export_name = v;
+         c.single("-x/--export-name");
+         return {};
+     }},
+    {{'D', "description", true},
+     [](command_line& c, const std::string& v) -> std::string {
+         c.description = v;
+         c.single("-D/--description");
+         return {};
+     }},
+    {{'f', "format", true},
+     [](command_line& c, const std::string& v) -> std::string {
+         c.format = qed::parse_format(v);
+         if (!c.format) return "unknown format '" + v + "' (qed or raw)";
+         c.single("-f/--format");
+         return {};
+     }},
+    {{'r', "read-only", false},
+     [](command_line& c, const std::string&) -> std::string { return c.read_only = true, ""; }},
+    {{0, "export", true},
+     [](command_line& c, const std::string& v) -> std::string {
+         std::string why;
+         auto e = qed::nbd::parse_export(v, why);
+         if (!e) return why;
+         c.specs.push_back(std::move(*e));
+         return {};
+     }},
+    {{0, "dir", true},
+     [](command_line& c, const std::string& v) -> std::string {
+         if (v.empty()) return "--dir needs a directory";
+         c.dirs.push_back(v);
+         return {};
+     }},
+    {{0, "threads", true},
+     [](command_line& c, const std::string& v) -> std::string {
+         unsigned long n = 0;
+         if (!parse_unsigned(v, 1024, n) || n == 0) return "invalid number of threads '" + v + "' (1 to 1024)";
+         c.o.threads = static_cast<unsigned>(n);
+         return {};
+     }},
+    {{'e', "shared", true},
+     [](command_line& c, const std::string& v) -> std::string {
+         unsigned long n = 0;
+         if (!parse_unsigned(v, std::numeric_limits<unsigned>::max(), n))
+             return "invalid number of shared clients '" + v + "'";
+         c.o.shared = static_cast<unsigned>(n);
+         return {};
+     }},
+    {{'t', "persistent", false},
+     [](command_line& c, const std::string&) -> std::string { return c.o.persistent = true, ""; }},
+    {{'n', "nocache", false}, [](command_line& c, const std::string&) -> std::string { return c.o.direct = true, ""; }},
+    {{0, "cache", true},
+     [](command_line& c, const std::string& v) -> std::string {
+         // none, writeback, writethrough, directsync: O_DIRECT and/or a flush after every write
+         const auto m = choice(v, {"none", "writeback", "writethrough", "directsync"});
+         if (!m) return "invalid cache mode '" + v + "' (none, writeback, writethrough, directsync)";
+         c.o.direct = *m == 0 || *m == 3;
+         c.o.writethrough = *m >= 2;
+         return {};
+     }},
+    {{0, "discard", true},
+     [](command_line& c, const std::string& v) -> std::string {
+         const auto m = choice(v, {"ignore", "off", "unmap", "on"});
+         if (!m) return "invalid discard mode '" + v + "' (ignore, unmap)";
+         c.o.discard = *m >= 2;
+         return {};
+     }},
+    {{0, "aio", true},
+     [](command_line& c, const std::string& v) -> std::string {
+         const auto m = choice(v, {"io_uring", "threads"});
+         if (!m) return "invalid aio mode '" + v + "' (io_uring or threads)";
+         c.o.backend = *m == 0 ? qed::file_backend::io_uring : qed::file_backend::threads;
+         return {};
+     }},
+    {{0, "allow-backing-dir", true},
+     [](command_line& c, const std::string& v) -> std::string { return c.o.allowed_backing_dir = v, ""; }},
+    {{0, "allow-remote-backing", false},
+     [](command_line& c, const std::string&) -> std::string { return c.o.allow_remote_backing = true, ""; }},
+    {{0, "pid-file", true}, [](command_line& c, const std::string& v) -> std::string { return c.o.pid_file = v, ""; }},
+    {{0, "fork", false}, [](command_line& c, const std::string&) -> std::string { return c.fork_mode = true, ""; }},
+    {{0, "handshake-limit", true},
+     [](command_line& c, const std::string& v) -> std::string {
+         unsigned long n = 0;
+         if (!parse_unsigned(v, 86400, n) || n == 0) return "invalid handshake limit '" + v + "'";
+         c.o.lim.handshake_timeout = std::chrono::seconds(n);
+         return {};
+     }},
+    {{0, "object", true},
+     [](command_line& c, const std::string& v) -> std::string {
+         std::string why;
+         auto ob = qed::nbd::parse_object(v, why);
+         if (!ob) return why;
+         c.objects.push_back(std::move(*ob));
+         return {};
+     }},
+    {{0, "tls-creds", true},
+     [](command_line& c, const std::string& v) -> std::string {
+         if (!c.tls_creds.empty()) return "--tls-creds given twice";
+         c.tls_creds = v;
+         return {};
+     }},
+    {{0, "tls-authz", true},
+     [](command_line& c, const std::string& v) -> std::string { return c.tls_authz.push_back(v), ""; }},
+    {{0, "memory-limit", true}, [](command_line& c, const std::string& v) { return limit_option(c, v, true); }},
+    {{0, "connection-memory-limit", true},
+     [](command_line& c, const std::string& v) { return limit_option(c, v, false); }},
+    // qemu:allocation-depth is always offered
+    {{'A', "allocation-depth", false}, [](command_line&, const std::string&) -> std::string { return {}; }},
+    {{0, "detect-zeroes", true},
+     [](command_line& c, const std::string& v) -> std::
+                                                   string {
+                                                       const auto m = choice(v, {"off", "on", "unmap"});
+                                                       if (!m)
+                                                           return "invalid --detect-zeroes mode '" + v +
+                                                                  "' (off, on, unmap)";
+                                                       c.o.zeroes = *m == 0   ? qed::nbd::detect_zeroes::off
+                                                                    : *m == 1 ? qed::nbd::detect_zeroes::on
+                                                                              : qed::nbd::detect_zeroes::unmap;
+                                                       return {};
+                                                   }},
+    {{'s', "snapshot", false},
+     [](command_line& c, const std::string&) -> std::string { return c.o.snapshot = true, ""; }},
+    {{'L', "list", false}, [](command_line& c, const std::string&) -> std::string { return c.list_mode = true, ""; }},
+    {{'c', "connect", true},
+     [](command_line&,
+        const std::string& v) -> std::
+                                  string {
+                                      return "-c/--connect (attaching a kernel /dev/nbd device) is not supported: "
+                                             "serve the image with qed-nbd "
+                                             "and attach it with nbd-client, e.g. 'nbd-client 127.0.0.1 10809 " +
+                                             v + "'";
+                                  }},
+    {{'d', "disconnect", true},
+     [](command_line&, const std::string& v)
+         -> std::
+             string {
+                 return "-d/--disconnect (detaching a kernel /dev/nbd device) is not supported: use 'nbd-client -d " +
+                        v + "'";
+             }},
+    {{'v', "verbose", false}, [](command_line& c, const std::string&) -> std::string { return ++c.o.verbose, ""; }},
+    {{'h', "help", false},
+     [](command_line& c, const std::string&) -> std::
+                                                 string {
+                                                     usage(std::cout);
+                                                     c.exit_now = 0;
+                                                     return {};
+                                                 }},
+    {{'V', "version", false},
+     [](command_line& c, const std::string&)
+         -> std::
+             string {
+                 std::cout << "qed-nbd " QED_VERSION
+                              "\n"
+                              "Written by the qed developers.\n\n"
+                              "Copyright (c) 2026 the qed developers\n"
+                              "This is free software; see the source for copying conditions.  There is NO\n"
+                              "warranty; not even for MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.\n";
+                 c.exit_now = 0;
+                 return {};
+             }},
+};
+
+/// --export and --dir: the exports, each checked against the others and -r.
+std::string several_exports(command_line& c, const std::vector<std::string>& files) {
+    if (!files.empty())
+        return "an image file ('" + files[0] +
+               "') cannot be combined with --export or --dir: give it as --export name=NAME,file=FILE";
+    if (!c.single_only.empty())
+        return c.single_only +
+               " cannot be combined with --export or --dir: give name=, description= and format= in each --export "
+               "(--dir serves QED images by their file names)";
+    auto& exports = c.o.exports;
+    c.o.named_exports = true;
+    for (auto& e : c.specs) {
+        // -r is every export's default; an export may not undo it.
+        if (c.read_only && e.read_only == false)
+            return "--export name=" + e.o.name + ": readonly=off contradicts -r/--read-only";
+        e.o.read_only = e.read_only.value_or(c.read_only);
+        exports.push_back(std::move(e.o));
+    }
+    for (const auto& d : c.dirs) {
+        std::string why;
+        if (!qed::nbd::scan_export_dir(
+                d, c.read_only, exports, [](const std::string& line) { std::cerr << "qed-nbd: " << line << "\n"; },
+                why))
+            return why;
+    }
+    for (std::size_t i = 0; i < exports.size(); ++i)
+        for (std::size_t j = 0; j < i; ++j)
+            if (exports[i].name == exports[j].name)
+                return "duplicate export name '" + exports[i].name + "' (files '" + exports[j].path + "' and '" +
+                       exports[i].path + "')";
+    return {};
+}
+
 /// Parses argv into `o`; returns -1 to go on, or an exit code.
 int parse(int argc, char** argv, qed::nbd::server_options& o, bool& fork_mode) {
-    static const option longs[] = {
-        {"port", required_argument, nullptr, 'p'},
-        {"bind", required_argument, nullptr, 'b'},
-        {"socket", required_argument, nullptr, 'k'},
-        {"export-name", required_argument, nullptr, 'x'},
-        {"description", required_argument, nullptr, 'D'},
-        {"format", required_argument, nullptr, 'f'},
-        {"read-only", no_argument, nullptr, 'r'},
-        {"shared", required_argument, nullptr, 'e'},
-        {"persistent", no_argument, nullptr, 't'},
-        {"nocache", no_argument, nullptr, 'n'},
-        {"cache", required_argument, nullptr, opt_cache},
-        {"discard", required_argument, nullptr, opt_discard},
-        {"aio", required_argument, nullptr, opt_aio},
-        {"allow-backing-dir", required_argument, nullptr, opt_allow_backing_dir},
-        {"allow-remote-backing", no_argument, nullptr, opt_allow_remote_backing},
-        {"export", required_argument, nullptr, opt_export},
-        {"dir", required_argument, nullptr, opt_dir},
-        {"pid-file", required_argument, nullptr, opt_pid_file},
-        {"fork", no_argument, nullptr, opt_fork},
-        {"handshake-limit", required_argument, nullptr, opt_handshake_limit},
-        {"object", required_argument, nullptr, opt_object},
-        {"tls-creds", required_argument, nullptr, opt_tls_creds},
-        {"tls-authz", required_argument, nullptr, opt_tls_authz},
-        {"memory-limit", required_argument, nullptr, opt_memory_limit},
-        {"threads", required_argument, nullptr, opt_threads},
-        {"allocation-depth", no_argument, nullptr, 'A'},
-        {"detect-zeroes", required_argument, nullptr, opt_detect_zeroes},
-        {"snapshot", no_argument, nullptr, 's'},
-        {"list", no_argument, nullptr, 'L'},
-        {"connect", required_argument, nullptr, 'c'},
-        {"disconnect", required_argument, nullptr, 'd'},
-        {"connection-memory-limit", required_argument, nullptr, opt_connection_memory_limit},
-        {"verbose", no_argument, nullptr, 'v'},
-        {"help", no_argument, nullptr, 'h'},
-        {"version", no_argument, nullptr, 'V'},
-        {nullptr, 0, nullptr, 0},
-    };
     auto fail = [](const std::string& msg) {
         std::cerr << "qed-nbd: " << msg << "\nTry 'qed-nbd --help' for more information.\n";
         return 1;
     };
-    bool tcp_given = false;
-    unsigned long n = 0;
-    std::vector<qed::nbd::tls_object> objects;
-    std::string tls_creds;
-    std::vector<std::string> tls_authz;
-    bool list_mode = false;
-    // The single-image options that --export/--dir replace, by name as given.
-    std::string single_only;
-    std::vector<qed::nbd::export_spec> specs;
-    std::vector<std::string> dirs;
-    std::optional<qed::image_format> format;
-    bool read_only = false;
-    std::string export_name;
-    std::string description;
-    opterr = 0;
-    for (;;) {
-        const int c = ::getopt_long(argc, argv, ":p:b:k:x:D:f:re:tnvhVAsLc:d:", longs, nullptr);
-        if (c == -1) break;
-        switch (c) {
-            case 'p':
-                if (!parse_unsigned(optarg, 65535, n) || n == 0)
-                    return fail(std::string("invalid port '") + optarg + "'");
-                o.port = static_cast<std::uint16_t>(n);
-                tcp_given = true;
-                break;
-            case 'b':
-                o.bind_address = optarg;
-                tcp_given = true;
-                break;
-            case 'k':
-                o.socket_path = optarg;
-                break;
-            case 'x':
-                export_name = optarg;
-                if (single_only.empty()) single_only = "-x/--export-name";
-                break;
-            case 'D':
-                description = optarg;
-                if (single_only.empty()) single_only = "-D/--description";
-                break;
-            case 'f': {
-                auto f = qed::parse_format(optarg);
-                if (!f) return fail(std::string("unknown format '") + optarg + "' (qed or raw)");
-                format = f;
-                if (single_only.empty()) single_only = "-f/--format";
-                break;
-            }
-            case 'r':
-                read_only = true;
-                break;
-            case opt_export: {
-                std::string why;
-                auto e = qed::nbd::parse_export(optarg, why);
-                if (!e) return fail(why);
-                specs.push_back(std::move(*e));
-                break;
-            }
-            case opt_dir:
-                if (!*optarg) return fail("--dir needs a directory");
-                dirs.emplace_back(optarg);
-                break;
-            case opt_threads:
-                if (!parse_unsigned(optarg, 1024, n) || n == 0)
-                    return fail(std::string("invalid number of threads '") + optarg + "' (1 to 1024)");
-                o.threads = static_cast<unsigned>(n);
-                break;
-            case 'e':
-                if (!parse_unsigned(optarg, std::numeric_limits<unsigned>::max(), n))
-                    return fail(std::string("invalid number of shared clients '") + optarg + "'");
-                o.shared = static_cast<unsigned>(n);
-                break;
-            case 't':
-                o.persistent = true;
-                break;
-            case 'n':
-                o.direct = true;
-                break;
-            case opt_cache: {
-                const std::string m = optarg;
-                if (m == "none") {
-                    o.direct = true;
-                    o.writethrough = false;
-                } else if (m == "writeback") {
-                    o.direct = false;
-                    o.writethrough = false;
-                } else if (m == "writethrough") {
-                    o.direct = false;
-                    o.writethrough = true;
-                } else if (m == "directsync") {
-                    o.direct = true;
-                    o.writethrough = true;
-                } else {
-                    return fail("invalid cache mode '" + m + "' (none, writeback, writethrough, directsync)");
-                }
-                break;
-            }
-            case opt_discard: {
-                const std::string m = optarg;
-                if (m == "unmap" || m == "on")
-                    o.discard = true;
-                else if (m == "ignore" || m == "off")
-                    o.discard = false;
-                else
-                    return fail("invalid discard mode '" + m + "' (ignore, unmap)");
-                break;
-            }
-            case opt_aio: {
-                const std::string m = optarg;
-                if (m == "io_uring")
-                    o.backend = qed::file_backend::io_uring;
-                else if (m == "threads")
-                    o.backend = qed::file_backend::threads;
-                else
-                    return fail("invalid aio mode '" + m + "' (io_uring or threads)");
-                break;
-            }
-            case opt_allow_backing_dir:
-                o.allowed_backing_dir = optarg;
-                break;
-            case opt_allow_remote_backing:
-                o.allow_remote_backing = true;
-                break;
-            case opt_pid_file:
-                o.pid_file = optarg;
-                break;
-            case opt_fork:
-                fork_mode = true;
-                break;
-            case opt_handshake_limit:
-                if (!parse_unsigned(optarg, 86400, n) || n == 0)
-                    return fail(std::string("invalid handshake limit '") + optarg + "'");
-                o.lim.handshake_timeout = std::chrono::seconds(n);
-                break;
-            case opt_object: {
-                std::string why;
-                auto ob = qed::nbd::parse_object(optarg, why);
-                if (!ob) return fail(why);
-                objects.push_back(std::move(*ob));
-                break;
-            }
-            case opt_tls_creds:
-                if (!tls_creds.empty()) return fail("--tls-creds given twice");
-                tls_creds = optarg;
-                break;
-            case opt_tls_authz:
-                tls_authz.emplace_back(optarg);
-                break;
-            case opt_memory_limit:
-            case opt_connection_memory_limit: {
-                std::uint64_t bytes = 0;
-                const bool global = c == opt_memory_limit;
-                const char* name = global ? "--memory-limit" : "--connection-memory-limit";
-                if (!parse_size(optarg, bytes))
-                    return fail(std::string("invalid size for ") + name + " '" + optarg + "'");
-                if (bytes < o.lim.max_payload)
-                    return fail(std::string(name) + " must be at least 32M (the largest request)");
-                if (global)
-                    o.memory_limit = static_cast<std::size_t>(bytes);
-                else
-                    o.lim.max_buffered = static_cast<std::size_t>(bytes);
-                break;
-            }
-            case 'A':
-                break;  // qemu:allocation-depth is always offered
-            case opt_detect_zeroes: {
-                const std::string m = optarg;
-                if (m == "off")
-                    o.zeroes = qed::nbd::detect_zeroes::off;
-                else if (m == "on")
-                    o.zeroes = qed::nbd::detect_zeroes::on;
-                else if (m == "unmap")
-                    o.zeroes = qed::nbd::detect_zeroes::unmap;
-                else
-                    return fail("invalid --detect-zeroes mode '" + m + "' (off, on, unmap)");
-                break;
-            }
-            case 's':
-                o.snapshot = true;
-                break;
-            case 'L':
-                list_mode = true;
-                break;
-            case 'c':
-                return fail(std::string("-c/--connect (attaching a kernel /dev/nbd device) is not supported: serve the "
-                                        "image with qed-nbd and attach it with nbd-client, e.g. "
-                                        "'nbd-client 127.0.0.1 10809 ") +
-                            optarg + "'");
-            case 'd':
-                return fail(std::string("-d/--disconnect (detaching a kernel /dev/nbd device) is not supported: use "
-                                        "'nbd-client -d ") +
-                            optarg + "'");
-            case 'v':
-                ++o.verbose;
-                break;
-            case 'h':
-                usage(std::cout);
-                return 0;
-            case 'V':
-                std::cout << "qed-nbd " QED_VERSION
-                             "\n"
-                             "Written by the qed developers.\n\n"
-                             "Copyright (c) 2026 the qed developers\n"
-                             "This is free software; see the source for copying conditions.  There is NO\n"
-                             "warranty; not even for MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.\n";
-                return 0;
-            case ':':
-                return fail(std::string("option '") + argv[optind - 1] + "' needs an argument");
-            default:
-                return fail(std::string("unknown option '") + argv[optind - 1] + "'");
+    std::vector<qed::cli::option_spec> spec;
+    for (const auto& d : option_table) spec.push_back(d.spec);
+    std::string error;
+    const auto args = qed::cli::parse_args(std::vector<std::string>(argv + 1, argv + argc), spec, error);
+    if (!args) return fail(error);
+    command_line c(o);
+    for (const auto& opt : args->options) {
+        for (const auto& d : option_table) {
+            const bool match =
+                d.spec.long_name.empty() ? opt.name == std::string(1, d.spec.short_name) : opt.name == d.spec.long_name;
+            if (!match) continue;
+            if (std::string why = d.apply(c, opt.value); !why.empty()) return fail(why);
+            if (c.exit_now) return *c.exit_now;
+            break;
         }
     }
+    fork_mode = c.fork_mode;
+    const std::vector<std::string>& files = args->positional;
     // As qemu-nbd: unmap applies only where discards are honoured.
     if (o.zeroes == qed::nbd::detect_zeroes::unmap && !o.discard)
         return fail("--detect-zeroes=unmap is not allowed without --discard=unmap");
-    const bool several = !specs.empty() || !dirs.empty();
-    if (list_mode) {
+    const bool several = !c.specs.empty() || !c.dirs.empty();
+    if (c.tcp_given && !o.socket_path.empty()) return fail("--socket cannot be combined with --port or --bind");
+    if (c.list_mode) {
         // qemu-nbd -L: be a client of the server at -k or -b/-p.
         if (several)
             return fail("-L lists the exports of a running server: it cannot be combined with --export or --dir");
-        if (optind != argc) return fail("-L takes no image file");
-        if (tcp_given && !o.socket_path.empty()) return fail("--socket cannot be combined with --port or --bind");
-        if (!tls_creds.empty()) return fail("-L over TLS is not supported; use nbdinfo --list with an nbds:// URI");
+        if (!files.empty()) return fail("-L takes no image file");
+        if (!c.tls_creds.empty()) return fail("-L over TLS is not supported; use nbdinfo --list with an nbds:// URI");
         return qed::nbd::list_exports(o.bind_address, o.port, o.socket_path);
     }
     if (several) {
-        if (optind != argc)
-            return fail(std::string("an image file ('") + argv[optind] +
-                        "') cannot be combined with --export or --dir: give it as --export name=NAME,file=FILE");
-        if (!single_only.empty())
-            return fail(single_only +
-                        " cannot be combined with --export or --dir: give name=, description= and format= in "
-                        "each --export (--dir serves QED images by their file names)");
-        o.named_exports = true;
-        for (auto& e : specs) {
-            // -r is every export's default; an export may not undo it.
-            if (read_only && e.read_only == false)
-                return fail("--export name=" + e.o.name + ": readonly=off contradicts -r/--read-only");
-            e.o.read_only = e.read_only.value_or(read_only);
-            o.exports.push_back(std::move(e.o));
-        }
-        for (const auto& d : dirs) {
-            std::string why;
-            if (!qed::nbd::scan_export_dir(
-                    d, read_only, o.exports, [](const std::string& line) { std::cerr << "qed-nbd: " << line << "\n"; },
-                    why))
-                return fail(why);
-        }
-        for (std::size_t i = 0; i < o.exports.size(); ++i)
-            for (std::size_t j = 0; j < i; ++j)
-                if (o.exports[i].name == o.exports[j].name)
-                    return fail("duplicate export name '" + o.exports[i].name + "' (files '" + o.exports[j].path +
-                                "' and '" + o.exports[i].path + "')");
+        if (std::string why = several_exports(c, files); !why.empty()) return fail(why);
     } else {
-        if (optind + 1 != argc) return fail(optind >= argc ? "no image file given" : "more than one image file given");
-        qed::nbd::export_options e;
-        e.name = export_name;
-        e.path = argv[optind];
-        e.format = format;
-        e.read_only = read_only;
-        e.description = description;
-        o.exports.push_back(std::move(e));
+        if (files.size() != 1) return fail(files.empty() ? "no image file given" : "more than one image file given");
+        o.exports.push_back({c.export_name, files[0], c.format, c.read_only, c.description});
     }
-    if (tcp_given && !o.socket_path.empty()) return fail("--socket cannot be combined with --port or --bind");
-    if (std::string why; resolve_tls(objects, tls_creds, tls_authz, o, why)) return fail(why);
+    if (std::string why; resolve_tls(c.objects, c.tls_creds, c.tls_authz, o, why)) return fail(why);
     for (const auto& e : o.exports) {
         const std::string which = several ? "export '" + e.name.substr(0, 64) + "': " : std::string();
         if (e.name.size() > qed::nbd::max_string) return fail(which + "export name longer than 4096 bytes");

@@ -10,7 +10,7 @@
 
 #include <string>
 
-#include "common/args.hpp"
+#include "common/cli.hpp"
 
 namespace qed::tools {
 

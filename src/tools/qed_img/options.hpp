@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "common/args.hpp"
+#include "common/cli.hpp"
 #include "qed/image.hpp"
 
 namespace qed::tools::img {

@@ -16,7 +16,7 @@
 #include <sstream>
 #include <algorithm>
 
-#include "common/args.hpp"
+#include "common/cli.hpp"
 #include "common/driver.hpp"
 #include "common/jobs.hpp"
 #include "common/sizes.hpp"

@@ -12,7 +12,7 @@
 #include <mutex>
 #include <thread>
 
-#include "common/args.hpp"
+#include "common/cli.hpp"
 #include "common/driver.hpp"
 #include "common/image_opts.hpp"
 #include "qed/version.hpp"

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: BSL-1.0
-// Command-line parsing in the style of getopt_long, as qemu-img and qemu-io
-// use it: short options that may be bundled ("-qp") and take their value
-// attached or as the next word ("-fqed", "-f qed"), long options with
+// Command-line parsing for the three programs (qed-img, qed-io, qed-nbd),
+// in the style of getopt_long, as qemu-img, qemu-io and qemu-nbd use it: short options that may be bundled ("-qp") and
+// take their value attached or as the next word ("-fqed", "-f qed"), long options with
 // "--name=value" or "--name value", options mixed with positional words,
 // and "--" ending the options.
 #pragma once
@@ -11,8 +11,11 @@
 #include <string_view>
 #include <vector>
 
-namespace qed::tools {
+namespace qed::cli {
 
+/// One option a program accepts: its short and/or long name, and whether it
+/// takes a value. The parsed option is named by its long name when it has
+/// one, else by its short name.
 struct option_spec {
     char short_name = 0;         ///< 0: long form only
     std::string_view long_name;  ///< empty: short form only
@@ -40,4 +43,4 @@ struct parsed_args {
 std::optional<parsed_args> parse_args(const std::vector<std::string>& words, const std::vector<option_spec>& spec,
                                       std::string& error);
 
-}  // namespace qed::tools
+}  // namespace qed::cli

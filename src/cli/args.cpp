@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: BSL-1.0
-#include "common/args.hpp"
+#include "cli/args.hpp"
 
-namespace qed::tools {
+namespace qed::cli {
 
 bool parsed_args::has(std::string_view name) const {
     for (const auto& o : options)
@@ -116,4 +116,4 @@ std::optional<parsed_args> parse_args(const std::vector<std::string>& words, con
     return out;
 }
 
-}  // namespace qed::tools
+}  // namespace qed::cli
