@@ -20,6 +20,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <vector>
 
 namespace qed {
 
@@ -27,6 +28,16 @@ namespace qed {
 using io_handler = boost::asio::any_completion_handler<void(boost::system::error_code, std::size_t)>;
 /// Completion of an operation without a byte count.
 using op_handler = boost::asio::any_completion_handler<void(boost::system::error_code)>;
+
+/// One run of a block file's block status (block_file::async_block_status).
+struct file_extent {
+    std::uint64_t length = 0;  ///< bytes
+    bool data = true;          ///< stored data (false: a hole, or nothing allocated there)
+    bool zero = false;         ///< reads as zeros
+};
+/// Completion of block_file::async_block_status: runs in order from the offset asked.
+using file_status_handler =
+    boost::asio::any_completion_handler<void(boost::system::error_code, std::vector<file_extent>)>;
 
 /// Identity of the storage behind a file, for backing-chain loop detection.
 struct file_identity {
@@ -207,6 +218,15 @@ public:
         run = length;
         return {};
     }
+    /// Block status of [offset, offset + length): runs in order from
+    /// `offset`, covering at least one byte and at most the range (the
+    /// caller asks again from where they end). A file over something that
+    /// knows more passes the question down (a blkdebug file, with its
+    /// block-status rules; an image read as a file asks the image). An error
+    /// fails the query (the caller decides what it means). Default:
+    /// allocation(), answered on the executor; a hole reads as zeros, and a
+    /// failing allocation() counts as data.
+    virtual void async_block_status(std::uint64_t offset, std::uint64_t length, file_status_handler handler);
     /// True when size() is the fixed capacity of the storage (an NBD
     /// export) rather than the end of what was written: async_resize cannot
     /// grow it (ENOSPC) and shrinking keeps the bytes, which may hold

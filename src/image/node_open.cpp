@@ -160,6 +160,31 @@ public:
         dev_->close(std::move(handler));
     }
 
+    // The image's own block status (of its whole chain): allocated data is
+    // data; zero clusters and unallocated ranges read as zeros. Past the
+    // end: zeros. Misaligned ranges (never asked by the formats here) are
+    // data, as the default says.
+    void async_block_status(std::uint64_t offset, std::uint64_t length, file_status_handler handler) override {
+        const std::uint64_t size = dev_->size();
+        if (offset >= size) {
+            std::vector<file_extent> runs{{std::max<std::uint64_t>(length, 1), false, true}};
+            return boost::asio::post(get_executor(), [h = std::move(handler), runs = std::move(runs)]() mutable {
+                std::move(h)(boost::system::error_code{}, std::move(runs));
+            });
+        }
+        const std::uint64_t n = std::min(length, size - offset);
+        if (offset % sector_size || n % sector_size)
+            return block_file::async_block_status(offset, length, std::move(handler));
+        dev_->block_status(offset, n, 0,
+                           [h = std::move(handler)](boost::system::error_code ec, std::vector<extent> extents) mutable {
+                               std::vector<file_extent> runs;
+                               if (!ec)
+                                   for (const auto& e : extents)
+                                       runs.push_back({e.length, e.data, e.zero || !e.present});
+                               std::move(h)(ec, std::move(runs));
+                           });
+    }
+
     std::uint64_t size(std::error_code& ec) const override {
         ec.clear();
         return dev_->size();
