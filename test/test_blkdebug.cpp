@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -232,13 +233,96 @@ BOOST_AUTO_TEST_CASE(bad_rules_file_fails_the_open_with_its_line) {
     BOOST_TEST(lines[0] == rules + ":3: Invalid parameter 'bogus' in [inject-error]");
 }
 
+// block-status rules fail block status queries that cover their sector (and
+// nothing else: reads go through); queries that do not cover it are
+// answered by the file below.
+BOOST_AUTO_TEST_CASE(block_status_rules_fail_queries_covering_their_sector) {
+    auto storage = std::make_shared<memory_storage>();
+    storage->resize(1 << 20);
+    std::vector<char> data(65536, 'x');
+    storage->write(0, std::as_bytes(std::span(data)));
+    blkdebug_rule r;
+    std::string why;
+    BOOST_REQUIRE(set_blkdebug_rule_option(r, "iotype", "block-status", why));
+    BOOST_REQUIRE(set_blkdebug_rule_option(r, "sector", "16", why));  // byte 8192
+    std::error_code ec;
+    auto f = make_blkdebug_file(make_memory_file(ioc.get_executor(), storage), {r}, 0, ec);
+    BOOST_REQUIRE(f);
+    auto status = [&](std::uint64_t off, std::uint64_t len) {
+        return await<std::error_code, std::vector<file_extent>>(
+            ioc, [&](auto h) { f->async_block_status(off, len, file_status_handler(std::move(h))); });
+    };
+    auto [e1, runs1] = status(0, 1 << 20);
+    BOOST_TEST(e1 == eio());
+    BOOST_TEST(runs1.empty());
+    // Not covering byte 8192: the memory file's answer (64 KiB of data first).
+    auto [e2, runs2] = status(8704, 4096);
+    BOOST_TEST(!e2);
+    BOOST_REQUIRE(!runs2.empty());
+    BOOST_TEST(runs2[0].data);
+    BOOST_TEST(!runs2[0].zero);
+    // The rule is for block status only: a read of its sector succeeds.
+    char buf[512];
+    BOOST_TEST(!read(*f, 8192, buf, sizeof buf));
+    BOOST_TEST(buf[0] == 'x');
+    BOOST_TEST(std::get<0>(status(8192, 512)) == eio());
+    BOOST_TEST(std::get<0>(status(8192, 512)) == eio());  // not `once`: it stays
+}
+
+// blkdebug above a format node (json: with "image": {"driver": "qed"}):
+// block status of the raw view is the image's own (data where written,
+// zeros elsewhere), and the block-status rules fail what covers their sector.
+BOOST_AUTO_TEST_CASE(block_status_through_an_image_below_blkdebug) {
+    const std::string img_path = dir.path() + "/b.qed";
+    create_options co;
+    co.size = 1 << 20;
+    BOOST_REQUIRE(!test::create(ioc, img_path, co));
+    {
+        open_options o;
+        o.read_only = false;
+        auto [oec, img] = await<std::error_code, image>(
+            ioc, [&](auto h) { image::async_open(ioc.get_executor(), img_path, o, std::move(h)); });
+        BOOST_REQUIRE(!oec);
+        test::sync_image s{ioc, img};
+        std::vector<char> data(65536, 'q');
+        BOOST_REQUIRE(!s.write(0, data.data(), data.size()));
+        BOOST_REQUIRE(!s.close());
+    }
+    const std::string name =
+        "json:{'driver': 'blkdebug', 'image': {'driver': 'qed', 'file': {'driver': 'file', "
+        "'filename': '" +
+        img_path +
+        "'}}, 'inject-error': [{'event': 'none', 'iotype': "
+        "'block-status', 'errno': 5, 'sector': 200}]}";
+    open_options o;
+    auto [oec, img] = await<std::error_code, image>(
+        ioc, [&](auto h) { image::async_open(ioc.get_executor(), name, o, std::move(h)); });
+    BOOST_REQUIRE_MESSAGE(!oec, oec.message());
+    test::sync_image s{ioc, img};
+    auto [e1, x1] = s.block_status(0, 65536);
+    BOOST_TEST(!e1);
+    BOOST_REQUIRE(x1.size() == 1u);
+    BOOST_TEST(x1[0].data);
+    BOOST_TEST(!x1[0].zero);
+    BOOST_TEST(x1[0].length == 65536u);
+    // Sector 200 (byte 102400) is in [65536, 1 MiB): the query fails.
+    BOOST_TEST(s.block_status(65536, (1 << 20) - 65536).first == eio());
+    auto [e2, x2] = s.block_status(131072, (1 << 20) - 131072);
+    BOOST_TEST(!e2);
+    BOOST_REQUIRE(x2.size() == 1u);
+    BOOST_TEST(!x2[0].data);
+    BOOST_TEST(x2[0].zero);
+    BOOST_TEST(x2[0].length == (1u << 20) - 131072);
+    BOOST_TEST(!s.close());
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_FIXTURE_TEST_SUITE(null_co, fixture)
 
 BOOST_AUTO_TEST_CASE(reads_zeros_drops_writes) {
     std::error_code ec;
-    auto f = open_file(ioc.get_executor(), "null-co://", file_options{.read_only = false, .log = {}}, ec);
+    auto f = open_file(ioc.get_executor(), "null-co://", file_options{.read_only = false, .log = {}, .notice = {}}, ec);
     BOOST_REQUIRE(f);
     BOOST_TEST(f->size(ec) == std::uint64_t{1} << 30);
     char buf[4096];

@@ -2,14 +2,12 @@
 // Images on NBD exports: the libnbd block file against real servers started
 // here (nbdkit memory, nbdkit file, qemu-nbd), through the library, the
 // tools (qed-img, qed-io, qed-nbd) and QEMU's own tools.
-#include "test_nbd_support.hpp"
-
-#include "qed/block_file.hpp"
-
 #include <boost/asio/io_context.hpp>
-
 #include <cerrno>
 #include <fstream>
+
+#include "qed/block_file.hpp"
+#include "test_nbd_support.hpp"
 
 using namespace nbdtest;
 
@@ -21,7 +19,9 @@ std::string tool(const std::string& name) {
     return (self.parent_path().parent_path() / "src" / "tools" / name).string();
 }
 
-bool have_servers(boost::unit_test::test_unit_id) { return have("nbdkit") && have("qemu-nbd") && have("qemu-img"); }
+bool have_servers(boost::unit_test::test_unit_id) {
+    return have("nbdkit") && have("qemu-nbd") && have("qemu-img");
+}
 
 /// An NBD server (nbdkit or qemu-nbd) on a Unix socket, or TCP on a free
 /// port, killed when the test ends. Started with its pid file, so it is
@@ -43,6 +43,9 @@ public:
         }
         BOOST_FAIL("nbdkit did not start: " << read_file(err_));
     }
+
+    /// Listen on this Unix socket (for a server restarted at the same address).
+    void at_socket(const std::string& path) { fixed_socket_ = path; }
 
     /// qemu-nbd -f FORMAT FILE, persistent, several clients at once.
     void qemu_nbd(const std::string& file, const std::string& format = "raw", bool read_only = false) {
@@ -76,7 +79,9 @@ private:
             argv.insert(argv.end(), {port_flag, std::to_string(port_), addr_flag, "127.0.0.1"});
         } else {
             port_ = 0;
-            socket_ = dir_ / ("server-" + std::to_string(n_) + ".sock");
+            socket_ = fixed_socket_.empty() ? dir_ / ("server-" + std::to_string(n_) + ".sock") : fixed_socket_;
+            std::error_code ignored;
+            fs::remove(socket_, ignored);  // a killed server leaves its socket behind
             argv.insert(argv.end(), {unix_flag, socket_});
         }
     }
@@ -95,7 +100,7 @@ private:
     const temp_dir& dir_;
     child proc_;
     int n_ = 0;
-    std::string pid_, err_, socket_;
+    std::string pid_, err_, socket_, fixed_socket_;
     std::uint16_t port_ = 0;
 };
 
@@ -206,9 +211,8 @@ BOOST_AUTO_TEST_CASE(block_file_on_nbdkit_memory) {
     const std::size_t cuts[] = {0, 512, 512 + (128 << 10), 1024 + (128 << 10), 1536 + (128 << 10), data.size()};
     std::vector<boost::asio::const_buffer> wb;
     for (int i = 0; i < 5; ++i) wb.emplace_back(data.data() + cuts[i], cuts[i + 1] - cuts[i]);
-    auto [wec, wn] = await<std::error_code, std::size_t>(ioc, [&](auto h) {
-        f->async_write_fua_at(4096, wb, qed::io_handler(std::move(h)));
-    });
+    auto [wec, wn] = await<std::error_code, std::size_t>(
+        ioc, [&](auto h) { f->async_write_fua_at(4096, wb, qed::io_handler(std::move(h))); });
     BOOST_REQUIRE_MESSAGE(!wec, wec.message());
     BOOST_CHECK_EQUAL(wn, data.size());
 
@@ -218,9 +222,8 @@ BOOST_AUTO_TEST_CASE(block_file_on_nbdkit_memory) {
     std::vector<boost::asio::mutable_buffer> rb;
     const std::size_t rcuts[] = {0, 1024, 100000, 100512, back.size()};
     for (int i = 0; i < 4; ++i) rb.emplace_back(back.data() + rcuts[i], rcuts[i + 1] - rcuts[i]);
-    auto [rec, rn] = await<std::error_code, std::size_t>(ioc, [&](auto h) {
-        f->async_read_at(4096, rb, qed::io_handler(std::move(h)));
-    });
+    auto [rec, rn] = await<std::error_code, std::size_t>(
+        ioc, [&](auto h) { f->async_read_at(4096, rb, qed::io_handler(std::move(h))); });
     BOOST_REQUIRE(!rec);
     BOOST_CHECK_EQUAL(rn, back.size());
     BOOST_CHECK(back == data);
@@ -237,11 +240,11 @@ BOOST_AUTO_TEST_CASE(block_file_on_nbdkit_memory) {
     BOOST_CHECK(!fec);
 
     // A hole reads as zeros.
-    auto [pec] = await<std::error_code>(ioc, [&](auto h) { f->async_punch_hole(4096, 65536, qed::op_handler(std::move(h))); });
+    auto [pec] =
+        await<std::error_code>(ioc, [&](auto h) { f->async_punch_hole(4096, 65536, qed::op_handler(std::move(h))); });
     BOOST_REQUIRE(!pec);
-    auto [rec2, rn2] = await<std::error_code, std::size_t>(ioc, [&](auto h) {
-        f->async_read_at(4096, rb, qed::io_handler(std::move(h)));
-    });
+    auto [rec2, rn2] = await<std::error_code, std::size_t>(
+        ioc, [&](auto h) { f->async_read_at(4096, rb, qed::io_handler(std::move(h))); });
     BOOST_REQUIRE(!rec2);
     BOOST_CHECK(back.substr(0, 65536) == std::string(65536, '\0'));
     BOOST_CHECK(back.substr(65536) == data.substr(65536));
@@ -250,7 +253,8 @@ BOOST_AUTO_TEST_CASE(block_file_on_nbdkit_memory) {
     auto [s1] = await<std::error_code>(ioc, [&](auto h) { f->async_resize(1u << 20, qed::op_handler(std::move(h))); });
     BOOST_CHECK(!s1);
     BOOST_CHECK_EQUAL(f->size(ec), 4u << 20);
-    auto [s2] = await<std::error_code>(ioc, [&](auto h) { f->async_resize((4u << 20) + 512, qed::op_handler(std::move(h))); });
+    auto [s2] =
+        await<std::error_code>(ioc, [&](auto h) { f->async_resize((4u << 20) + 512, qed::op_handler(std::move(h))); });
     BOOST_CHECK(s2 == std::error_code(ENOSPC, std::system_category()));
     std::string all;
     for (const auto& l : logs) all += l;
@@ -276,9 +280,9 @@ BOOST_AUTO_TEST_CASE(many_requests_in_flight) {
     temp_dir dir("remote-qd");
     nbd_server srv(dir);
     srv.nbdkit("memory", {"size=512M"});
-    const auto w = run({tool("qed-img"), "bench", "-f", "raw", "-w", "-c", "256", "-d", "8", "-s", "1M", "--pattern=0x5a",
-                        srv.uri()},
-                       dir.path(), 120s);
+    const auto w = run(
+        {tool("qed-img"), "bench", "-f", "raw", "-w", "-c", "256", "-d", "8", "-s", "1M", "--pattern=0x5a", srv.uri()},
+        dir.path(), 120s);
     BOOST_REQUIRE_MESSAGE(w.status == 0, w.err);
     const auto r = run({tool("qed-img"), "bench", "-f", "raw", "-c", "20000", "-d", "32", "-s", "4k", srv.uri()},
                        dir.path(), 120s);
@@ -365,7 +369,9 @@ BOOST_AUTO_TEST_CASE(qed_on_nbdkit_memory) {
                     l.ioc, [&](auto h) { img.async_block_status(800ull << 20, 1 << 20, std::move(h)); });
                 BOOST_REQUIRE(!bec && !ext.empty());
                 BOOST_CHECK_EQUAL(ext[0].length, 1u << 20);
-                BOOST_CHECK_MESSAGE(ext[0].zero && !ext[0].data, "zero " << ext[0].zero << " data " << ext[0].data << " present " << ext[0].present << " len " << ext[0].length);
+                BOOST_CHECK_MESSAGE(ext[0].zero && !ext[0].data, "zero " << ext[0].zero << " data " << ext[0].data
+                                                                         << " present " << ext[0].present << " len "
+                                                                         << ext[0].length);
                 require_clean(l, img);
                 l.close(img);
             }
@@ -375,8 +381,8 @@ BOOST_AUTO_TEST_CASE(qed_on_nbdkit_memory) {
             require_clean(l, img);
             l.close(img);
             // QEMU reads what we wrote (through its own NBD client).
-            NBD_RUN_OK(dir.path(), {"qemu-io", "-r", "-f", "qed", "-c", "read -P 0 700M 64k", "-c", "read -P 0 800M 1M", "-c", "read -P 0 0 1M",
-                                    srv.uri()});
+            NBD_RUN_OK(dir.path(), {"qemu-io", "-r", "-f", "qed", "-c", "read -P 0 700M 64k", "-c", "read -P 0 800M 1M",
+                                    "-c", "read -P 0 0 1M", srv.uri()});
         }
     }
 }
@@ -409,7 +415,8 @@ BOOST_AUTO_TEST_CASE(export_full_enospc) {
     auto again = l.must_open(srv.uri());
     require_clean(l, again);
     BOOST_CHECK(l.read(again, 0, 65536) == random_bytes(65536, 99));
-    for (int i = 1; i < 7; ++i) BOOST_CHECK(l.read(again, std::uint64_t(i) << 16, 65536) == random_bytes(65536, 100 + i));
+    for (int i = 1; i < 7; ++i)
+        BOOST_CHECK(l.read(again, std::uint64_t(i) << 16, 65536) == random_bytes(65536, 100 + i));
     BOOST_CHECK(l.write(again, 9 << 16, random_bytes(512, 5)) == std::error_code(ENOSPC, std::system_category()));
     l.close(again);
 
@@ -523,9 +530,9 @@ BOOST_AUTO_TEST_CASE(convert_both_ways_and_check) {
     // QEMU counts the export's free space as leaked clusters (its QED
     // driver takes the export's size for the image's end), never corruption.
     const std::string json = qemu_check_json(dir, srv.uri());
-    BOOST_CHECK_MESSAGE(json.find("\"check-errors\": 0") != std::string::npos &&
-                            json.find("\"corruptions\"") == std::string::npos,
-                        json);
+    BOOST_CHECK_MESSAGE(
+        json.find("\"check-errors\": 0") != std::string::npos && json.find("\"corruptions\"") == std::string::npos,
+        json);
 
     const std::string back = dir / "back.qed";
     NBD_RUN_OK(dir.path(), {tool("qed-img"), "convert", "-O", "qed", srv.uri(), back});
@@ -568,48 +575,118 @@ BOOST_AUTO_TEST_CASE(qemu_nbd_export_and_qed_nbd_on_top) {
     srv.stop();
     // The file behind the export: QEMU's check finds no corruption.
     const std::string json = qemu_check_json(dir, file);
-    BOOST_CHECK_MESSAGE(json.find("\"check-errors\": 0") != std::string::npos &&
-                            json.find("\"corruptions\"") == std::string::npos,
-                        json);
+    BOOST_CHECK_MESSAGE(
+        json.find("\"check-errors\": 0") != std::string::npos && json.find("\"corruptions\"") == std::string::npos,
+        json);
+}
+
+// ---- reconnection (QEMU's reconnect-delay) -----------------------------------
+
+namespace {
+
+std::string nbd_node(const std::string& socket, const std::string& extra) {
+    return "json:{\"driver\": \"raw\", \"file\": {\"driver\": \"nbd\", \"server\": {\"type\": \"unix\", \"path\": \"" +
+           socket + "\"}" + extra + "}}";
+}
+
+std::string file_bytes(const std::string& path, std::uint64_t off, std::size_t n) {
+    std::ifstream in(path, std::ios::binary);
+    in.seekg(static_cast<std::streamoff>(off));
+    std::string out(n, '\0');
+    in.read(out.data(), static_cast<std::streamsize>(n));
+    return out;
+}
+
+}  // namespace
+
+// The server is killed with writes in flight and comes back within the
+// delay: every write completes, once connected again, and the file holds
+// exactly what was written; a lost and a re-established line are logged.
+BOOST_AUTO_TEST_CASE(reconnect_within_the_delay_completes_requests) {
+    temp_dir dir("remote-reconnect");
+    const std::string raw = dir / "disk.raw";
+    const std::string sock = dir / "nbd.sock";
+    NBD_RUN_OK(dir.path(), {"truncate", "-s", "64M", raw});
+    nbd_server srv(dir);
+    srv.at_socket(sock);
+    srv.qemu_nbd(raw);
+    lib l;
+    auto img = l.must_open(nbd_node(sock, ", \"reconnect-delay\": 20"));
+    BOOST_REQUIRE(!l.write(img, 0, std::string(65536, 'a')));
+
+    // 32 writes of 1 MiB each, all sent before the server goes.
+    std::vector<std::string> data;
+    for (int i = 0; i < 32; ++i) data.push_back(random_bytes(1 << 20, 100 + i));
+    int done = 0;
+    std::vector<std::error_code> results(data.size());
+    for (std::size_t i = 0; i < data.size(); ++i) {
+        img.async_write_at(i << 20, boost::asio::buffer(data[i]), [&, i](std::error_code ec, std::size_t) {
+            results[i] = ec;
+            ++done;
+        });
+    }
+    l.ioc.restart();
+    l.ioc.poll();  // the writes go out
+    srv.stop();
+    l.ioc.restart();
+    l.ioc.run_for(500ms);  // lost: requests wait, attempts fail
+    BOOST_CHECK(done < static_cast<int>(data.size()));
+    srv.qemu_nbd(raw);
+    const auto until = std::chrono::steady_clock::now() + 30s;
+    while (done < static_cast<int>(data.size()) && std::chrono::steady_clock::now() < until) {
+        l.ioc.restart();
+        l.ioc.run_for(100ms);
+    }
+    BOOST_REQUIRE_EQUAL(done, static_cast<int>(data.size()));
+    for (const auto& ec : results) BOOST_CHECK_MESSAGE(!ec, ec.message());
+    // Reads after reconnection, then the bytes in the file itself.
+    BOOST_CHECK(l.read(img, 5u << 20, 1 << 20) == data[5]);
+    l.close(img);
+    for (std::size_t i = 0; i < data.size(); ++i)
+        BOOST_CHECK_MESSAGE(file_bytes(raw, i << 20, 1 << 20) == data[i], "MiB " << i);
+    BOOST_CHECK_MESSAGE(l.logged("connection lost") && l.logged("connection re-established"), l.all_logs());
+}
+
+// A server that stays away: requests fail with EIO once reconnect-delay
+// has passed (not before), and at once without a delay (the default).
+BOOST_AUTO_TEST_CASE(server_away_fails_requests_after_the_delay) {
+    temp_dir dir("remote-away");
+    const std::string raw = dir / "disk.raw";
+    const std::string sock = dir / "nbd.sock";
+    NBD_RUN_OK(dir.path(), {"truncate", "-s", "16M", raw});
+    for (const unsigned delay : {2u, 0u}) {
+        BOOST_TEST_CONTEXT("reconnect-delay " << delay) {
+            nbd_server srv(dir);
+            srv.at_socket(sock);
+            srv.qemu_nbd(raw);
+            lib l;
+            auto img =
+                l.must_open(nbd_node(sock, delay ? ", \"reconnect-delay\": " + std::to_string(delay) : std::string()));
+            BOOST_REQUIRE(!l.write(img, 0, std::string(4096, 'b')));
+            srv.stop();
+            const auto t0 = std::chrono::steady_clock::now();
+            std::string buf(4096, '\0');
+            auto [ec, n] = await<std::error_code, std::size_t>(l.ioc, [&](auto h) {
+                img.async_read_at(0, boost::asio::buffer(buf.data(), buf.size()), std::move(h));
+            });
+            const auto took = std::chrono::steady_clock::now() - t0;
+            BOOST_CHECK(ec == std::error_code(EIO, std::system_category()));
+            if (delay) {
+                BOOST_CHECK(took >= 1900ms);
+                BOOST_CHECK(took < 10s);
+                BOOST_CHECK_MESSAGE(l.logged("no connection within reconnect-delay=2"), l.all_logs());
+            } else {
+                BOOST_CHECK(took < 1s);
+                BOOST_CHECK_MESSAGE(l.logged("connection lost"), l.all_logs());
+            }
+            auto [ec2, n2] = await<std::error_code, std::size_t>(l.ioc, [&](auto h) {
+                img.async_read_at(4096, boost::asio::buffer(buf.data(), buf.size()), std::move(h));
+            });
+            BOOST_CHECK(ec2 == std::error_code(EIO, std::system_category()));
+            auto [cec] = await<std::error_code>(l.ioc, [&](auto h) { img.async_close(std::move(h)); });
+            (void)cec;  // a raw image opened read-write flushes at close: no server, no flush
+        }
+    }
 }
 
 BOOST_AUTO_TEST_SUITE_END()
-
-// qed-nbd confines backing files to a directory; a remote backing file is
-// refused unless --allow-remote-backing says the image's owner trusts it.
-BOOST_AUTO_TEST_CASE(qed_nbd_serves_overlay_on_remote_backing) {
-    temp_dir dir("remote-allow");
-    const std::string base = dir / "base.raw";
-    const std::string g = random_bytes(4 << 20, 23);
-    {
-        std::ofstream(base, std::ios::binary).write(g.data(), static_cast<std::streamsize>(g.size()));
-    }
-    nbd_server gold(dir);
-    gold.qemu_nbd(base, "raw", true);
-    lib l;
-    const std::string overlay = dir / "overlay.qed";
-    BOOST_REQUIRE(!l.create(overlay, 0, gold.uri(), std::nullopt));
-    {
-        auto img = l.must_open(overlay);
-        BOOST_REQUIRE(!l.write(img, 8192, std::string(4096, 'o')));
-        l.close(img);
-    }
-    std::string expect = g;
-    expect.replace(8192, 4096, std::string(4096, 'o'));
-
-    server refused(dir);
-    const auto [st, err] = refused.start_failing({"-f", "qed"}, overlay);
-    BOOST_CHECK_NE(st, 0);
-    BOOST_CHECK_MESSAGE(err.find("--allow-remote-backing") != std::string::npos, err);
-
-    server front(dir);
-    front.start({"-f", "qed", "-r", "--allow-remote-backing"}, overlay, true);
-    const std::string out = dir / "copy.raw";
-    NBD_RUN_OK(dir.path(), {"nbdcopy", front.uri(), out});
-    const std::string copy = read_file(out);
-    BOOST_REQUIRE_EQUAL(copy.size(), expect.size());
-    BOOST_CHECK(copy == expect);
-    // Started without -t: it exits by itself after nbdcopy, the last client,
-    // goes; a SIGTERM then could land after its signal handler is gone.
-    BOOST_CHECK_EQUAL(front.wait(), 0);
-}

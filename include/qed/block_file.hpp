@@ -12,7 +12,6 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/buffer.hpp>
 #include <boost/system/error_code.hpp>
-
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -21,6 +20,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <vector>
 
 namespace qed {
 
@@ -29,10 +29,20 @@ using io_handler = boost::asio::any_completion_handler<void(boost::system::error
 /// Completion of an operation without a byte count.
 using op_handler = boost::asio::any_completion_handler<void(boost::system::error_code)>;
 
+/// One run of a block file's block status (block_file::async_block_status).
+struct file_extent {
+    std::uint64_t length = 0;  ///< bytes
+    bool data = true;          ///< stored data (false: a hole, or nothing allocated there)
+    bool zero = false;         ///< reads as zeros
+};
+/// Completion of block_file::async_block_status: runs in order from the offset asked.
+using file_status_handler =
+    boost::asio::any_completion_handler<void(boost::system::error_code, std::vector<file_extent>)>;
+
 /// Identity of the storage behind a file, for backing-chain loop detection.
 struct file_identity {
     std::uint64_t device = 0;  ///< st_dev
-    std::uint64_t inode = 0;  ///< st_ino
+    std::uint64_t inode = 0;   ///< st_ino
     /// Same device and inode: the same file.
     friend bool operator==(const file_identity&, const file_identity&) = default;
 };
@@ -45,14 +55,54 @@ struct file_identity {
 /// none when it opens. The others are QEMU's qcow2 and block-layer points,
 /// accepted in rules files and never raised here.
 enum class blkdbg_event {
-    l1_update, l1_grow_alloc_table, l1_grow_write_table, l1_grow_activate_table, l2_load, l2_update,
-    l2_update_compressed, l2_alloc_cow_read, l2_alloc_write, read_aio, read_backing_aio, read_compressed, write_aio,
-    write_compressed, vmstate_load, vmstate_save, cow_read, cow_write, reftable_load, reftable_grow, reftable_update,
-    refblock_load, refblock_update, refblock_update_part, refblock_alloc, refblock_alloc_hookup, refblock_alloc_write,
-    refblock_alloc_write_blocks, refblock_alloc_write_table, refblock_alloc_switch_table, cluster_alloc,
-    cluster_alloc_bytes, cluster_free, flush_to_os, flush_to_disk, pwritev_rmw_head, pwritev_rmw_after_head,
-    pwritev_rmw_tail, pwritev_rmw_after_tail, pwritev, pwritev_zero, pwritev_done, empty_image_prepare,
-    l1_shrink_write_table, l1_shrink_free_l2_clusters, cor_write, cluster_alloc_space, none,
+    l1_update,
+    l1_grow_alloc_table,
+    l1_grow_write_table,
+    l1_grow_activate_table,
+    l2_load,
+    l2_update,
+    l2_update_compressed,
+    l2_alloc_cow_read,
+    l2_alloc_write,
+    read_aio,
+    read_backing_aio,
+    read_compressed,
+    write_aio,
+    write_compressed,
+    vmstate_load,
+    vmstate_save,
+    cow_read,
+    cow_write,
+    reftable_load,
+    reftable_grow,
+    reftable_update,
+    refblock_load,
+    refblock_update,
+    refblock_update_part,
+    refblock_alloc,
+    refblock_alloc_hookup,
+    refblock_alloc_write,
+    refblock_alloc_write_blocks,
+    refblock_alloc_write_table,
+    refblock_alloc_switch_table,
+    cluster_alloc,
+    cluster_alloc_bytes,
+    cluster_free,
+    flush_to_os,
+    flush_to_disk,
+    pwritev_rmw_head,
+    pwritev_rmw_after_head,
+    pwritev_rmw_tail,
+    pwritev_rmw_after_tail,
+    pwritev,
+    pwritev_zero,
+    pwritev_done,
+    empty_image_prepare,
+    l1_shrink_write_table,
+    l1_shrink_free_l2_clusters,
+    cor_write,
+    cluster_alloc_space,
+    none,
 };
 
 /// Which implementation backs a file opened from a path.
@@ -71,9 +121,9 @@ enum class lock_mode {
 
 /// Options for opening a file from a path.
 struct file_options {
-    bool read_only = true;  ///< open O_RDONLY
-    bool create = false;     ///< create (truncate) the file
-    bool direct = false;     ///< O_DIRECT: bypass the host page cache
+    bool read_only = true;                           ///< open O_RDONLY
+    bool create = false;                             ///< create (truncate) the file
+    bool direct = false;                             ///< O_DIRECT: bypass the host page cache
     file_backend backend = file_backend::automatic;  ///< which implementation to use
     /// QEMU-compatible OFD locks on bytes 100-104 / 200-204 (see open_file).
     lock_mode locking = lock_mode::automatic;
@@ -82,11 +132,24 @@ struct file_options {
     /// Accept a character device (QEMU's host_device protocol, asked for by
     /// name). FIFOs, sockets and directories are refused whatever this says.
     bool character_device = false;
+    /// NBD files (QEMU's reconnect-delay): when the connection is lost,
+    /// requests wait up to this many seconds while the file connects again,
+    /// and are sent again on the new connection; after that they fail with
+    /// EIO (so do new ones, each also starting an attempt, until a
+    /// connection is back). 0: no reconnection, requests fail at once.
+    unsigned reconnect_delay = 0;
+    /// NBD files (QEMU's open-timeout): a failing open tries to connect
+    /// again until this many seconds have passed. 0: one try.
+    unsigned open_timeout = 0;
     /// One-line diagnostics naming the file (a refused lock, locking=auto
     /// falling back; remote files: why a connection failed, why a write past
     /// the end of an export was refused; `automatic` falling back to the
     /// thread pool, and why).
     std::function<void(std::string_view)> log;
+    /// One-line reports of events that are not failures: an NBD connection
+    /// lost while reconnect_delay lets requests wait, and one re-established.
+    /// Empty: they go to `log`.
+    std::function<void(std::string_view)> notice;
 };
 
 /// Asynchronous random-access file.
@@ -155,6 +218,15 @@ public:
         run = length;
         return {};
     }
+    /// Block status of [offset, offset + length): runs in order from
+    /// `offset`, covering at least one byte and at most the range (the
+    /// caller asks again from where they end). A file over something that
+    /// knows more passes the question down (a blkdebug file, with its
+    /// block-status rules; an image read as a file asks the image). An error
+    /// fails the query (the caller decides what it means). Default:
+    /// allocation(), answered on the executor; a hole reads as zeros, and a
+    /// failing allocation() counts as data.
+    virtual void async_block_status(std::uint64_t offset, std::uint64_t length, file_status_handler handler);
     /// True when size() is the fixed capacity of the storage (an NBD
     /// export) rather than the end of what was written: async_resize cannot
     /// grow it (ENOSPC) and shrinking keeps the bytes, which may hold

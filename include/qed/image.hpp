@@ -13,13 +13,7 @@
 // buffers alive until the handler runs.
 #pragma once
 
-#include "qed/block_file.hpp"
-#include "qed/detail/buffers.hpp"
-#include "qed/error.hpp"
-#include "qed/format.hpp"
-
 #include <boost/asio/async_result.hpp>
-
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -28,6 +22,11 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "qed/block_file.hpp"
+#include "qed/detail/buffers.hpp"
+#include "qed/error.hpp"
+#include "qed/format.hpp"
 
 namespace qed {
 
@@ -52,9 +51,9 @@ struct create_options {
     std::optional<std::uint64_t> size;
     std::uint32_t cluster_size = default_cluster_size;  ///< QED: bytes per cluster, a power of two, 4 KiB to 64 MiB
     std::uint32_t table_size = default_table_size;      ///< QED: clusters per table, a power of two, 1 to 16
-    std::string backing_file;                   ///< empty: none
-    std::optional<image_format> backing_format; ///< raw sets BACKING_FORMAT_NO_PROBE
-    file_backend backend = file_backend::automatic;  ///< file implementation for the new file
+    std::string backing_file;                           ///< empty: none
+    std::optional<image_format> backing_format;         ///< raw sets BACKING_FORMAT_NO_PROBE
+    file_backend backend = file_backend::automatic;     ///< file implementation for the new file
     /// The new file is locked (write + resize) while it is written.
     lock_mode locking = lock_mode::automatic;
     file_opener opener;  ///< empty: open_file
@@ -63,10 +62,10 @@ struct create_options {
 
 /// How async_open opens an image and its backing chain.
 struct open_options {
-    bool read_only = false;  ///< open the image (its backing files always are) read-only
-    std::optional<image_format> format;  ///< nullopt: probe the magic
+    bool read_only = false;                          ///< open the image (its backing files always are) read-only
+    std::optional<image_format> format;              ///< nullopt: probe the magic
     file_backend backend = file_backend::automatic;  ///< file implementation
-    bool direct = false;                 ///< O_DIRECT (cache=none)
+    bool direct = false;                             ///< O_DIRECT (cache=none)
     /// Most L2 tables kept in memory (a secondary cap: l2_cache_bytes
     /// usually decides for large tables).
     std::size_t l2_cache_size = 50;
@@ -101,40 +100,43 @@ struct open_options {
     bool character_device = false;
     file_opener opener;  ///< empty: open_file
     log_sink log;        ///< empty: diagnostics are dropped
+    /// Reports of events that are not failures (file_options::notice: an
+    /// NBD connection lost and re-established). Empty: they go to `log`.
+    log_sink notice;
 };
 
 /// What an image is (all from memory, no I/O).
 struct image_info {
-    std::string filename;                     ///< the name the image was opened by
-    image_format format = image_format::qed;  ///< qed or raw
-    std::uint64_t virtual_size = 0;           ///< guest size in bytes
-    std::uint64_t file_size = 0;  ///< bytes of the image file
-    bool read_only = false;       ///< opened read-only
-    std::string backend;          ///< file backend ("io_uring", "threads", "memory")
+    std::string filename;                           ///< the name the image was opened by
+    image_format format = image_format::qed;        ///< qed or raw
+    std::uint64_t virtual_size = 0;                 ///< guest size in bytes
+    std::uint64_t file_size = 0;                    ///< bytes of the image file
+    bool read_only = false;                         ///< opened read-only
+    std::string backend;                            ///< file backend ("io_uring", "threads", "memory")
     std::uint32_t request_alignment = sector_size;  ///< offsets and lengths must be multiples of this
     // QED only:
-    std::uint32_t cluster_size = 0;        ///< QED: bytes per cluster
-    std::uint32_t table_size = 0;          ///< QED: clusters per table
-    std::uint32_t header_size = 0;         ///< QED: header clusters
-    std::uint64_t l1_table_offset = 0;     ///< QED: byte offset of the L1 table
-    std::uint64_t features = 0;            ///< QED: feature bits
-    std::uint64_t compat_features = 0;     ///< QED: compatible feature bits
-    std::uint64_t autoclear_features = 0;  ///< QED: auto-clear feature bits
-    bool need_check = false;  ///< the NEED_CHECK bit as it is on disk now
-    std::string backing_file;       ///< as stored in the header
-    std::string backing_file_full;  ///< resolved against the image's directory
+    std::uint32_t cluster_size = 0;              ///< QED: bytes per cluster
+    std::uint32_t table_size = 0;                ///< QED: clusters per table
+    std::uint32_t header_size = 0;               ///< QED: header clusters
+    std::uint64_t l1_table_offset = 0;           ///< QED: byte offset of the L1 table
+    std::uint64_t features = 0;                  ///< QED: feature bits
+    std::uint64_t compat_features = 0;           ///< QED: compatible feature bits
+    std::uint64_t autoclear_features = 0;        ///< QED: auto-clear feature bits
+    bool need_check = false;                     ///< the NEED_CHECK bit as it is on disk now
+    std::string backing_file;                    ///< as stored in the header
+    std::string backing_file_full;               ///< resolved against the image's directory
     std::optional<image_format> backing_format;  ///< raw when the header says NO_PROBE; nullopt: probed
-    unsigned chain_depth = 0;  ///< backing files below this image that are open
+    unsigned chain_depth = 0;                    ///< backing files below this image that are open
 };
 
 /// One run of the guest address space with uniform allocation status.
 struct extent {
-    std::uint64_t offset = 0;  ///< guest offset
-    std::uint64_t length = 0;  ///< bytes
-    unsigned depth = 0;    ///< chain level that supplies the data (0 = this image)
-    bool present = false;  ///< allocated somewhere in the chain
-    bool zero = false;     ///< reads as zeros
-    bool data = false;     ///< backed by data in a file
+    std::uint64_t offset = 0;                  ///< guest offset
+    std::uint64_t length = 0;                  ///< bytes
+    unsigned depth = 0;                        ///< chain level that supplies the data (0 = this image)
+    bool present = false;                      ///< allocated somewhere in the chain
+    bool zero = false;                         ///< reads as zeros
+    bool data = false;                         ///< backed by data in a file
     std::optional<std::uint64_t> host_offset;  ///< offset in the file at `depth`
     /// Field-by-field equality.
     friend bool operator==(const extent&, const extent&) = default;
@@ -173,17 +175,17 @@ struct check_options {
 
 /// What async_check found and did.
 struct check_result {
-    std::uint64_t corruptions = 0;        ///< remaining after any repair
-    std::uint64_t leaks = 0;              ///< remaining after any repair
-    std::uint64_t check_errors = 0;       ///< I/O errors while checking
-    std::uint64_t corruptions_fixed = 0;  ///< corruptions repaired
-    std::uint64_t leaks_fixed = 0;        ///< leaked clusters freed
-    std::uint64_t total_clusters = 0;     ///< guest size in clusters
-    std::uint64_t allocated_clusters = 0; ///< data clusters in this image
-    std::uint64_t fragmented_clusters = 0; ///< data clusters not following their predecessor
-    std::uint64_t image_end_offset = 0;   ///< end of the last used cluster
-    bool need_check_cleared = false;      ///< repair cleared NEED_CHECK
-    std::vector<std::string> messages;    ///< one line per problem found
+    std::uint64_t corruptions = 0;          ///< remaining after any repair
+    std::uint64_t leaks = 0;                ///< remaining after any repair
+    std::uint64_t check_errors = 0;         ///< I/O errors while checking
+    std::uint64_t corruptions_fixed = 0;    ///< corruptions repaired
+    std::uint64_t leaks_fixed = 0;          ///< leaked clusters freed
+    std::uint64_t total_clusters = 0;       ///< guest size in clusters
+    std::uint64_t allocated_clusters = 0;   ///< data clusters in this image
+    std::uint64_t fragmented_clusters = 0;  ///< data clusters not following their predecessor
+    std::uint64_t image_end_offset = 0;     ///< end of the last used cluster
+    bool need_check_cleared = false;        ///< repair cleared NEED_CHECK
+    std::vector<std::string> messages;      ///< one line per problem found
 };
 
 /// Options of one write.
@@ -252,8 +254,7 @@ public:
     auto async_write_at(std::uint64_t offset, const ConstBufferSequence& buffers, Token&& token);
     /// As above, with per-write options (FUA). Signature: void(std::error_code, std::size_t bytes).
     template <class ConstBufferSequence, class Token>
-    auto async_write_at(std::uint64_t offset, const ConstBufferSequence& buffers, write_options options,
-                        Token&& token);
+    auto async_write_at(std::uint64_t offset, const ConstBufferSequence& buffers, write_options options, Token&& token);
 
     /// Make [offset, offset + length) read as zeros. Signature: void(boost::system::error_code).
     template <class Token>

@@ -6,6 +6,7 @@
 #include <boost/asio/post.hpp>
 #include <cctype>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <qed/blkdebug.hpp>
 #include <vector>
@@ -159,6 +160,31 @@ public:
         dev_->close(std::move(handler));
     }
 
+    // The image's own block status (of its whole chain): allocated data is
+    // data; zero clusters and unallocated ranges read as zeros. Past the
+    // end: zeros. Misaligned ranges (never asked by the formats here) are
+    // data, as the default says.
+    void async_block_status(std::uint64_t offset, std::uint64_t length, file_status_handler handler) override {
+        const std::uint64_t size = dev_->size();
+        if (offset >= size) {
+            std::vector<file_extent> runs{{std::max<std::uint64_t>(length, 1), false, true}};
+            return boost::asio::post(get_executor(), [h = std::move(handler), runs = std::move(runs)]() mutable {
+                std::move(h)(boost::system::error_code{}, std::move(runs));
+            });
+        }
+        const std::uint64_t n = std::min(length, size - offset);
+        if (offset % sector_size || n % sector_size)
+            return block_file::async_block_status(offset, length, std::move(handler));
+        dev_->block_status(offset, n, 0,
+                           [h = std::move(handler)](boost::system::error_code ec, std::vector<extent> extents) mutable {
+                               std::vector<file_extent> runs;
+                               if (!ec)
+                                   for (const auto& e : extents)
+                                       runs.push_back({e.length, e.data, e.zero || !e.present});
+                               std::move(h)(ec, std::move(runs));
+                           });
+    }
+
     std::uint64_t size(std::error_code& ec) const override {
         ec.clear();
         return dev_->size();
@@ -211,7 +237,8 @@ bool only_keys(const child_request& r, std::string_view driver, std::initializer
     return true;
 }
 
-file_result open_path(const child_request& r, const std::string& path, bool character_device) {
+file_result open_path(const child_request& r, const std::string& path, bool character_device,
+                      const std::function<void(file_options&)>& adjust = {}) {
     file_options fo;
     fo.read_only = r.open.read_only;
     fo.direct = r.open.direct;
@@ -226,6 +253,8 @@ file_result open_path(const child_request& r, const std::string& path, bool char
     };
     const std::string lock = get(r.options, "locking");
     if (lock == "on" || lock == "off") fo.locking = lock == "on" ? lock_mode::on : lock_mode::off;
+    fo.notice = r.open.notice;
+    if (adjust) adjust(fo);
     std::error_code ec;
     auto opener = r.open.opener ? r.open.opener : default_opener(r.ex);
     auto f = opener(path, fo, ec);
@@ -260,13 +289,35 @@ boost::asio::awaitable<file_result> host_cdrom_driver(child_request r) {
     co_return co_await protocol_driver(std::move(r), "host_cdrom");
 }
 
+/// A number of seconds (QEMU's uint32 options of the nbd driver).
+std::optional<unsigned> seconds_option(const std::string& v) {
+    if (v.empty() || v.size() > 10 || v.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+    const unsigned long long n = std::stoull(v);
+    if (n > 0xffffffffull) return std::nullopt;
+    return static_cast<unsigned>(n);
+}
+
 /// driver=nbd: server.type=unix with server.path, or server.type=inet with
 /// server.host and server.port (10809 by default); export. Opened as the
-/// NBD URI they spell.
+/// NBD URI they spell. reconnect-delay and open-timeout (seconds) are
+/// QEMU's: how long requests wait for a new connection when the server is
+/// lost, and how long a failing open keeps trying.
 boost::asio::awaitable<file_result> nbd_driver(child_request r) {
     std::string bad;
-    if (!only_keys(r, "nbd", {"driver", "server.type", "server.path", "server.host", "server.port", "export"}, bad))
+    if (!only_keys(r, "nbd",
+                   {"driver", "server.type", "server.path", "server.host", "server.port", "export", "reconnect-delay",
+                    "open-timeout"},
+                   bad))
         co_return refuse(r.open, bad, errc::invalid_argument);
+    unsigned reconnect_delay = 0;
+    unsigned open_timeout = 0;
+    for (const auto& [key, value] : {std::pair<const char*, unsigned*>{"reconnect-delay", &reconnect_delay},
+                                     std::pair<const char*, unsigned*>{"open-timeout", &open_timeout}}) {
+        if (!r.options.count(key)) continue;
+        const auto n = seconds_option(get(r.options, key));
+        if (!n) co_return refuse(r.open, std::string("Parameter '") + key + "' expects uint32", errc::invalid_argument);
+        *value = *n;
+    }
     const std::string type = get(r.options, "server.type");
     const std::string exp = get(r.options, "export");
     std::string uri;
@@ -286,7 +337,10 @@ boost::asio::awaitable<file_result> nbd_driver(child_request r) {
                                       : "Parameter 'server.type' does not accept value '" + type + "'",
                          errc::invalid_argument);
     }
-    co_return open_path(r, uri, false);
+    co_return open_path(r, uri, false, [reconnect_delay, open_timeout](file_options& fo) {
+        fo.reconnect_delay = reconnect_delay;
+        fo.open_timeout = open_timeout;
+    });
 }
 
 /// Open a child node by its "driver" (the table below).

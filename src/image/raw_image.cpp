@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "image/raw_image.hpp"
 
-#include "table/table.hpp"
-
 #include <algorithm>
+
+#include "table/table.hpp"
 
 namespace qed::detail {
 
@@ -44,12 +44,14 @@ std::error_code raw_image::check_io(std::uint64_t offset, std::uint64_t length, 
 }
 
 void raw_image::read(std::uint64_t offset, mutable_buffers buffers, io_handler handler) {
-    if (auto ec = check_io(offset, total_size(buffers), false)) return complete_later(std::move(handler), ec, std::size_t{0});
+    if (auto ec = check_io(offset, total_size(buffers), false))
+        return complete_later(std::move(handler), ec, std::size_t{0});
     auto self = shared_from_this();
     file_->debug_event(blkdbg_event::read_aio);
-    file_->async_read_at(offset, buffers, [this, self, h = std::move(handler)](std::error_code ec, std::size_t n) mutable {
-        complete(std::move(h), ec, ec ? std::size_t{0} : n);
-    });
+    file_->async_read_at(offset, buffers,
+                         [this, self, h = std::move(handler)](std::error_code ec, std::size_t n) mutable {
+                             complete(std::move(h), ec, ec ? std::size_t{0} : n);
+                         });
 }
 
 void raw_image::write(std::uint64_t offset, const_buffers buffers, write_options options, io_handler handler) {
@@ -63,8 +65,10 @@ void raw_image::write(std::uint64_t offset, const_buffers buffers, write_options
     };
     file_->debug_event(blkdbg_event::write_aio);
     // FUA goes to the file: an NBD export gets the flag on the write itself.
-    if (options.fua) file_->async_write_fua_at(offset, buffers, std::move(done));
-    else file_->async_write_at(offset, buffers, std::move(done));
+    if (options.fua)
+        file_->async_write_fua_at(offset, buffers, std::move(done));
+    else
+        file_->async_write_at(offset, buffers, std::move(done));
 }
 
 void raw_image::write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options, op_handler handler) {
@@ -74,13 +78,16 @@ void raw_image::write_zeroes(std::uint64_t offset, std::uint64_t length, zero_op
     // May unmap: punch a hole (the file keeps its size); write zeros where
     // holes aren't supported.
     auto self = shared_from_this();
-    file_->async_punch_hole(offset, length, [this, self, offset, length, fua = options.fua,
-                                             h = std::move(handler)](std::error_code ec) mutable {
-        if (ec == make_error_code(errc::not_supported)) return zero_step(offset, offset + length, fua, std::move(h));
-        if (ec || !fua) return complete(std::move(h), ec);
-        if (!file_) return complete(std::move(h), make_error_code(errc::closed));  // closed while in flight
-        file_->async_flush([this, self, h = std::move(h)](std::error_code fec) mutable { complete(std::move(h), fec); });
-    });
+    file_->async_punch_hole(
+        offset, length,
+        [this, self, offset, length, fua = options.fua, h = std::move(handler)](std::error_code ec) mutable {
+            if (ec == make_error_code(errc::not_supported))
+                return zero_step(offset, offset + length, fua, std::move(h));
+            if (ec || !fua) return complete(std::move(h), ec);
+            if (!file_) return complete(std::move(h), make_error_code(errc::closed));  // closed while in flight
+            file_->async_flush(
+                [this, self, h = std::move(h)](std::error_code fec) mutable { complete(std::move(h), fec); });
+        });
 }
 
 // A raw file has no clusters: the whole range is punched. It changes data
@@ -108,57 +115,71 @@ void raw_image::zero_step(std::uint64_t offset, std::uint64_t end, bool fua, op_
         left -= k;
     }
     auto self = shared_from_this();
-    file_->async_write_at(offset, bufs, [this, self, offset, n, end, fua, h = std::move(handler)](std::error_code ec,
-                                                                                                 std::size_t) mutable {
-        if (ec) return complete(std::move(h), ec);
-        if (offset + n < end) return zero_step(offset + n, end, fua, std::move(h));
-        if (!fua) return complete(std::move(h), std::error_code{});
-        if (!file_) return complete(std::move(h), make_error_code(errc::closed));  // closed while in flight
-        file_->async_flush([this, self, h = std::move(h)](std::error_code fec) mutable { complete(std::move(h), fec); });
-    });
+    file_->async_write_at(
+        offset, bufs,
+        [this, self, offset, n, end, fua, h = std::move(handler)](std::error_code ec, std::size_t) mutable {
+            if (ec) return complete(std::move(h), ec);
+            if (offset + n < end) return zero_step(offset + n, end, fua, std::move(h));
+            if (!fua) return complete(std::move(h), std::error_code{});
+            if (!file_) return complete(std::move(h), make_error_code(errc::closed));  // closed while in flight
+            file_->async_flush(
+                [this, self, h = std::move(h)](std::error_code fec) mutable { complete(std::move(h), fec); });
+        });
 }
 
 void raw_image::flush(op_handler handler) {
     if (closed_) return complete_later(std::move(handler), make_error_code(errc::closed));
     auto self = shared_from_this();
-    file_->async_flush([this, self, h = std::move(handler)](std::error_code ec) mutable { complete(std::move(h), ec); });
+    file_->async_flush(
+        [this, self, h = std::move(handler)](std::error_code ec) mutable { complete(std::move(h), ec); });
 }
 
 void raw_image::block_status(std::uint64_t offset, std::uint64_t length, unsigned depth, status_handler handler) {
     if (auto ec = check_io(offset, length, false)) return complete_later(std::move(handler), ec, std::vector<extent>{});
-    // Every byte of a raw file is "present"; holes read as zeros.
-    std::vector<extent> out;
-    std::uint64_t pos = offset;
-    const std::uint64_t end = offset + length;
-    while (pos < end) {
-        bool data = true;
-        std::uint64_t run = end - pos;
-        if (auto ec = file_->allocation(pos, end - pos, data, run)) {
-            data = true;
-            run = end - pos;
-        }
-        run = std::max<std::uint64_t>(std::min(run, end - pos), 1);
-        // Extents are whole sectors, as requests are: a file whose size is
-        // not a multiple of 512 ends in a partial data sector (the rest of it
-        // reads as zeros), which counts as data. A hole ending inside a
-        // sector (never seen on a real filesystem) gives the sector to data.
-        if (const std::uint64_t stop = pos + run; stop % sector_size && stop < end) {
-            const std::uint64_t down = stop / sector_size * sector_size;
-            if (!data && down > pos) {
-                run = down - pos;
-            } else {
-                data = true;
-                run = std::min(end, down + sector_size) - pos;
-            }
-        }
-        extent e{pos, run, depth, true, !data, data, pos};
-        if (!out.empty() && out.back().data == e.data && out.back().offset + out.back().length == pos)
-            out.back().length += run;
-        else
-            out.push_back(e);
-        pos += run;
-    }
-    complete_later(std::move(handler), std::error_code{}, std::move(out));
+    status_step(offset, offset + length, depth, std::make_shared<std::vector<extent>>(), std::move(handler));
+}
+
+// Every byte of a raw file is "present"; what the file says of a range
+// (holes, zeros, or a failure: blkdebug's block-status rules, an image
+// below) is its status. The file answers a first part at a time.
+void raw_image::status_step(std::uint64_t pos, std::uint64_t end, unsigned depth,
+                            std::shared_ptr<std::vector<extent>> out, status_handler handler) {
+    if (pos >= end) return complete(std::move(handler), std::error_code{}, std::move(*out));
+    if (!file_) return complete(std::move(handler), make_error_code(errc::closed), std::vector<extent>{});
+    auto self = shared_from_this();
+    file_->async_block_status(pos, end - pos,
+                              [this, self, pos, end, depth, out, h = std::move(handler)](
+                                  std::error_code ec, std::vector<file_extent> runs) mutable {
+                                  if (ec) return complete(std::move(h), ec, std::vector<extent>{});
+                                  if (runs.empty()) runs.push_back({end - pos, true, false});  // nothing said: data
+                                  std::uint64_t at = pos;
+                                  for (const auto& r : runs) {
+                                      if (at >= end) break;
+                                      bool data = r.data;
+                                      bool zero = r.zero;
+                                      std::uint64_t run = std::max<std::uint64_t>(std::min(r.length, end - at), 1);
+                                      // Extents are whole sectors, as requests are: a file whose
+                                      // size is not a multiple of 512 ends in a partial data
+                                      // sector (the rest of it reads as zeros), which counts as
+                                      // data. A hole ending inside a sector (never seen on a real
+                                      // filesystem) gives the sector to data.
+                                      if (const std::uint64_t stop = at + run; stop % sector_size && stop < end) {
+                                          const std::uint64_t down = stop / sector_size * sector_size;
+                                          if (!data && down > at) {
+                                              run = down - at;
+                                          } else {
+                                              data = true;
+                                              zero = false;
+                                              run = std::min(end, down + sector_size) - at;
+                                          }
+                                      }
+                                      append_extent(*out, extent{at, run, depth, true, zero, data, at});
+                                      at += run;
+                                      // A run rounded up past the next one: ask again from here.
+                                      if (run != std::min(r.length, end - (at - run))) break;
+                                  }
+                                  status_step(at, end, depth, out, std::move(h));
+                              });
 }
 
 void raw_image::grow(std::uint64_t new_size, op_handler handler) {

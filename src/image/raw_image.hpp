@@ -20,18 +20,18 @@ public:
     bool is_open() const noexcept override { return !closed_; }
     void read(std::uint64_t offset, mutable_buffers buffers, io_handler handler) override;
     void write(std::uint64_t offset, const_buffers buffers, write_options options, io_handler handler) override;
-    void write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options,
-                      op_handler handler) override;
+    void write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options, op_handler handler) override;
     void discard(std::uint64_t offset, std::uint64_t length, op_handler handler) override;
     void flush(op_handler handler) override;
-    void block_status(std::uint64_t offset, std::uint64_t length, unsigned depth,
-                      status_handler handler) override;
+    void block_status(std::uint64_t offset, std::uint64_t length, unsigned depth, status_handler handler) override;
     void grow(std::uint64_t new_size, op_handler handler) override;
     void close(op_handler handler) override;
 
 private:
     std::error_code check_io(std::uint64_t offset, std::uint64_t length, bool writing) const;
     void zero_step(std::uint64_t offset, std::uint64_t end, bool fua, op_handler handler);
+    void status_step(std::uint64_t pos, std::uint64_t end, unsigned depth, std::shared_ptr<std::vector<extent>> out,
+                     status_handler handler);
 
     std::shared_ptr<block_file> file_;
     std::string filename_;

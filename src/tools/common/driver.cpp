@@ -52,16 +52,22 @@ std::vector<std::string> log_collector::lines() const {
 const char* qemu_header_refusal(std::error_code ec) {
     if (ec.category() != qed::category()) return nullptr;
     switch (static_cast<errc>(ec.value())) {
-        case errc::bad_magic: return "Image not in QED format";
-        case errc::invalid_cluster_size: return "QED cluster size is invalid";
-        case errc::invalid_table_size: return "QED table size is invalid";
+        case errc::bad_magic:
+            return "Image not in QED format";
+        case errc::invalid_cluster_size:
+            return "QED cluster size is invalid";
+        case errc::invalid_table_size:
+            return "QED table size is invalid";
         // qemu finds a header too large for the file through the L1 offset.
         case errc::invalid_header_size:
         case errc::invalid_l1_offset:
-        case errc::l1_table_past_eof: return "QED table offset is invalid";
+        case errc::l1_table_past_eof:
+            return "QED table offset is invalid";
         case errc::image_size_unaligned:
-        case errc::image_too_large: return "QED image size is invalid";
-        default: return nullptr;
+        case errc::image_too_large:
+            return "QED image size is invalid";
+        default:
+            return nullptr;
     }
 }
 
@@ -73,6 +79,10 @@ std::string describe(const std::string& path, std::error_code ec) {
 open_result open_image(driver& d, const std::string& path, open_options options) {
     log_collector logs;
     options.log = logs.sink();
+    // As qemu-img and qemu-io, nothing is said of an NBD connection that was
+    // lost and re-established within reconnect-delay (requests that fail
+    // after it say so in `log`).
+    options.notice = [](std::string_view) {};
     auto r = await<std::error_code, image>(
         d, [&](auto h) { image::async_open(d.executor(), path, std::move(options), std::move(h)); });
     open_result out;
@@ -88,8 +98,8 @@ open_result open_image(driver& d, const std::string& path, open_options options)
         // A header the image's own open refused: qemu's words, which scripts
         // match (the library's detail goes to programs that log everything).
         const std::string own = path + ": ";
-        const bool about_top = out.error.rfind(own, 0) == 0 &&
-                               out.error.compare(own.size(), 27, "Could not open backing file") != 0;
+        const bool about_top =
+            out.error.rfind(own, 0) == 0 && out.error.compare(own.size(), 27, "Could not open backing file") != 0;
         // qemu says "QED header size is too large" where the header area
         // passes the format's limit (the library's line starts with it), and
         // "QED table offset is invalid" where it only overruns the file.

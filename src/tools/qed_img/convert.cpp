@@ -2,11 +2,13 @@
 // qed-img convert: copy an image into a new (or, with -n, existing) one,
 // raw <-> qed or qed -> qed. The backing chain is flattened unless -B names
 // a backing file for the copy; zero runs stay sparse.
+#include <algorithm>
 #include <cstdio>
+#include <functional>
 
 #include "common/driver.hpp"
-#include "common/image_opts.hpp"
 #include "common/files.hpp"
+#include "common/image_opts.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/copy_engine.hpp"
 #include "qed_img/options.hpp"
@@ -55,36 +57,58 @@ int target_options(const std::string& dst, target_settings& t, const std::vector
     return -1;
 }
 
+/// Requests are at most this long, as QEMU's (BDRV_REQUEST_MAX_BYTES).
+constexpr std::uint64_t max_request = (std::uint64_t{1} << 31) - sector_size;
+
+/// Block status of [offset, offset + length) as qemu-img convert --salvage
+/// asks it: a query that fails is asked again on a quarter of the range,
+/// down to one sector, whose status is then "data" after one warning (in
+/// QEMU's words), so it is read (and its read salvaged) like any data.
+std::error_code salvage_status(driver& d, image& img, std::uint64_t offset, std::uint64_t length,
+                               const std::function<void(const std::string&)>& warn, std::vector<extent>& out) {
+    const std::uint64_t end = offset + length;
+    for (std::uint64_t pos = offset; pos < end;) {
+        std::uint64_t n = std::min(end - pos, max_request);
+        for (;;) {
+            std::vector<extent> part;
+            const std::error_code ec = block_status(d, img, pos, n, part);
+            if (!ec) {
+                for (const auto& e : part) append_extent(out, e);
+                pos += n;
+                break;
+            }
+            if (ec == never_completed()) return ec;
+            if (n <= sector_size) {
+                warn("error while reading block status at offset " + std::to_string(pos) + ": " + ec.message());
+                append_extent(out, extent{pos, n, 0, true, false, true, std::nullopt});
+                pos += n;
+                break;
+            }
+            n = (n / sector_size + 3) / 4 * sector_size;  // a quarter, in whole sectors
+        }
+    }
+    return {};
+}
+
 }  // namespace
 
 int run_convert(const words& words) {
-    auto args = parse("convert", words,
-                      {{'f', "", true},
-                       {'O', "", true},
-                       {'o', "", true},
-                       {'B', "", true},
-                       {'F', "", true},
-                       {'n', "", false},
-                       {'p', "", false},
-                       {'q', "", false},
-                       {'t', "", true},
-                       {'T', "", true},
-                       {'m', "", true},
-                       {'W', "", false},
-                       {'S', "", true},
-                       {'U', "force-share", false},
-                       {'c', "", false},
-                       {'C', "", false},
-                       {'l', "", true},
-                       {0, "target-is-zero", false},
-                       {0, "salvage", false},
-                       {0, "object", true},
-                       {0, "image-opts", false},
-                       {0, "target-image-opts", false}});
+    auto args = parse("convert", words, {{'f', "", true},          {'O', "", true},
+                                         {'o', "", true},          {'B', "", true},
+                                         {'F', "", true},          {'n', "", false},
+                                         {'p', "", false},         {'q', "", false},
+                                         {'t', "", true},          {'T', "", true},
+                                         {'m', "", true},          {'W', "", false},
+                                         {'S', "", true},          {'U', "force-share", false},
+                                         {'c', "", false},         {'C', "", false},
+                                         {'l', "", true},          {0, "target-is-zero", false},
+                                         {0, "salvage", false},    {0, "object", true},
+                                         {0, "image-opts", false}, {0, "target-image-opts", false}});
     if (!args) return 1;
     if (args->has("target-image-opts")) return fail("convert: --target-image-opts is not supported");
     // Every word but the last (the target) names a source image.
-    if (std::string why; !apply_image_options(*args, args->positional.empty() ? 0 : args->positional.size() - 1, "f", why))
+    if (std::string why;
+        !apply_image_options(*args, args->positional.empty() ? 0 : args->positional.size() - 1, "f", why))
         return fail(why);
     if (args->has("c")) return fail("convert: compression (-c) is not supported by QED or raw images");
     if (args->has("l")) return fail("convert: snapshots (-l) are not supported by QED or raw images");
@@ -204,9 +228,15 @@ int run_convert(const words& words) {
     const image_info ti = target.info();
     if (ti.virtual_size < size) return abandon("output file is smaller than input file (" + dst_path + ")", &target);
 
-    // What the target must receive, range by range.
+    // What the target must receive, range by range. With --salvage, a
+    // range whose status can't be read is data (one warning per sector).
+    const bool salvage = args->has("salvage");
+    auto warn = [quiet](const std::string& line) {
+        if (!quiet) report("warning: " + line);
+    };
     std::vector<extent> extents;
-    if (auto ec = block_status(d, src.img, 0, size, extents))
+    if (auto ec =
+            salvage ? salvage_status(d, src.img, 0, size, warn, extents) : block_status(d, src.img, 0, size, extents))
         return abandon(src_path + ": could not read the allocation status: " + ec.message(), &target);
     const bool has_backing = !t.backing.empty();
     bool same_backing = false;
@@ -216,28 +246,31 @@ int run_convert(const words& words) {
                        identity_of(si.backing_file_full) == identity_of(resolve_backing(dst_path, t.backing));
     }
     const bool reads_zeros = !existing ? !has_backing : args->has("target-is-zero");
-    std::vector<segment> segments;
-    for (const auto& e : extents) {
-        segment::action a;
-        if (has_backing && !(e.depth == 0 && e.present)) {
-            // Below the source's top: the new backing file supplies it when
-            // it is the source's own backing file; else bring it up to date.
-            if (same_backing) continue;
-            a = segment::action::update;
-        } else if (e.data) {
-            a = segment::action::copy;
-        } else if (sparse == 0) {
-            a = segment::action::copy;  // -S 0: everything written as data
-        } else {
-            if (reads_zeros) continue;
-            a = segment::action::zero;
+    auto to_segments = [&](const std::vector<extent>& status) {
+        std::vector<segment> segments;
+        for (const auto& e : status) {
+            segment::action a;
+            if (has_backing && !(e.depth == 0 && e.present)) {
+                // Below the source's top: the new backing file supplies it when
+                // it is the source's own backing file; else bring it up to date.
+                if (same_backing) continue;
+                a = segment::action::update;
+            } else if (e.data) {
+                a = segment::action::copy;
+            } else if (sparse == 0) {
+                a = segment::action::copy;  // -S 0: everything written as data
+            } else {
+                if (reads_zeros) continue;
+                a = segment::action::zero;
+            }
+            if (!segments.empty() && segments.back().what == a &&
+                segments.back().offset + segments.back().length == e.offset)
+                segments.back().length += e.length;
+            else
+                segments.push_back({e.offset, e.length, a});
         }
-        if (!segments.empty() && segments.back().what == a &&
-            segments.back().offset + segments.back().length == e.offset)
-            segments.back().length += e.length;
-        else
-            segments.push_back({e.offset, e.length, a});
-    }
+        return segments;
+    };
 
     copy_plan plan;
     plan.source = src.img;
@@ -245,8 +278,8 @@ int run_convert(const words& words) {
     plan.reference = target;  // update: compare with what the target reads now (its backing)
     plan.reference_size = size;
     plan.target_reads_zeros = reads_zeros;
-    plan.salvage = args->has("salvage");
-    plan.warn = [](const std::string& line) { report("warning: " + line); };
+    plan.salvage = salvage;
+    plan.warn = warn;
     plan.detect_zeroes = sparse != 0;
     plan.zero_block = sparse ? sparse : 4096;
     size_cells(plan, ti.format == image_format::qed ? ti.cluster_size : 0, requests);
@@ -255,8 +288,25 @@ int run_convert(const words& words) {
     plan.progress = [&meter](std::uint64_t done, std::uint64_t total) {
         meter.update(total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0);
     };
-    if (auto ec = run_copy(d, plan, segments))
-        return abandon(copy_failure(plan, ec, src_path, dst_path, dst_path), &target);
+    if (!salvage) {
+        if (auto ec = run_copy(d, plan, to_segments(extents)))
+            return abandon(copy_failure(plan, ec, src_path, dst_path, dst_path), &target);
+    } else {
+        // As qemu-img: the status was asked for the whole image above; the
+        // copy asks it again, range by range, just before it reads, one
+        // range at a time, so each warning comes where the copy meets it.
+        plan.depth = 1;
+        plan.progress = nullptr;
+        for (std::uint64_t at = 0; at < size; at += plan.cell_size) {
+            const std::uint64_t n = std::min(plan.cell_size, size - at);
+            std::vector<extent> here;
+            if (auto ec = salvage_status(d, src.img, at, n, warn, here))
+                return abandon(src_path + ": could not read the allocation status: " + ec.message(), &target);
+            if (auto ec = run_copy(d, plan, to_segments(here)))
+                return abandon(copy_failure(plan, ec, src_path, dst_path, dst_path), &target);
+            meter.update(100.0 * static_cast<double>(at + n) / static_cast<double>(size));
+        }
+    }
     if (auto ec = flush(d, target)) return abandon(describe(dst_path, ec), &target);
     if (auto ec = close_image(d, target)) return abandon(describe(dst_path, ec), nullptr);
     close_image(d, src.img);
