@@ -36,7 +36,8 @@ std::optional<node_options> parse_json_options(std::string_view name, std::strin
 std::optional<node_options> parse_dotted_options(std::string_view text, std::string& error);
 
 /// The json: name of `options`: nested objects, keys in sorted order, with
-/// QEMU's spacing ({"driver": "qed", "file": {...}}).
+/// QEMU's spacing ({"driver": "qed", "file": {...}}); an object whose keys
+/// are 0..n-1 is written as a list, as QEMU writes a quorum's "children".
 std::string json_name(const node_options& options);
 
 /// The options below `prefix` ("file" gives file.driver as driver).
