@@ -454,4 +454,99 @@ BOOST_AUTO_TEST_CASE(json_names_image_opts_and_nested_formats_read_as_in_qemu_io
     BOOST_CHECK(one.out.find("Pattern verification failed") != std::string::npos);
 }
 
+// quorum nodes (iotest 110's driver): three raw copies of which one differs
+// in its second 64 KiB and one fails nothing. qemu-io and qed-io read the
+// same data by the same json: names at vote-threshold 1, 2 and 3, with
+// read-pattern=fifo, and over a qed image; they fail alike where no
+// version has enough copies, and write to every child; bad options are
+// refused in one line.
+BOOST_AUTO_TEST_CASE(quorum_json_nodes_read_as_in_qemu_io) {
+    scratch s;
+    for (const char* f : {"a", "b", "c"}) {
+        s.must_qemu_img({"create", "-q", "-f", "raw", f, "1M"});
+        s.must_qemu_io(f, {"write -P 0x11 0 128k"}, "raw");
+    }
+    s.must_qemu_io("c", {"write -P 0x22 64k 64k"}, "raw");
+    auto node = [&](const std::string& options, const std::string& prefix) {
+        std::string children;
+        for (const char* f : {"a", "b", "c"})
+            children += std::string(children.empty() ? "" : ", ") + "{'driver': 'file', 'filename': '" +
+                        s.path(prefix + f) + "'}";
+        return "json:{'driver': 'raw', 'file': {'driver': 'quorum', " + options + "'children': [" + children + "]}}";
+    };
+    const std::vector<std::string> reads = {"read -P 0x11 0 64k", "read -v 65530 12", "read -P 0x11 64k 64k",
+                                            "read -P 0 128k 4k"};
+    for (const std::string& options :
+         {std::string("'vote-threshold': 1, "), std::string("'vote-threshold': 2, "),
+          std::string("'vote-threshold': 3, "), std::string("'vote-threshold': 1, 'read-pattern': 'fifo', "),
+          std::string("'vote-threshold': 2, 'read-pattern': 'quorum', 'blkverify': false, ")}) {
+        const result theirs = s.qemu_io(with_commands({"-r"}, reads, node(options, "")));
+        const result ours = s.io(with_commands({"-r"}, reads, node(options, "")));
+        BOOST_CHECK_EQUAL(ours.status, theirs.status);
+        BOOST_CHECK_EQUAL(ours.out_without_timing(), theirs.out_without_timing());
+    }
+    // Threshold 3 fails the second 64 KiB, with one line saying why.
+    const result strict = s.io(with_commands({"-r"}, {"read 64k 64k"}, node("'vote-threshold': 3, ", "")));
+    BOOST_CHECK_MESSAGE(strict.status == 1 && strict.out == "read failed: Input/output error\n", strict);
+    BOOST_CHECK_MESSAGE(strict.err_lines().size() == 1 &&
+                            strict.err.find("no version of the data has vote-threshold 3") != std::string::npos,
+                        strict);
+    // Writes reach every child: afterwards the copies agree, for either tool.
+    for (const char* f : {"a", "b", "c"}) {
+        s.copy(f, std::string("q") + f);
+        s.copy(f, std::string("o") + f);
+    }
+    const std::vector<std::string> writes = {"write -P 0x33 60k 8k", "read -P 0x33 60k 8k", "flush"};
+    const result theirs = s.qemu_io(with_commands({}, writes, node("'vote-threshold': 3, ", "q")));
+    const result ours = s.io(with_commands({}, writes, node("'vote-threshold': 3, ", "o")));
+    BOOST_CHECK_EQUAL(ours.status, theirs.status);
+    BOOST_CHECK_EQUAL(ours.out_without_timing(), theirs.out_without_timing());
+    for (const char* f : {"a", "b", "c"})
+        BOOST_CHECK_MESSAGE(s.read_file(std::string("o") + f) == s.read_file(std::string("q") + f), f);
+    // rewrite-corrupted puts the majority's data back into c (read-write only).
+    const result fix =
+        s.io(with_commands({}, {"read -P 0x11 0 128k"}, node("'vote-threshold': 2, 'rewrite-corrupted': true, ", "")));
+    BOOST_CHECK_MESSAGE(fix.status == 0, fix);
+    BOOST_CHECK(s.read_file("c") == s.read_file("a"));
+    // A qed image on two copies: qemu-img and qed-img report it alike.
+    s.copy("a", "base");
+    s.must_qemu_img({"create", "-q", "-f", "qed", "-b", "base", "-F", "raw", "top", "1M"});
+    s.copy("top", "top2");
+    const std::string top =
+        "json:{'driver': 'qed', 'file': {'driver': 'quorum', 'vote-threshold': 2, 'children': "
+        "[{'driver': 'file', 'filename': '" +
+        s.path("top") + "'}, {'driver': 'file', 'filename': '" + s.path("top2") + "'}]}}";
+    auto backing_line = [](const result& r) {
+        for (const auto& l : r.out_lines())
+            if (l.rfind("backing file:", 0) == 0) return l;
+        return std::string("(none)");
+    };
+    const result qinfo = s.qemu_img({"info", top});
+    const result oinfo = s.img({"info", top});
+    BOOST_CHECK_EQUAL(oinfo.status, 0);
+    BOOST_CHECK_EQUAL(backing_line(oinfo), "backing file: base (cannot determine actual path)");
+    BOOST_CHECK_EQUAL(backing_line(oinfo), backing_line(qinfo));
+    const result qread = s.qemu_io({"-c", "read 0 4k", top});
+    const result oread = s.io({"-c", "read 0 4k", top});
+    BOOST_CHECK_EQUAL(oread.status, qread.status);
+    BOOST_CHECK_MESSAGE(oread.err.find(": Cannot generate a base directory for quorum nodes\n") != std::string::npos,
+                        oread);
+    // Refused in one line each, as QEMU refuses them.
+    for (const auto& [options, why] : std::vector<std::pair<std::string, std::string>>{
+             {"", "Parameter 'vote-threshold' expects a value >= 1"},
+             {"'vote-threshold': 4, ", "threshold may not exceed children count"},
+             {"'vote-threshold': 1, 'read-pattern': 'random', ", "Please set read-pattern as fifo or quorum"},
+             {"'vote-threshold': 1, 'bogus': 1, ", "Block format 'quorum' does not support the option 'bogus'"}}) {
+        const result q = s.qemu_io(with_commands({"-r"}, {"read 0 4k"}, node(options, "")));
+        const result o = s.io(with_commands({"-r"}, {"read 0 4k"}, node(options, "")));
+        BOOST_CHECK_EQUAL(o.status, 1);
+        BOOST_CHECK_EQUAL(q.status, 1);
+        BOOST_CHECK_MESSAGE(o.err_lines().size() == 1 && o.err.find(": " + why + "\n") != std::string::npos, o);
+        BOOST_CHECK_MESSAGE(q.err.find(": " + why + "\n") != std::string::npos, q);
+    }
+    s.resize("c", 2 << 20);
+    const result sizes = s.io(with_commands({"-r"}, {"read 0 4k"}, node("'vote-threshold': 1, ", "")));
+    BOOST_CHECK_MESSAGE(sizes.status == 1 && sizes.err.find("children differ in size") != std::string::npos, sizes);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

@@ -136,6 +136,11 @@ boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vec
     }
 
     if (header_.has(feature_backing_file) && options_.open_backing) {
+        if (backing_full_.empty()) {  // a relative name, and the image's node has no directory (a quorum)
+            std::string why;
+            resolve_backing_path(filename_, backing_name_, &why);
+            co_return fail(errc::bad_backing_name, why);
+        }
         if (is_remote_name(filename_) && backing_full_.front() != '/' && !is_remote_name(backing_full_) &&
             !is_json_name(backing_full_))
             co_return fail(errc::bad_backing_name, "relative backing file name " + backing_name_ +
