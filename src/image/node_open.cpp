@@ -8,6 +8,7 @@
 #include <cstring>
 #include <map>
 #include <qed/blkdebug.hpp>
+#include <qed/throttle.hpp>
 #include <vector>
 
 #include "block_file/quorum_file.hpp"
@@ -482,6 +483,35 @@ boost::asio::awaitable<file_result> quorum_driver(child_request r) {
     co_return file_result(std::error_code{}, std::move(q));
 }
 
+/// driver=throttle: QEMU's throttle filter over its "file" node, a member
+/// of the throttle group its "throttle-group" names (one of
+/// open_options::throttle_groups, QEMU's throttle-group objects).
+boost::asio::awaitable<file_result> throttle_driver(child_request r) {
+    auto bad = [&](const std::string& line) { return refuse(r, line, errc::invalid_argument); };
+    std::optional<std::string> group_name;
+    for (const auto& [k, v] : r.options) {
+        if (k == "driver" || k.compare(0, 5, "file.") == 0) continue;
+        if (k == "throttle-group") {
+            group_name = v;
+        } else if (k == "file") {
+            co_return bad("option 'file' names a node by reference (not supported: give its options as file.*)");
+        } else {
+            co_return bad("Block format 'throttle' does not support the option '" + k + "'");
+        }
+    }
+    node_options file = sub_options(r.options, "file");
+    if (file.empty()) co_return bad("A block device must be specified for \"file\"");
+    if (!group_name) co_return bad("Please specify a throttle group");
+    std::shared_ptr<throttle_group> group;
+    for (const auto& g : r.open.throttle_groups)
+        if (g && g->name() == *group_name) group = g;
+    if (!group) co_return bad("Throttle group '" + *group_name + "' does not exist");
+    child_request below{r.ex, std::move(file), r.open, r.depth, r.chain, r.node};
+    auto [ec, inner] = co_await open_child(std::move(below));
+    if (ec) co_return file_result(ec, nullptr);
+    co_return file_result(std::error_code{}, make_throttle_file(std::move(inner), std::move(group)));
+}
+
 /// driver=qed / driver=raw below another format: the image is the file.
 boost::asio::awaitable<file_result> nested_format_driver(child_request r) {
     open_options inner = r.open;
@@ -509,6 +539,7 @@ const driver_entry child_drivers[] = {
     {"null-co", null_driver},
     {"null-aio", null_driver},
     {"quorum", quorum_driver},
+    {"throttle", throttle_driver},
     {"qed", nested_format_driver},
     {"raw", nested_format_driver},
 };
