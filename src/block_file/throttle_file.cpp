@@ -54,6 +54,10 @@ std::unique_ptr<job> make_job(F f) {
 struct waiting {
     std::uint64_t bytes = 0;
     std::unique_ptr<job> start;
+    /// The filter's executor, tracking work: a request waiting for its turn
+    /// keeps its io_context running, also while the turn is another
+    /// member's (whose timer may be on another thread).
+    asio::any_io_executor work;
 };
 
 unsigned index(throttle_bucket b) {
@@ -336,7 +340,8 @@ private:
         const bool must_wait = schedule_timer(g, token, dir);
         if (must_wait || pending_[dir]) {
             ++pending_[dir];
-            queue_[dir].push_back(waiting{bytes, std::move(start)});
+            queue_[dir].push_back(waiting{bytes, std::move(start),
+                                          asio::prefer(get_executor(), asio::execution::outstanding_work.tracked)});
             return;
         }
         g.account(dir, bytes);
