@@ -625,6 +625,22 @@ BOOST_AUTO_TEST_CASE(options_flatten_to_dotted_keys_as_qemu_flattens_them) {
     BOOST_TEST(b->at("file.filename") == "a,b");
     BOOST_TEST(json_name(*b) == R"(json:{"driver": "qed", "file": {"driver": "file", "filename": "a,b"}})");
     BOOST_TEST((sub_options(*b, "file") == node_options{{"driver", "file"}, {"filename", "a,b"}}));
+    // Lists flatten to indexed keys and come back as lists, in index order
+    // (QEMU writes a quorum's children so); other objects stay objects.
+    const auto q = parse_dotted_options(
+        "driver=quorum,children.0.filename=a,children.1.filename=b,children.2.filename=c,children.3.filename=d,"
+        "children.4.filename=e,children.5.filename=f,children.6.filename=g,children.7.filename=h,"
+        "children.8.filename=i,children.9.filename=j,children.10.filename=k,x.1=y,x.2=z",
+        why);
+    BOOST_TEST_REQUIRE(q.has_value(), why);
+    const std::string qn = json_name(*q);
+    BOOST_TEST(qn.find(R"("children": [{"filename": "a"}, {"filename": "b"}, )") != std::string::npos, qn);
+    BOOST_TEST(qn.find(R"({"filename": "j"}, {"filename": "k"}])") != std::string::npos, qn);
+    BOOST_TEST(qn.find(R"("x": {"1": "y", "2": "z"})") != std::string::npos, qn);  // not 0..n-1
+    const auto back = parse_json_options(qn, why);
+    BOOST_TEST_REQUIRE(back.has_value(), why);
+    BOOST_TEST((*back == *q));
+    BOOST_TEST(json_name(node_options{{"0", "a"}}) == R"(json:{"0": "a"})");  // the top is always an object
     // A dotted key meeting the same key flattened from an object.
     BOOST_TEST(!parse_json_options(R"({"file": {"driver": "file"}, "file.driver": "raw"})", why).has_value());
     BOOST_TEST(!parse_dotted_options("driver", why).has_value());

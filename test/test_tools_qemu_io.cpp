@@ -5,10 +5,11 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <fstream>
 #include <boost/test/data/monomorphic.hpp>
 #include <boost/test/data/test_case.hpp>
 #include <boost/test/unit_test.hpp>
+#include <fstream>
+#include <sstream>
 
 #include "test_tools_support.hpp"
 
@@ -452,6 +453,220 @@ BOOST_AUTO_TEST_CASE(json_names_image_opts_and_nested_formats_read_as_in_qemu_io
     // is not img's data (as iotest 072 expects).
     const result one = s.io({"-c", "read -P 0x42 0 512", "outer"});
     BOOST_CHECK(one.out.find("Pattern verification failed") != std::string::npos);
+}
+
+// quorum nodes (iotest 110's driver): three raw copies of which one differs
+// in its second 64 KiB and one fails nothing. qemu-io and qed-io read the
+// same data by the same json: names at vote-threshold 1, 2 and 3, with
+// read-pattern=fifo, and over a qed image; they fail alike where no
+// version has enough copies, and write to every child; bad options are
+// refused in one line.
+BOOST_AUTO_TEST_CASE(quorum_json_nodes_read_as_in_qemu_io) {
+    scratch s;
+    for (const char* f : {"a", "b", "c"}) {
+        s.must_qemu_img({"create", "-q", "-f", "raw", f, "1M"});
+        s.must_qemu_io(f, {"write -P 0x11 0 128k"}, "raw");
+    }
+    s.must_qemu_io("c", {"write -P 0x22 64k 64k"}, "raw");
+    auto node = [&](const std::string& options, const std::string& prefix) {
+        std::string children;
+        for (const char* f : {"a", "b", "c"})
+            children += std::string(children.empty() ? "" : ", ") + "{'driver': 'file', 'filename': '" +
+                        s.path(prefix + f) + "'}";
+        return "json:{'driver': 'raw', 'file': {'driver': 'quorum', " + options + "'children': [" + children + "]}}";
+    };
+    const std::vector<std::string> reads = {"read -P 0x11 0 64k", "read -v 65530 12", "read -P 0x11 64k 64k",
+                                            "read -P 0 128k 4k"};
+    for (const std::string& options :
+         {std::string("'vote-threshold': 1, "), std::string("'vote-threshold': 2, "),
+          std::string("'vote-threshold': 3, "), std::string("'vote-threshold': 1, 'read-pattern': 'fifo', "),
+          std::string("'vote-threshold': 2, 'read-pattern': 'quorum', 'blkverify': false, ")}) {
+        const result theirs = s.qemu_io(with_commands({"-r"}, reads, node(options, "")));
+        const result ours = s.io(with_commands({"-r"}, reads, node(options, "")));
+        BOOST_CHECK_EQUAL(ours.status, theirs.status);
+        BOOST_CHECK_EQUAL(ours.out_without_timing(), theirs.out_without_timing());
+    }
+    // Threshold 3 fails the second 64 KiB, with one line saying why.
+    const result strict = s.io(with_commands({"-r"}, {"read 64k 64k"}, node("'vote-threshold': 3, ", "")));
+    BOOST_CHECK_MESSAGE(strict.status == 1 && strict.out == "read failed: Input/output error\n", strict);
+    BOOST_CHECK_MESSAGE(strict.err_lines().size() == 1 &&
+                            strict.err.find("no version of the data has vote-threshold 3") != std::string::npos,
+                        strict);
+    // Writes reach every child: afterwards the copies agree, for either tool.
+    for (const char* f : {"a", "b", "c"}) {
+        s.copy(f, std::string("q") + f);
+        s.copy(f, std::string("o") + f);
+    }
+    const std::vector<std::string> writes = {"write -P 0x33 60k 8k", "read -P 0x33 60k 8k", "flush"};
+    const result theirs = s.qemu_io(with_commands({}, writes, node("'vote-threshold': 3, ", "q")));
+    const result ours = s.io(with_commands({}, writes, node("'vote-threshold': 3, ", "o")));
+    BOOST_CHECK_EQUAL(ours.status, theirs.status);
+    BOOST_CHECK_EQUAL(ours.out_without_timing(), theirs.out_without_timing());
+    for (const char* f : {"a", "b", "c"})
+        BOOST_CHECK_MESSAGE(s.read_file(std::string("o") + f) == s.read_file(std::string("q") + f), f);
+    // rewrite-corrupted puts the majority's data back into c (read-write only).
+    const result fix =
+        s.io(with_commands({}, {"read -P 0x11 0 128k"}, node("'vote-threshold': 2, 'rewrite-corrupted': true, ", "")));
+    BOOST_CHECK_MESSAGE(fix.status == 0, fix);
+    BOOST_CHECK(s.read_file("c") == s.read_file("a"));
+    // A qed image on two copies: qemu-img and qed-img report it alike.
+    s.copy("a", "base");
+    s.must_qemu_img({"create", "-q", "-f", "qed", "-b", "base", "-F", "raw", "top", "1M"});
+    s.copy("top", "top2");
+    const std::string top =
+        "json:{'driver': 'qed', 'file': {'driver': 'quorum', 'vote-threshold': 2, 'children': "
+        "[{'driver': 'file', 'filename': '" +
+        s.path("top") + "'}, {'driver': 'file', 'filename': '" + s.path("top2") + "'}]}}";
+    auto backing_line = [](const result& r) {
+        for (const auto& l : r.out_lines())
+            if (l.rfind("backing file:", 0) == 0) return l;
+        return std::string("(none)");
+    };
+    const result qinfo = s.qemu_img({"info", top});
+    const result oinfo = s.img({"info", top});
+    BOOST_CHECK_EQUAL(oinfo.status, 0);
+    BOOST_CHECK_EQUAL(backing_line(oinfo), "backing file: base (cannot determine actual path)");
+    BOOST_CHECK_EQUAL(backing_line(oinfo), backing_line(qinfo));
+    const result qread = s.qemu_io({"-c", "read 0 4k", top});
+    const result oread = s.io({"-c", "read 0 4k", top});
+    BOOST_CHECK_EQUAL(oread.status, qread.status);
+    BOOST_CHECK_MESSAGE(oread.err.find(": Cannot generate a base directory for quorum nodes\n") != std::string::npos,
+                        oread);
+    // Refused in one line each, as QEMU refuses them.
+    for (const auto& [options, why] : std::vector<std::pair<std::string, std::string>>{
+             {"", "Parameter 'vote-threshold' expects a value >= 1"},
+             {"'vote-threshold': 4, ", "threshold may not exceed children count"},
+             {"'vote-threshold': 1, 'read-pattern': 'random', ", "Please set read-pattern as fifo or quorum"},
+             {"'vote-threshold': 1, 'bogus': 1, ", "Block format 'quorum' does not support the option 'bogus'"}}) {
+        const result q = s.qemu_io(with_commands({"-r"}, {"read 0 4k"}, node(options, "")));
+        const result o = s.io(with_commands({"-r"}, {"read 0 4k"}, node(options, "")));
+        BOOST_CHECK_EQUAL(o.status, 1);
+        BOOST_CHECK_EQUAL(q.status, 1);
+        BOOST_CHECK_MESSAGE(o.err_lines().size() == 1 && o.err.find(": " + why + "\n") != std::string::npos, o);
+        BOOST_CHECK_MESSAGE(q.err.find(": " + why + "\n") != std::string::npos, q);
+    }
+    s.resize("c", 2 << 20);
+    const result sizes = s.io(with_commands({"-r"}, {"read 0 4k"}, node("'vote-threshold': 1, ", "")));
+    BOOST_CHECK_MESSAGE(sizes.status == 1 && sizes.err.find("children differ in size") != std::string::npos, sizes);
+}
+
+// The throttle filter (iotest 184's driver) with --object throttle-group:
+// 30 reads one after the other through a group of x-iops-total=100 (or
+// limits.iops-read=100) take at least the 0.19 s QEMU's leaky bucket
+// implies, with either tool, and print the same; two nodes of one group
+// share it. Bad objects and nodes are refused in one line, qemu-io's.
+BOOST_AUTO_TEST_CASE(throttle_nodes_and_groups_as_in_qemu_io) {
+    scratch s;
+    s.must_qemu_img({"create", "-q", "-f", "raw", "r", "1M"});
+    s.must_qemu_io("r", {"write -P 0x5a 0 64k"}, "raw");
+    std::vector<std::string> reads;
+    for (int i = 0; i < 30; ++i) {
+        reads.push_back("-c");
+        reads.push_back("read -q -P 0x5a " + std::to_string(i * 512) + " 512");
+    }
+    const std::string node =
+        "driver=raw,file.driver=throttle,file.throttle-group=g,file.file.driver=file,"
+        "file.file.filename=" +
+        s.path("r");
+    const std::string json =
+        "json:{'driver': 'raw', 'file': {'driver': 'throttle', 'throttle-group': 'g', "
+        "'file': {'driver': 'file', 'filename': '" +
+        s.path("r") + "'}}}";
+    for (const auto& [object, name] : std::vector<std::pair<std::string, std::vector<std::string>>>{
+             {"throttle-group,id=g,x-iops-total=100", {"--image-opts", node}},
+             {"throttle-group,id=g,limits.iops-read=100", {json}},
+             {"qom-type=throttle-group,id=g,limits.iops-total=100,limits.iops-total-max=100", {json}}}) {
+        std::vector<std::string> args{"--object", object};
+        args.insert(args.end(), reads.begin(), reads.end());
+        args.insert(args.end(), name.begin(), name.end());
+        const result theirs = s.qemu_io(args);
+        const result ours = s.io(args);
+        BOOST_CHECK_MESSAGE(ours.status == 0 && theirs.status == 0, ours << theirs);
+        BOOST_CHECK_EQUAL(ours.out, theirs.out);
+        BOOST_CHECK_EQUAL(ours.err, theirs.err);
+        // A lower bound: (30 - 1 - the bucket's 100 / 10) / 100 s; with a burst
+        // rate of 100 the bucket holds 100: no wait (checked by nothing).
+        if (object.find("max") == std::string::npos) {
+            BOOST_CHECK_MESSAGE(ours.seconds >= 0.19 * 0.97, object << ": " << ours.seconds << " s");
+            BOOST_CHECK_MESSAGE(theirs.seconds >= 0.19 * 0.97, object << ": " << theirs.seconds << " s (qemu-io)");
+        }
+    }
+    // Two nodes of one group, each read 15 times in turn, share the budget
+    // as one image would.
+    std::vector<std::string> shared{"--object", "throttle-group,id=g,x-iops-total=100"};
+    for (int n = 0; n < 2; ++n) {
+        if (n) {
+            shared.push_back("-c");
+            shared.push_back("close");
+        }
+        shared.push_back("-c");
+        shared.push_back("open -o " + node);
+        for (int i = 0; i < 15; ++i) {
+            shared.push_back("-c");
+            shared.push_back("read -q 0 512");
+        }
+    }
+    const result two = s.io(shared);
+    BOOST_CHECK_MESSAGE(two.status == 0 && two.err.empty(), two);
+    // One group: the second image's reads start from where the first left the bucket.
+    BOOST_CHECK_MESSAGE(two.seconds >= (29 - 10) / 100.0 * 0.97, two.seconds << " s");
+
+    // Refused, in qemu-io's words.
+    auto refused = [&](const std::vector<std::string>& args) {
+        const result theirs = s.qemu_io(args);
+        const result ours = s.io(args);
+        BOOST_CHECK_EQUAL(ours.status, 1);
+        BOOST_CHECK_EQUAL(theirs.status, 1);
+        BOOST_CHECK_MESSAGE(ours.err_lines().size() == 1, ours);
+        std::string want = theirs.err;
+        if (want.rfind("qemu-io:", 0) == 0) want.replace(0, 8, "qed-io:");
+        BOOST_CHECK_EQUAL(ours.err, want);
+    };
+    const std::vector<std::string> objects = {
+        "throttle-group,id=g,x-iops-total=100,x-iops-read=10",
+        "throttle-group,id=g,limits.bps-total=10,limits.bps-write=10",
+        "throttle-group,id=g,x-iops-total=-1",
+        "throttle-group,id=g,limits.iops-total=-1",
+        "throttle-group,id=g,x-iops-total=lots",
+        "throttle-group,id=g,limits.iops-totally=1",
+        "throttle-group,id=g,x-iops-total-max=10",
+        "throttle-group,id=g,x-iops-size=4096",
+        "throttle-group,id=g,x-iops-total=10,x-iops-total-max-length=2",
+        "throttle-group,id=g,limits.iops-total-max-length=4294967296",
+        "throttle-group,x-iops-total=10",
+        "throttle-group,id=g,limits=5",
+    };
+    for (const auto& o : objects) refused({"--object", o, "-f", "raw", "-c", "read 0 512", "r"});
+    for (const std::string& n :
+         {std::string("driver=raw,file.driver=throttle,file.file.driver=file,file.file.filename=r"),
+          std::string("driver=raw,file.driver=throttle,file.throttle-group=h,file.file.filename=r"),
+          std::string("driver=raw,file.driver=throttle,file.throttle-group=g"),
+          std::string("driver=raw,file.driver=throttle,file.throttle-group=g,file.x=1,file.file.filename=r")})
+        refused({"--object", "throttle-group,id=g", "-c", "read 0 512", "--image-opts", n});
+}
+
+// qed-img --help lists the drivers a node may name, as qemu-img lists its
+// own: each one a driver QEMU has too, quorum and throttle among them.
+BOOST_AUTO_TEST_CASE(help_lists_the_supported_drivers_as_qemu_img) {
+    scratch s;
+    auto drivers = [](const result& r) {
+        std::vector<std::string> v;
+        for (const auto& l : r.out_lines()) {
+            if (l.rfind("Supported formats:", 0) != 0) continue;
+            std::istringstream in(l.substr(18));
+            for (std::string w; in >> w;) v.push_back(w);
+        }
+        return v;
+    };
+    const auto ours = drivers(s.img({"--help"}));
+    const auto theirs = drivers(s.qemu_img({"--help"}));
+    BOOST_TEST_REQUIRE(!ours.empty());
+    BOOST_CHECK(std::is_sorted(ours.begin(), ours.end()));
+    for (const auto& d : ours) BOOST_CHECK_MESSAGE(std::find(theirs.begin(), theirs.end(), d) != theirs.end(), d);
+    for (const char* d : {"qed", "raw", "file", "quorum", "throttle", "blkdebug", "null-co"})
+        BOOST_CHECK_MESSAGE(std::find(ours.begin(), ours.end(), d) != ours.end(), d);
+    for (const char* d : {"qcow2", "vmdk", "ssh"})  // drivers we do not have are not listed
+        BOOST_CHECK_MESSAGE(std::find(ours.begin(), ours.end(), d) == ours.end(), d);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -30,6 +30,8 @@
 
 namespace qed {
 
+class throttle_group;
+
 enum class image_format { qed, raw };
 std::string_view to_string(image_format f) noexcept;
 /// "qed" or "raw"; anything else gives nullopt.
@@ -98,6 +100,9 @@ struct open_options {
     /// QEMU's host_device protocol; by default only regular files and block
     /// devices are opened.
     bool character_device = false;
+    /// Throttle groups (QEMU's throttle-group objects, qed/throttle.hpp)
+    /// that throttle nodes of a json: name may join, by their names.
+    std::vector<std::shared_ptr<throttle_group>> throttle_groups;
     file_opener opener;  ///< empty: open_file
     log_sink log;        ///< empty: diagnostics are dropped
     /// Reports of events that are not failures (file_options::notice: an

@@ -7,14 +7,14 @@
 // "filename":"x"}} is driver=qed, file.driver=file, file.filename=x.
 //
 // image::async_open accepts json: names; the drivers such a name may use are
-// listed in src/image/node_open.cpp (qed, raw, file, host_device,
-// host_cdrom, nbd).
+// node_drivers() (the table in src/image/node_open.cpp).
 #pragma once
 
 #include <map>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace qed {
 
@@ -36,8 +36,14 @@ std::optional<node_options> parse_json_options(std::string_view name, std::strin
 std::optional<node_options> parse_dotted_options(std::string_view text, std::string& error);
 
 /// The json: name of `options`: nested objects, keys in sorted order, with
-/// QEMU's spacing ({"driver": "qed", "file": {...}}).
+/// QEMU's spacing ({"driver": "qed", "file": {...}}); an object whose keys
+/// are 0..n-1 is written as a list, as QEMU writes a quorum's "children".
 std::string json_name(const node_options& options);
+
+/// The drivers a node of a json: name or of an --image-opts list may name
+/// (its "driver": formats, protocols and filters), in alphabetical order:
+/// what qemu-img's help calls "Supported formats".
+std::vector<std::string> node_drivers();
 
 /// The options below `prefix` ("file" gives file.driver as driver).
 node_options sub_options(const node_options& options, std::string_view prefix);

@@ -3,6 +3,7 @@
 // is compiled into the library here, its only translation unit.
 #include "qed/node_options.hpp"
 
+#include <algorithm>
 #include <boost/json/src.hpp>
 #include <vector>
 
@@ -86,32 +87,64 @@ void quote(std::string& out, const std::string& s) {
     out += boost::json::serialize(boost::json::value(s));
 }
 
+/// A member name that is a list index: digits, no leading zero (but "0").
+bool is_index(std::string_view name) {
+    if (name.empty() || name.size() > 9 || name.find_first_not_of("0123456789") != std::string_view::npos) return false;
+    return name.size() == 1 || name[0] != '0';
+}
+
+struct member {
+    std::string name;
+    node_options::const_iterator begin, end;  ///< the keys below it (one key: a value)
+    std::size_t child_prefix = 0;             ///< length of "name." in those keys; 0 for a value
+};
+
 // Keys of `options` are sorted, so the members of one object are adjacent.
-void emit(const node_options& options, node_options::const_iterator begin, node_options::const_iterator end,
-          std::size_t prefix_len, std::string& out) {
-    out += '{';
-    bool first = true;
+// An object whose members are exactly 0..n-1 is written as a list (QEMU's
+// flattening makes "children.0" of a list's first element), in index order.
+void emit(node_options::const_iterator begin, node_options::const_iterator end, std::size_t prefix_len,
+          std::string& out, bool top = false) {
+    std::vector<member> members;
     for (auto it = begin; it != end;) {
         const std::string& key = it->first;
         const auto dot = key.find('.', prefix_len);
-        const std::string name =
-            key.substr(prefix_len, dot == std::string::npos ? std::string::npos : dot - prefix_len);
+        member m;
+        m.name = key.substr(prefix_len, dot == std::string::npos ? std::string::npos : dot - prefix_len);
+        m.begin = it;
+        if (dot == std::string::npos) {
+            m.end = ++it;
+        } else {
+            const std::string child = key.substr(0, dot + 1);
+            while (it != end && it->first.compare(0, child.size(), child) == 0) ++it;
+            m.end = it;
+            m.child_prefix = child.size();
+        }
+        members.push_back(std::move(m));
+    }
+    bool list = !top && !members.empty();  // a json: name is an object
+    for (const auto& m : members) list = list && is_index(m.name);
+    if (list) {
+        std::sort(members.begin(), members.end(),
+                  [](const member& a, const member& b) { return std::stoul(a.name) < std::stoul(b.name); });
+        for (std::size_t i = 0; i < members.size() && list; ++i) list = std::stoul(members[i].name) == i;
+        if (!list)
+            std::sort(members.begin(), members.end(), [](const member& a, const member& b) { return a.name < b.name; });
+    }
+    out += list ? '[' : '{';
+    bool first = true;
+    for (const auto& m : members) {
         if (!first) out += ", ";
         first = false;
-        quote(out, name);
-        out += ": ";
-        if (dot == std::string::npos) {
-            quote(out, it->second);
-            ++it;
-            continue;
+        if (!list) {
+            quote(out, m.name);
+            out += ": ";
         }
-        const std::string child = key.substr(0, dot + 1);
-        auto stop = it;
-        while (stop != end && stop->first.compare(0, child.size(), child) == 0) ++stop;
-        emit(options, it, stop, child.size(), out);
-        it = stop;
+        if (m.child_prefix == 0)
+            quote(out, m.begin->second);
+        else
+            emit(m.begin, m.end, m.child_prefix, out);
     }
-    out += '}';
+    out += list ? ']' : '}';
 }
 
 }  // namespace
@@ -167,7 +200,7 @@ std::optional<node_options> parse_dotted_options(std::string_view text, std::str
 
 std::string json_name(const node_options& options) {
     std::string out(json_prefix);
-    emit(options, options.begin(), options.end(), 0, out);
+    emit(options.begin(), options.end(), 0, out, true);
     return out;
 }
 

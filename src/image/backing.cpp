@@ -17,13 +17,24 @@
 
 namespace qed::detail {
 
-std::string resolve_backing_path(const std::string& image_path, const std::string& backing_name) {
+std::string resolve_backing_path(const std::string& image_path, const std::string& backing_name, std::string* why) {
     // json:, "file:", blkdebug: and null-co: names carry a protocol, as remote names do:
     // QEMU takes them as they are, not relative to the image.
     if (backing_name.empty() || backing_name.front() == '/' || is_remote_name(backing_name) ||
         is_json_name(backing_name) || backing_name.rfind("file:", 0) == 0 || is_blkdebug_name(backing_name) ||
         is_null_name(backing_name))
         return backing_name;
+    if (is_json_name(image_path)) {
+        // QEMU's bdrv_dirname: the directory of the file below the format
+        // and filters; a quorum has none.
+        std::string reason;
+        const auto dir = name_directory(image_path, reason);
+        if (!dir) {
+            if (why) *why = reason;
+            return {};
+        }
+        return *dir + backing_name;
+    }
     // A remote image has no directory (qed_open refuses a relative name there).
     if (is_remote_name(image_path)) return backing_name;
     const auto slash = image_path.rfind('/');
@@ -205,6 +216,11 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
     auto log = [&](const std::string& line) {
         if (parent.log) parent.log(line);
     };
+    if (path.empty()) {
+        // resolve_backing_path found no directory for a relative name.
+        log("a relative backing file name cannot be resolved: the image's node has no directory (a quorum)");
+        co_return device_result{errc::bad_backing_name, nullptr};
+    }
     if (depth > parent.max_backing_depth) {
         log(path + ": backing chain deeper than " + std::to_string(parent.max_backing_depth) + " levels");
         co_return device_result{errc::backing_chain_too_deep, nullptr};

@@ -13,7 +13,11 @@
 namespace qed::detail {
 
 /// A backing name relative to the image's directory, or absolute as is.
-std::string resolve_backing_path(const std::string& image_path, const std::string& backing_name);
+/// For an image named by a json: name, the directory is that of its node
+/// tree (node_directory); where it has none, the result is empty and `why`
+/// (when given) says why, in QEMU's words.
+std::string resolve_backing_path(const std::string& image_path, const std::string& backing_name,
+                                 std::string* why = nullptr);
 
 /// Detect the format from the first bytes of a file. Refuses formats we
 /// recognise but do not read (qcow2, vmdk...), rather than reading them as raw.

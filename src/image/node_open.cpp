@@ -9,8 +9,11 @@
 #include <functional>
 #include <map>
 #include <qed/blkdebug.hpp>
+#include <qed/throttle.hpp>
 #include <vector>
 
+#include "block_file/quorum_file.hpp"
+#include "image/file_protocol.hpp"
 #include "table/co_io.hpp"
 
 namespace qed::detail {
@@ -216,13 +219,15 @@ struct child_request {
     open_options open;
     unsigned depth = 0;
     std::vector<file_identity> chain;
+    std::string node;  ///< the name of the image being opened, which refusals start with
 };
 
 /// A driver: turns a child_request into a block file, or logs one line and fails.
 using child_driver = boost::asio::awaitable<file_result> (*)(child_request);
 
-file_result refuse(const open_options& open, const std::string& line, std::error_code ec) {
-    log_line(open, line);
+/// One line, "NODE: why" (QEMU: "can't open device NODE: why"), and failure.
+file_result refuse(const child_request& r, const std::string& line, std::error_code ec) {
+    log_line(r.open, r.node.empty() ? line : r.node + ": " + line);
     return {ec, nullptr};
 }
 
@@ -260,7 +265,7 @@ file_result open_path(const child_request& r, const std::string& path, bool char
     auto f = opener(path, fo, ec);
     if (!f) {
         if (!ec) ec = std::make_error_code(std::errc::io_error);
-        if (!*logged) log_line(r.open, "Could not open '" + path + "': " + ec.message());
+        if (!*logged) return refuse(r, "Could not open '" + path + "': " + ec.message(), ec);
         return {ec, nullptr};
     }
     return {{}, std::move(f)};
@@ -268,14 +273,13 @@ file_result open_path(const child_request& r, const std::string& path, bool char
 
 boost::asio::awaitable<file_result> protocol_driver(child_request r, std::string driver) {
     std::string bad;
-    if (!only_keys(r, driver, {"driver", "filename", "locking"}, bad))
-        co_return refuse(r.open, bad, errc::invalid_argument);
+    if (!only_keys(r, driver, {"driver", "filename", "locking"}, bad)) co_return refuse(r, bad, errc::invalid_argument);
     const std::string lock = get(r.options, "locking");
     if (!lock.empty() && lock != "on" && lock != "off" && lock != "auto")
-        co_return refuse(r.open, "Parameter 'locking' does not accept value '" + lock + "'", errc::invalid_argument);
+        co_return refuse(r, "Parameter 'locking' does not accept value '" + lock + "'", errc::invalid_argument);
     const std::string path = get(r.options, "filename");
     if (path.empty())
-        co_return refuse(r.open, "The '" + driver + "' block driver requires a file name", errc::invalid_argument);
+        co_return refuse(r, "The '" + driver + "' block driver requires a file name", errc::invalid_argument);
     co_return open_path(r, path, driver != "file");
 }
 
@@ -308,14 +312,14 @@ boost::asio::awaitable<file_result> nbd_driver(child_request r) {
                    {"driver", "server.type", "server.path", "server.host", "server.port", "export", "reconnect-delay",
                     "open-timeout"},
                    bad))
-        co_return refuse(r.open, bad, errc::invalid_argument);
+        co_return refuse(r, bad, errc::invalid_argument);
     unsigned reconnect_delay = 0;
     unsigned open_timeout = 0;
     for (const auto& [key, value] : {std::pair<const char*, unsigned*>{"reconnect-delay", &reconnect_delay},
                                      std::pair<const char*, unsigned*>{"open-timeout", &open_timeout}}) {
         if (!r.options.count(key)) continue;
         const auto n = seconds_option(get(r.options, key));
-        if (!n) co_return refuse(r.open, std::string("Parameter '") + key + "' expects uint32", errc::invalid_argument);
+        if (!n) co_return refuse(r, std::string("Parameter '") + key + "' expects uint32", errc::invalid_argument);
         *value = *n;
     }
     const std::string type = get(r.options, "server.type");
@@ -323,16 +327,16 @@ boost::asio::awaitable<file_result> nbd_driver(child_request r) {
     std::string uri;
     if (type == "unix") {
         const std::string path = get(r.options, "server.path");
-        if (path.empty()) co_return refuse(r.open, "Parameter 'server.path' is missing", errc::invalid_argument);
+        if (path.empty()) co_return refuse(r, "Parameter 'server.path' is missing", errc::invalid_argument);
         uri = "nbd+unix:///" + exp + "?socket=" + path;
     } else if (type == "inet") {
         const std::string host = get(r.options, "server.host");
-        if (host.empty()) co_return refuse(r.open, "Parameter 'server.host' is missing", errc::invalid_argument);
+        if (host.empty()) co_return refuse(r, "Parameter 'server.host' is missing", errc::invalid_argument);
         const std::string port = get(r.options, "server.port");
         const bool v6 = host.find(':') != std::string::npos;
         uri = "nbd://" + (v6 ? "[" + host + "]" : host) + ":" + (port.empty() ? "10809" : port) + "/" + exp;
     } else {
-        co_return refuse(r.open,
+        co_return refuse(r,
                          type.empty() ? std::string("Parameter 'server.type' is missing")
                                       : "Parameter 'server.type' does not accept value '" + type + "'",
                          errc::invalid_argument);
@@ -353,18 +357,16 @@ boost::asio::awaitable<file_result> null_driver(child_request r) {
     std::string bad;
     const std::string driver = get(r.options, "driver").empty() ? "null-co" : get(r.options, "driver");
     if (!only_keys(r, driver, {"driver", "filename", "size", "read-zeroes", "latency-ns"}, bad))
-        co_return refuse(r.open, bad, errc::invalid_argument);
+        co_return refuse(r, bad, errc::invalid_argument);
     const std::string name = get(r.options, "filename");
     if (!name.empty() && !is_null_name(name))
-        co_return refuse(r.open, "The '" + driver + "' block driver takes no file name, not '" + name + "'",
+        co_return refuse(r, "The '" + driver + "' block driver takes no file name, not '" + name + "'",
                          errc::invalid_argument);
     std::uint64_t size = std::uint64_t{1} << 30;
     if (const std::string v = get(r.options, "size"); !v.empty()) {
         std::string why;
         const auto n = size_option(v, why);
-        if (!n)
-            co_return refuse(r.open, driver + ": Parameter 'size' expects a size (" + why + ")",
-                             errc::invalid_argument);
+        if (!n) co_return refuse(r, driver + ": Parameter 'size' expects a size (" + why + ")", errc::invalid_argument);
         size = *n;
     }
     co_return file_result(std::error_code{}, make_null_file(r.ex, size, r.open.read_only));
@@ -379,7 +381,7 @@ boost::asio::awaitable<file_result> blkdebug_driver(child_request r) {
     blkdebug_config config;
     node_options image;
     std::string why;
-    auto bad = [&](const std::string& line) { return refuse(r.open, line, errc::invalid_argument); };
+    auto bad = [&](const std::string& line) { return refuse(r, line, errc::invalid_argument); };
     if (const std::string name = get(r.options, "filename"); !name.empty()) {
         if (parse_blkdebug_name(name, config, why)) co_return bad(why);
         image["filename"] = config.image;
@@ -430,7 +432,7 @@ boost::asio::awaitable<file_result> blkdebug_driver(child_request r) {
         rules.push_back(l.rule);
     }
     // (A named request: g++ 12 destroys a braced temporary inside co_await twice.)
-    child_request below{r.ex, std::move(image), r.open, r.depth, r.chain};
+    child_request below{r.ex, std::move(image), r.open, r.depth, r.chain, r.node};
     auto [ec, inner] = co_await open_child(std::move(below));
     if (ec) co_return file_result(ec, nullptr);
     auto file = make_blkdebug_file(std::move(inner), std::move(rules), config.align, ec);
@@ -445,9 +447,123 @@ boost::asio::awaitable<file_result> by_name_driver(child_request r) {
     if (is_blkdebug_name(path)) co_return co_await blkdebug_driver(std::move(r));
     if (is_null_name(path)) co_return co_await null_driver(std::move(r));
     std::string bad;
-    if (!only_keys(r, "file", {"filename", "locking"}, bad)) co_return refuse(r.open, bad, errc::invalid_argument);
-    if (path.empty()) co_return refuse(r.open, "A block device must be specified for \"file\"", errc::invalid_argument);
+    if (!only_keys(r, "file", {"filename", "locking"}, bad)) co_return refuse(r, bad, errc::invalid_argument);
+    if (path.empty()) co_return refuse(r, "A block device must be specified for \"file\"", errc::invalid_argument);
     co_return open_path(r, path, false);
+}
+
+/// Let go of files opened for a node that then failed (nested images are
+/// closed as images are).
+boost::asio::awaitable<void> close_all(std::vector<std::shared_ptr<block_file>>& files) {
+    for (auto& f : files) {
+        block_file& file = *f;
+        (void)co_await co::op([&file](op_handler h) { file.async_close(std::move(h)); });
+    }
+}
+
+/// A QEMU boolean option: on/off (true/false, yes/no); nullopt otherwise.
+std::optional<bool> bool_option(const std::string& v) {
+    if (v == "on" || v == "true" || v == "yes") return true;
+    if (v == "off" || v == "false" || v == "no") return false;
+    return std::nullopt;
+}
+
+/// driver=quorum: the children (children.0, children.1... each a node of its
+/// own), vote-threshold, read-pattern (quorum|fifo), rewrite-corrupted and
+/// blkverify, as QEMU's quorum driver takes them (block_file/quorum_file.hpp).
+boost::asio::awaitable<file_result> quorum_driver(child_request r) {
+    auto bad = [&](const std::string& line) { return refuse(r, line, errc::invalid_argument); };
+    quorum_options qo;
+    qo.log = r.open.log;
+    std::map<unsigned long, node_options> children;
+    for (const auto& [k, v] : r.options) {
+        if (k == "driver") continue;
+        if (k == "vote-threshold") {
+            const bool negative = !v.empty() && v[0] == '-';
+            const std::string digits = negative ? v.substr(1) : v;
+            if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos)
+                co_return bad("Parameter 'vote-threshold' expects a number");
+            // A negative number is below 1, a huge one above any number of children.
+            qo.threshold = negative ? 0u : digits.size() > 9 ? ~0u : static_cast<unsigned>(std::stoul(digits));
+        } else if (k == "read-pattern") {
+            if (v != "quorum" && v != "fifo") co_return bad("Please set read-pattern as fifo or quorum");
+            qo.fifo = v == "fifo";
+        } else if (k == "rewrite-corrupted" || k == "blkverify") {
+            const auto b = bool_option(v);
+            if (!b) co_return bad("Parameter '" + k + "' expects 'on' or 'off'");
+            (k == "blkverify" ? qo.blkverify : qo.rewrite_corrupted) = *b;
+        } else if (k.compare(0, 9, "children.") == 0) {
+            const std::string rest = k.substr(9);
+            const auto dot = rest.find('.');
+            const std::string index = rest.substr(0, dot);
+            if (index.empty() || index.size() > 9 || index.find_first_not_of("0123456789") != std::string::npos)
+                co_return bad("Option children is not a valid array");
+            if (dot == std::string::npos)
+                co_return bad("option '" + k + "' names a node by reference (not supported: give its options as " + k +
+                              ".*)");
+            children[std::stoul(index)][rest.substr(dot + 1)] = v;
+        } else if (k == "children") {
+            co_return bad("Option children is not a valid array");
+        } else {
+            co_return bad("Block format 'quorum' does not support the option '" + k + "'");
+        }
+    }
+    // A missing vote-threshold is 0, refused below as QEMU does.
+    unsigned long expect = 0;
+    for (const auto& [i, o] : children)
+        if (i != expect++) co_return bad("Option children is not a valid array");
+    if (children.empty()) co_return bad("Number of provided children must be 1 or more");
+    if (qo.threshold < 1) co_return bad("Parameter 'vote-threshold' expects a value >= 1");
+    if (qo.threshold > children.size()) co_return bad("threshold may not exceed children count");
+    std::vector<std::shared_ptr<block_file>> files;
+    for (auto& [i, o] : children) {
+        qo.names.push_back(node_display_name(o));
+        // (A named request: g++ 12 destroys a braced temporary inside co_await twice.)
+        child_request below{r.ex, std::move(o), r.open, r.depth, r.chain, r.node};
+        auto [ec, f] = co_await open_child(std::move(below));
+        if (ec) {
+            co_await close_all(files);
+            co_return file_result(ec, nullptr);
+        }
+        files.push_back(std::move(f));
+    }
+    std::string why;
+    auto opened = files;
+    auto q = make_quorum_file(std::move(files), std::move(qo), why);
+    if (!q) {
+        co_await close_all(opened);
+        co_return bad(why);
+    }
+    co_return file_result(std::error_code{}, std::move(q));
+}
+
+/// driver=throttle: QEMU's throttle filter over its "file" node, a member
+/// of the throttle group its "throttle-group" names (one of
+/// open_options::throttle_groups, QEMU's throttle-group objects).
+boost::asio::awaitable<file_result> throttle_driver(child_request r) {
+    auto bad = [&](const std::string& line) { return refuse(r, line, errc::invalid_argument); };
+    std::optional<std::string> group_name;
+    for (const auto& [k, v] : r.options) {
+        if (k == "driver" || k.compare(0, 5, "file.") == 0) continue;
+        if (k == "throttle-group") {
+            group_name = v;
+        } else if (k == "file") {
+            co_return bad("option 'file' names a node by reference (not supported: give its options as file.*)");
+        } else {
+            co_return bad("Block format 'throttle' does not support the option '" + k + "'");
+        }
+    }
+    node_options file = sub_options(r.options, "file");
+    if (file.empty()) co_return bad("A block device must be specified for \"file\"");
+    if (!group_name) co_return bad("Please specify a throttle group");
+    std::shared_ptr<throttle_group> group;
+    for (const auto& g : r.open.throttle_groups)
+        if (g && g->name() == *group_name) group = g;
+    if (!group) co_return bad("Throttle group '" + *group_name + "' does not exist");
+    child_request below{r.ex, std::move(file), r.open, r.depth, r.chain, r.node};
+    auto [ec, inner] = co_await open_child(std::move(below));
+    if (ec) co_return file_result(ec, nullptr);
+    co_return file_result(std::error_code{}, make_throttle_file(std::move(inner), std::move(group)));
 }
 
 /// driver=qed / driver=raw below another format: the image is the file.
@@ -476,6 +592,8 @@ const driver_entry child_drivers[] = {
     {"blkdebug", blkdebug_driver},
     {"null-co", null_driver},
     {"null-aio", null_driver},
+    {"quorum", quorum_driver},
+    {"throttle", throttle_driver},
     {"qed", nested_format_driver},
     {"raw", nested_format_driver},
 };
@@ -487,14 +605,15 @@ const driver_entry* find_driver(std::string_view name) {
 }
 
 std::string unsupported(const std::string& driver) {
-    return "Unknown driver '" + driver +
-           "' (unsupported: qed opens qed, raw, file, host_device, host_cdrom, nbd, blkdebug and null-co nodes)";
+    std::string list;
+    for (const auto& d : node_drivers()) list += (list.empty() ? "" : ", ") + d;
+    return "Unknown driver '" + driver + "' (the drivers supported are " + list + ")";
 }
 
 boost::asio::awaitable<file_result> open_child(child_request r) {
     const std::string name = get(r.options, "driver");
     const driver_entry* d = find_driver(name);
-    if (!d) co_return refuse(r.open, unsupported(name), errc::not_supported);
+    if (!d) co_return refuse(r, unsupported(name), errc::not_supported);
     co_return co_await d->open(std::move(r));
 }
 
@@ -507,6 +626,22 @@ std::string mixed_key(const node_options& o) {
 }
 
 }  // namespace
+
+}  // namespace qed::detail
+
+namespace qed {
+
+std::vector<std::string> node_drivers() {
+    std::vector<std::string> out;
+    for (const auto& d : detail::child_drivers)
+        if (!d.name.empty()) out.emplace_back(d.name);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+}  // namespace qed
+
+namespace qed::detail {
 
 std::optional<plain_node> plain_form(const node_options& o) {
     const std::string driver = get(o, "driver");
@@ -542,6 +677,56 @@ std::optional<plain_node> plain_form(const node_options& o) {
     return out;
 }
 
+std::optional<std::string> name_directory(const std::string& name, std::string& why) {
+    if (is_json_name(name)) {
+        auto tree = parse_json_options(name, why);
+        if (!tree) return std::nullopt;
+        return node_directory(*tree, why);
+    }
+    if (is_blkdebug_name(name)) {
+        blkdebug_config config;
+        if (parse_blkdebug_name(name, config, why)) return std::nullopt;
+        return name_directory(config.image, why);
+    }
+    if (is_null_name(name)) {
+        why = "Cannot generate a base directory for null-co nodes";
+        return std::nullopt;
+    }
+    if (is_remote_name(name)) {
+        why = "a relative backing file name cannot be resolved against a remote image (" + name + ")";
+        return std::nullopt;
+    }
+    const std::string path = without_file_protocol(name);
+    const auto slash = path.rfind('/');
+    return slash == std::string::npos ? std::string{} : path.substr(0, slash + 1);
+}
+
+std::optional<std::string> node_directory(const node_options& o, std::string& why) {
+    const std::string driver = get(o, "driver");
+    const auto filename = o.find("filename");
+    if (driver.empty() || parse_format(driver) || is_protocol(driver)) {
+        // A format's file name is its file's; a protocol node's is its own.
+        if (filename != o.end()) return name_directory(filename->second, why);
+        if (!is_protocol(driver) && has_prefix(o, "file")) return node_directory(sub_options(o, "file"), why);
+        why = "Cannot generate a base directory for a node without a file name";
+        return std::nullopt;
+    }
+    if (driver == "blkdebug") {  // the directory of the image below it
+        if (filename != o.end()) return name_directory(filename->second, why);
+        if (auto x = o.find("x-image"); x != o.end()) return name_directory(x->second, why);
+        return node_directory(sub_options(o, "image"), why);
+    }
+    if (driver == "throttle") return node_directory(sub_options(o, "file"), why);  // a filter: its file's
+    if (driver == "nbd") {
+        why = "a relative backing file name cannot be resolved against a remote image (an nbd node)";
+        return std::nullopt;
+    }
+    // quorum (its children may lie in different directories, so QEMU gives
+    // none), null-co, and anything else.
+    why = "Cannot generate a base directory for " + (driver == "null-aio" ? std::string("null-co") : driver) + " nodes";
+    return std::nullopt;
+}
+
 std::string node_display_name(const node_options& options) {
     if (auto p = plain_form(options)) return p->path;
     return json_name(options);
@@ -575,7 +760,7 @@ boost::asio::awaitable<device_result> open_node(boost::asio::any_io_executor ex,
         log_line(open, name + ": " + why);
         return device_result{ec, nullptr};
     };
-    child_request child{ex, {}, open, depth, chain};
+    child_request child{ex, {}, open, depth, chain, name};
     std::optional<image_format> fmt = format;
     if (driver.empty() || parse_format(driver)) {
         // A format node: its own options, and its file's below "file".

@@ -28,6 +28,16 @@ std::optional<plain_node> plain_form(const node_options& options);
 /// when there is one, else the json: name.
 std::string node_display_name(const node_options& options);
 
+/// The directory a relative backing file name of the image `options`
+/// describe is resolved in (QEMU's bdrv_dirname): that of the file below the
+/// format and filter nodes ("" for the current one, else ending in '/').
+/// nullopt with `why` (QEMU's words) where there is none: a quorum (its
+/// children may lie in different directories), a remote or null node.
+std::optional<std::string> node_directory(const node_options& options, std::string& why);
+
+/// The same for an image name: a path, a json: name, a blkdebug: name...
+std::optional<std::string> name_directory(const std::string& name, std::string& why);
+
 /// Open the image `options` describe. `format` is the caller's -f (it must
 /// agree with the tree's driver). Failures are logged in one line.
 boost::asio::awaitable<device_result> open_node(boost::asio::any_io_executor ex, node_options options,

@@ -29,6 +29,11 @@ boost::asio::awaitable<std::error_code> qed_image::open(unsigned depth, std::vec
 
     if (h.has(feature_backing_file) && options_.open_backing) {
         const std::string& name = meta_.backing_name();
+        if (backing_full_.empty()) {  // a relative name, and the image's node has no directory (a quorum)
+            std::string why;
+            resolve_backing_path(filename_, name, &why);
+            co_return fail(errc::bad_backing_name, why);
+        }
         if (is_remote_name(filename_) && backing_full_.front() != '/' && !is_remote_name(backing_full_) &&
             !is_json_name(backing_full_))
             co_return fail(errc::bad_backing_name, "relative backing file name " + name +

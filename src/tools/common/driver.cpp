@@ -3,6 +3,8 @@
 
 #include <cstdio>
 
+#include "common/image_opts.hpp"
+
 namespace qed::tools {
 
 std::string program_name = "qed";
@@ -77,6 +79,7 @@ std::string describe(const std::string& path, std::error_code ec) {
 }
 
 open_result open_image(driver& d, const std::string& path, open_options options) {
+    if (options.throttle_groups.empty()) options.throttle_groups = throttle_groups();  // from --object
     log_collector logs;
     options.log = logs.sink();
     // As qemu-img and qemu-io, nothing is said of an NBD connection that was

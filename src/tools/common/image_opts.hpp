@@ -5,18 +5,31 @@
 // ("driver=qed,file.filename=x"), opened as the json: name it amounts to.
 // --object: the objects QEMU's tools take for encryption keys and TLS
 // (secret, tls-creds-*, authz-*) are checked and accepted; nothing in a QED
-// or raw image uses them. Any other type is refused.
+// or raw image uses them. throttle-group objects become throttle groups
+// (qed/throttle.hpp) that the images opened by the command can join
+// (driver=throttle,throttle-group=ID). Any other type is refused.
 #pragma once
 
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "common/cli.hpp"
 
+namespace qed {
+class throttle_group;
+}
+
 namespace qed::tools {
 
-/// Check every --object. False with `error` set (QEMU's words) for a
-/// malformed one or an unknown type.
+/// Check every --object and make the throttle groups. False with `error`
+/// set (QEMU's words) for a malformed one, an unknown type or invalid
+/// throttle limits.
 bool check_objects(const parsed_args& args, std::string& error);
+
+/// The throttle groups the last check_objects made: open_image gives them
+/// to every image it opens.
+const std::vector<std::shared_ptr<throttle_group>>& throttle_groups();
 
 /// The json: name an --image-opts argument designates. False with `error`.
 bool image_opts_name(const std::string& arg, std::string& out, std::string& error);

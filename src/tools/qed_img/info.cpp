@@ -46,7 +46,8 @@ json to_json(const image_info& i, const std::string& path) {
         j.set("format-specific", std::move(specific));
     }
     if (!i.backing_file.empty()) {
-        j.set("full-backing-filename", i.backing_file_full);
+        // None where the image's node has no directory (a quorum), as qemu-img.
+        if (!i.backing_file_full.empty()) j.set("full-backing-filename", i.backing_file_full);
         j.set("backing-filename", i.backing_file);
     }
     // The real NEED_CHECK bit (qemu-img always says false for QED).
@@ -64,7 +65,10 @@ std::string to_human(const image_info& i, const std::string& path) {
     if (i.need_check) s += "cleanly shut down: no\n";
     if (!i.backing_file.empty()) {
         s += "backing file: " + i.backing_file;
-        if (i.backing_file_full != i.backing_file) s += " (actual path: " + i.backing_file_full + ")";
+        if (i.backing_file_full.empty())
+            s += " (cannot determine actual path)";
+        else if (i.backing_file_full != i.backing_file)
+            s += " (actual path: " + i.backing_file_full + ")";
         s += "\n";
         if (i.backing_format) s += "backing file format: " + std::string(to_string(*i.backing_format)) + "\n";
     }
@@ -125,6 +129,9 @@ int run_info(const words& words) {
         close_image(d, r.img);
         found.emplace_back(i, i.filename);  // as the library resolved it ("file:" taken off)
         if (!chain || i.backing_file.empty()) break;
+        if (i.backing_file_full.empty())  // qemu-img's words
+            return fail("Could not determine absolute backing filename, but backing filename '" + i.backing_file +
+                        "' present");
         path = i.backing_file_full;
         fmt = i.backing_format;  // raw when the header says so, else probe
     }

@@ -3,9 +3,11 @@
 // with qemu-img's command syntax, outputs and exit statuses.
 #include <cstdio>
 #include <exception>
+#include <string>
 #include <string_view>
 
 #include "common/driver.hpp"
+#include "qed/node_options.hpp"
 #include "qed/version.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/options.hpp"
@@ -51,7 +53,14 @@ void print_help() {
     std::printf(
         "\n'fmt' is qed or raw; it is guessed from the file when not given.\n"
         "Sizes take the suffixes k, M, G, T, P and E (powers of 1024).\n"
-        "'--output' takes human or json. Supported formats: qed raw\n");
+        "'--output' takes human or json.\n"
+        "Images may also be named by their nodes' options (json:{...} names, --image-opts)\n"
+        "with the drivers below; --object throttle-group,id=ID,limits.iops-total=N... makes\n"
+        "the groups throttle nodes name.\n");
+    // qemu-img's line: every block driver a node may name (formats, protocols, filters).
+    std::string drivers;
+    for (const auto& d : qed::node_drivers()) drivers += " " + d;
+    std::printf("\nSupported formats:%s\n", drivers.c_str());
 }
 
 int dispatch(int argc, char** argv) {

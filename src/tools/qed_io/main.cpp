@@ -192,8 +192,9 @@ int run(int argc, char** argv) {
     driver d;
     io::session s(d);
     if (!args->positional.empty()) {
-        const bool opened = args->has("snapshot") && !o.read_only ? s.open_snapshot(args->positional[0], o)
-                                                                   : s.open(args->positional[0], o);
+        const bool opened = args->has("snapshot") && !o.read_only
+                                ? s.open_snapshot(args->positional[0], o)
+                                : s.open(args->positional[0], o, args->has("image-opts"));
         if (!opened) return 1;
     }
 

@@ -22,7 +22,11 @@ namespace qed::tools::io {
 bool session::open(const std::string& path, open_options options, bool by_options) {
     auto r = open_image(driver_, path, options);
     if (r.ec) {
-        report(!by_options ? "can't open device " + r.error : "can't open: " + r.error);
+        // qemu-io names no device for an image given by its options, and
+        // the library's line starts with the json: name they make.
+        std::string why = r.error;
+        if (by_options && why.rfind(path + ": ", 0) == 0) why.erase(0, path.size() + 2);
+        report(!by_options ? "can't open device " + why : "can't open: " + why);
         return false;
     }
     img_ = r.img;

@@ -27,7 +27,7 @@ public:
     const std::string& path() const noexcept { return path_; }
 
     /// Open `path`; prints one line and returns false on failure.
-    /// With `by_options` set (named in open -o), the line says "can't open:"
+    /// With `by_options` set (named in open -o or by --image-opts), the line says "can't open:"
     /// as qemu-io's does, else "can't open device".
     bool open(const std::string& path, open_options options, bool by_options = false);
     /// Snapshot mode (-s): `path` is only read; writes go to a temporary
