@@ -2,6 +2,7 @@
 #include "common/image_opts.hpp"
 
 #include <algorithm>
+#include <map>
 #include <string_view>
 
 #include "qed/node_options.hpp"
@@ -54,6 +55,21 @@ bool check_objects(const parsed_args& args, std::string& error) {
     return true;
 }
 
+namespace {
+
+/// json: names made from --image-opts lists, and the lists.
+std::map<std::string, std::string>& given_names() {
+    static std::map<std::string, std::string> names;
+    return names;
+}
+
+}  // namespace
+
+std::string name_as_given(const std::string& name) {
+    const auto it = given_names().find(name);
+    return it == given_names().end() ? name : it->second;
+}
+
 bool image_opts_name(const std::string& arg, std::string& out, std::string& error) {
     std::string why;
     auto opts = parse_dotted_options(arg, why);
@@ -66,6 +82,7 @@ bool image_opts_name(const std::string& arg, std::string& out, std::string& erro
         return false;
     }
     out = json_name(*opts);
+    given_names().emplace(out, arg);
     return true;
 }
 

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <memory>
 
+#include "common/image_opts.hpp"
 #include "common/jobs.hpp"
 #include "common/sizes.hpp"
 #include "qed/node_options.hpp"
@@ -22,7 +23,11 @@ namespace qed::tools::io {
 bool session::open(const std::string& path, open_options options, bool by_options) {
     auto r = open_image(driver_, path, options);
     if (r.ec) {
-        report(!by_options ? "can't open device " + r.error : "can't open: " + r.error);
+        if (!r.reason.empty())  // qemu-io's form: the name as given, or none for open -o
+            report(!by_options ? "can't open device " + name_as_given(path) + ": " + r.reason
+                               : "can't open: " + r.reason);
+        else
+            report(!by_options ? "can't open device " + r.error : "can't open: " + r.error);
         return false;
     }
     img_ = r.img;
