@@ -715,7 +715,12 @@ std::optional<std::string> exact_filename(const node_options& o) {
             return name;
         }
         if (is_protocol(driver) || !only({"driver"}, "file.") || !has_prefix(o, "file")) return std::nullopt;
-        return exact_filename(sub_options(o, "file"));
+        // The file's name, when the file is a protocol node: a format in a
+        // format can't be named by its file alone.
+        const node_options file = sub_options(o, "file");
+        const std::string file_driver = get(file, "driver");
+        if (!file_driver.empty() && parse_format(file_driver)) return std::nullopt;
+        return exact_filename(file);
     }
     std::string why;
     if (driver == "nbd") {
