@@ -8,7 +8,7 @@
 //
 // image::async_open accepts json: names; the drivers such a name may use are
 // listed in src/image/node_open.cpp (qed, raw, file, host_device,
-// host_cdrom, nbd).
+// host_cdrom, nbd, ssh, blkdebug, null-co).
 #pragma once
 
 #include <map>
