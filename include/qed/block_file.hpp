@@ -4,7 +4,8 @@
 // Backends: io_uring (a ring of our own per io_context, through liburing), a
 // thread pool running pread/pwrite (chosen when no io_uring ring can be
 // created), an NBD export (libnbd, for nbd:// names), an RBD image (librbd,
-// for rbd: names), and an in-memory file. Test decorators (fault injection,
+// for rbd: names), a file on an SSH server (libssh's SFTP, for ssh:// names),
+// and an in-memory file. Test decorators (fault injection,
 // simulated power loss) sit behind the same interface.
 #pragma once
 
@@ -245,8 +246,9 @@ public:
 };
 
 /// Open a file by path, or a remote file by URI (nbd://HOST[:PORT]/EXPORT,
-/// nbd+unix:///EXPORT?socket=PATH, rbd:POOL/IMAGE[:conf=PATH]...: see
-/// is_remote_name), QEMU's fault injection layer (blkdebug:RULES:INNER,
+/// nbd+unix:///EXPORT?socket=PATH, rbd:POOL/IMAGE[:conf=PATH]...,
+/// ssh://[USER@]HOST[:PORT]/PATH[?host_key_check=yes|no|md5:H|sha1:H|sha256:H]:
+/// see is_remote_name), QEMU's fault injection layer (blkdebug:RULES:INNER,
 /// blkdebug::INNER: qed/blkdebug.hpp) or QEMU's null device (null-co://: 1 GiB
 /// that reads as zeros and discards writes). Throws nothing; errors come
 /// back in `ec`, with a line naming the problem in options.log.
@@ -259,11 +261,13 @@ public:
 /// A conflict with another process (QEMU's tools included) fails with
 /// errc::image_locked after logging one line in QEMU's words
 /// (`FILE: Failed to get "write" lock: Is another process using the image [FILE]?`).
-/// Remote files take no locks.
+/// Remote files take no locks. Remote files connect synchronously, as
+/// open(2) would block (image::async_open connects ssh:// files on a pool
+/// thread instead, so its io_context is never held up by libssh).
 std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, const std::string& path,
                                       const file_options& options, std::error_code& ec);
 
-/// True when open_file() hands `name` to a network protocol (an NBD URI or an RBD name)
+/// True when open_file() hands `name` to a network protocol (an NBD URI, an RBD name or an ssh: name)
 /// instead of the local file system. Such names are absolute: a backing
 /// file name of that kind is used as it is.
 bool is_remote_name(std::string_view name) noexcept;

@@ -84,7 +84,7 @@ struct open_options {
     /// When set, every backing file must resolve inside this directory.
     std::optional<std::string> allowed_backing_dir;
     /// With allowed_backing_dir: also accept remote backing files (nbd://,
-    /// rbd:), which no directory can contain. The image's owner vouches for
+    /// rbd:, ssh://), which no directory can contain. The image's owner vouches for
     /// the servers its backing names point at.
     bool allow_remote_backing = false;
     bool open_backing = true;    ///< false: leave the backing file closed (metadata tools)

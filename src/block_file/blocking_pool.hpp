@@ -45,13 +45,14 @@ void hand_over(const Executor& target, Keep keep, F f) {
     g->posted.notify_one();
 }
 
-/// Run `work()` (returning a result) on `pool`, then call `done(result)` on
+/// Run `work()` (returning a result) on `where` (the pool, or a strand on
+/// it that keeps one file's calls in order), then call `done(result)` on
 /// `ex`. `ex` counts as busy meanwhile, so its io_context does not run out of
 /// work; see hand_over() for how the pool thread lets go of it.
-template <class Work, class Done>
-void run_blocking(boost::asio::thread_pool& pool, const boost::asio::any_io_executor& ex, Work work, Done done) {
+template <class Where, class Work, class Done>
+void run_blocking_on(const Where& where, const boost::asio::any_io_executor& ex, Work work, Done done) {
     auto tracked = boost::asio::prefer(ex, boost::asio::execution::outstanding_work.tracked);
-    boost::asio::post(pool, [tracked = std::move(tracked), work = std::move(work), done = std::move(done)]() mutable {
+    boost::asio::post(where, [tracked = std::move(tracked), work = std::move(work), done = std::move(done)]() mutable {
         auto result = work();
         const auto target = boost::asio::prefer(tracked, boost::asio::execution::outstanding_work.untracked,
                                                 boost::asio::execution::relationship.fork);
@@ -59,6 +60,12 @@ void run_blocking(boost::asio::thread_pool& pool, const boost::asio::any_io_exec
             std::move(done)(std::move(result));
         });
     });
+}
+
+/// run_blocking_on() the pool itself.
+template <class Work, class Done>
+void run_blocking(boost::asio::thread_pool& pool, const boost::asio::any_io_executor& ex, Work work, Done done) {
+    run_blocking_on(pool.get_executor(), ex, std::move(work), std::move(done));
 }
 
 }  // namespace qed::detail

@@ -1,22 +1,22 @@
 // SPDX-License-Identifier: BSL-1.0
 // Opening a file by path and choosing its backend.
-#include "qed/blkdebug.hpp"
-#include "qed/block_file.hpp"
-#include "qed/error.hpp"
-
-#include "block_file/file_lock.hpp"
-#include "block_file/nbd_file.hpp"
-#include "block_file/posix_io.hpp"
-#include "block_file/rbd_file.hpp"
-#include "block_file/thread_pool_file.hpp"
-#include "block_file/uring_file.hpp"
-
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <string>
+
+#include "block_file/file_lock.hpp"
+#include "block_file/nbd_file.hpp"
+#include "block_file/posix_io.hpp"
+#include "block_file/rbd_file.hpp"
+#include "block_file/ssh_file.hpp"
+#include "block_file/thread_pool_file.hpp"
+#include "block_file/uring_file.hpp"
+#include "qed/blkdebug.hpp"
+#include "qed/block_file.hpp"
+#include "qed/error.hpp"
 
 namespace qed {
 namespace {
@@ -47,13 +47,25 @@ std::error_code check_file_type(int fd, bool character_device, int same_as = -1)
 
 }  // namespace
 
-bool is_remote_name(std::string_view name) noexcept { return detail::is_nbd_name(name) || detail::is_rbd_name(name); }
+bool is_remote_name(std::string_view name) noexcept {
+    return detail::is_nbd_name(name) || detail::is_rbd_name(name) || detail::is_ssh_name(name);
+}
 
 std::shared_ptr<block_file> open_file(const boost::asio::any_io_executor& ex, const std::string& path,
                                       const file_options& options, std::error_code& ec) {
     ec.clear();
     if (detail::is_nbd_name(path)) return detail::open_nbd_file(ex, path, options, ec);
     if (detail::is_rbd_name(path)) return detail::open_rbd_file(ex, path, options, ec);
+    if (detail::is_ssh_name(path)) {
+        detail::ssh_location where;
+        std::string why;
+        if (!detail::parse_ssh_name(path, where, why)) {
+            if (options.log) options.log(path + ": " + why);
+            ec = errc::invalid_argument;
+            return nullptr;
+        }
+        return detail::open_ssh_file(ex, where, options, path, ec);
+    }
     if (is_blkdebug_name(path)) {
         blkdebug_config config;
         std::string error;

@@ -1,19 +1,19 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "image/backing.hpp"
 
-#include "qed/blkdebug.hpp"
-
-#include "table/co_io.hpp"
-#include "image/file_protocol.hpp"
-#include "image/node_open.hpp"
-#include "image/qed_image.hpp"
-#include "image/raw_image.hpp"
-
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+
+#include "block_file/ssh_file.hpp"
+#include "image/file_protocol.hpp"
+#include "image/node_open.hpp"
+#include "image/qed_image.hpp"
+#include "image/raw_image.hpp"
+#include "qed/blkdebug.hpp"
+#include "table/co_io.hpp"
 
 namespace qed::detail {
 
@@ -34,6 +34,12 @@ std::string resolve_backing_path(const std::string& image_path, const std::strin
             return {};
         }
         return *dir + backing_name;
+    }
+    if (is_blkdebug_name(image_path)) {
+        // QEMU's bdrv_dirname of a blkdebug node: its image's directory.
+        blkdebug_config c;
+        std::string ignored;
+        if (!parse_blkdebug_name(image_path, c, ignored)) return resolve_backing_path(c.image, backing_name, why);
     }
     // A remote image has no directory (qed_open refuses a relative name there).
     if (is_remote_name(image_path)) return backing_name;
@@ -84,6 +90,13 @@ std::shared_ptr<bool> lock_options(file_options& fo, const open_options& o) {
     return logged;
 }
 
+/// QEMU's name for the file an ssh:// name designates; empty if it has none.
+std::string ssh_name_of(const std::string& name) {
+    ssh_location where;
+    std::string why;
+    return parse_ssh_name(name, where, why) ? ssh_exact_name(where) : std::string{};
+}
+
 /// The one line for a backing file refused by allowed_backing_dir: what was
 /// refused (the name and, when it exists, where it really leads) and why.
 /// The option that allows it belongs to the program, which adds it.
@@ -123,9 +136,29 @@ std::error_code probe_format(const std::byte* b, std::size_t n, image_format& ou
 }
 
 file_opener default_opener(const boost::asio::any_io_executor& ex) {
-    return [ex](const std::string& path, const file_options& fo, std::error_code& ec) {
-        return open_file(ex, path, fo, ec);
-    };
+    return default_file_opener{ex};
+}
+
+boost::asio::awaitable<file_result> open_through(boost::asio::any_io_executor ex, file_opener opener, std::string path,
+                                                 file_options fo) {
+    if (!opener.target<default_file_opener>() || !is_ssh_name(path)) {
+        std::error_code ec;
+        auto file = opener(path, fo, ec);
+        co_return file_result{ec, std::move(file)};
+    }
+    ssh_location where;
+    std::string why;
+    if (!parse_ssh_name(path, where, why)) {
+        if (fo.log) fo.log(path + ": " + why);
+        co_return file_result{make_error_code(errc::invalid_argument), nullptr};
+    }
+    auto [ec, file] = co_await boost::asio::async_initiate<decltype(co::use_tuple), void(boost::system::error_code,
+                                                                                         std::shared_ptr<block_file>)>(
+        [&ex, &where, &fo, &path](auto handler) {
+            async_open_ssh_file(ex, where, fo, path, file_open_handler(std::move(handler)));
+        },
+        co::use_tuple);
+    co_return file_result{ec, std::move(file)};
 }
 
 boost::asio::awaitable<device_result> open_on_file(boost::asio::any_io_executor ex, std::shared_ptr<block_file> file,
@@ -198,13 +231,15 @@ boost::asio::awaitable<device_result> open_device(boost::asio::any_io_executor e
     fo.character_device = options.character_device;  // the image only, never a backing file
     // Set when the opener explained the failure itself (a lock, a connection).
     const auto logged = lock_options(fo, options);
-    std::error_code ec;
-    auto file = options.opener(path, fo, ec);
+    auto opening = open_through(ex, options.opener, path, fo);  // named: see README, GCC 12 and coroutines
+    auto [ec, file] = co_await std::move(opening);
     if (!file) {
         if (!ec) ec = std::make_error_code(std::errc::io_error);
         if (options.log && !*logged) options.log(path + ": " + ec.message());
         co_return device_result{ec, nullptr};
     }
+    // An ssh:// image goes by QEMU's name for it (user, port and all).
+    if (std::string exact; is_ssh_name(path) && !(exact = ssh_name_of(path)).empty()) path = exact;
     co_return co_await open_on_file(ex, std::move(file), std::move(path), format, std::move(options), depth,
                                     std::move(chain));
 }
@@ -301,8 +336,8 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
     // A backing file is locked as a reader that needs it to hold still, as
     // QEMU's QED driver locks it, whether the overlay is writable or not.
     lock_options(fo, child);
-    std::error_code ec;
-    auto file = child.opener(target, fo, ec);
+    auto opening = open_through(ex, child.opener, target, fo);  // named: see README, GCC 12 and coroutines
+    auto [ec, file] = co_await std::move(opening);
     if (!file) {
         // The image's own open reports it (one line naming both files).
         if (!ec) ec = std::make_error_code(std::errc::io_error);

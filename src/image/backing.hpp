@@ -43,7 +43,23 @@ boost::asio::awaitable<device_result> open_on_file(boost::asio::any_io_executor 
                                                    open_options options, unsigned depth,
                                                    std::vector<file_identity> chain);
 
+/// What default_opener() holds: real files through open_file().
+struct default_file_opener {
+    boost::asio::any_io_executor ex;  ///< the files' executor
+    std::shared_ptr<block_file> operator()(const std::string& path, const file_options& fo, std::error_code& ec) const {
+        return open_file(ex, path, fo, ec);
+    }
+};
+
 /// The default opener: real files through open_file().
 file_opener default_opener(const boost::asio::any_io_executor& ex);
+
+using file_result = std::pair<std::error_code, std::shared_ptr<block_file>>;
+
+/// Open `path` through `opener`. With the default opener, an ssh:// name is
+/// connected on the blocking pool while the io_context goes on (libssh
+/// blocks); any other name, or another opener, is one synchronous call.
+boost::asio::awaitable<file_result> open_through(boost::asio::any_io_executor ex, file_opener opener, std::string path,
+                                                 file_options fo);
 
 }  // namespace qed::detail

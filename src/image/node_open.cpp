@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "image/node_open.hpp"
 
+#include <netdb.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <atomic>
 #include <boost/asio/post.hpp>
@@ -14,6 +17,8 @@
 
 #include "block_file/quorum_file.hpp"
 #include "image/file_protocol.hpp"
+#include "block_file/blocking_pool.hpp"
+#include "block_file/ssh_file.hpp"
 #include "table/co_io.hpp"
 
 namespace qed::detail {
@@ -242,8 +247,8 @@ bool only_keys(const child_request& r, std::string_view driver, std::initializer
     return true;
 }
 
-file_result open_path(const child_request& r, const std::string& path, bool character_device,
-                      const std::function<void(file_options&)>& adjust = {}) {
+boost::asio::awaitable<file_result> open_path(child_request r, std::string path, bool character_device,
+                                              std::function<void(file_options&)> adjust = {}) {
     file_options fo;
     fo.read_only = r.open.read_only;
     fo.direct = r.open.direct;
@@ -260,15 +265,15 @@ file_result open_path(const child_request& r, const std::string& path, bool char
     if (lock == "on" || lock == "off") fo.locking = lock == "on" ? lock_mode::on : lock_mode::off;
     fo.notice = r.open.notice;
     if (adjust) adjust(fo);
-    std::error_code ec;
     auto opener = r.open.opener ? r.open.opener : default_opener(r.ex);
-    auto f = opener(path, fo, ec);
+    auto opening = open_through(r.ex, std::move(opener), path, fo);  // named: GCC 12 and coroutines
+    auto [ec, f] = co_await std::move(opening);
     if (!f) {
         if (!ec) ec = std::make_error_code(std::errc::io_error);
-        if (!*logged) return refuse(r, "Could not open '" + path + "': " + ec.message(), ec);
-        return {ec, nullptr};
+        if (!*logged) co_return refuse(r, "Could not open '" + path + "': " + ec.message(), ec);
+        co_return file_result{ec, nullptr};
     }
-    return {{}, std::move(f)};
+    co_return file_result{{}, std::move(f)};
 }
 
 boost::asio::awaitable<file_result> protocol_driver(child_request r, std::string driver) {
@@ -280,7 +285,8 @@ boost::asio::awaitable<file_result> protocol_driver(child_request r, std::string
     const std::string path = get(r.options, "filename");
     if (path.empty())
         co_return refuse(r, "The '" + driver + "' block driver requires a file name", errc::invalid_argument);
-    co_return open_path(r, path, driver != "file");
+    auto opening = open_path(std::move(r), path, driver != "file");
+    co_return co_await std::move(opening);
 }
 
 boost::asio::awaitable<file_result> file_driver(child_request r) {
@@ -293,6 +299,100 @@ boost::asio::awaitable<file_result> host_cdrom_driver(child_request r) {
     co_return co_await protocol_driver(std::move(r), "host_cdrom");
 }
 
+/// Where an nbd node's server is: server.type=unix with server.path, or
+/// server.type=inet with server.host and server.port (10809 by default),
+/// or QEMU's legacy path / host / port; and the export.
+struct nbd_address {
+    std::string type, path, host, port, exp;
+};
+
+bool nbd_address_of(const node_options& o, nbd_address& a, std::string& why) {
+    const bool legacy = o.count("path") || o.count("host") || o.count("port");
+    a.exp = get(o, "export");
+    if (legacy) {
+        if (has_prefix(o, "server")) {
+            why = "Cannot use 'server' and path/host/port at the same time";
+            return false;
+        }
+        if (o.count("path") && o.count("host")) {
+            why = "path and host may not be used at the same time";
+            return false;
+        }
+        if (o.count("path")) {
+            if (o.count("port")) {
+                why = "port may not be used without host";
+                return false;
+            }
+            a.type = "unix";
+            a.path = get(o, "path");
+            return true;
+        }
+        if (o.count("host")) {
+            a.type = "inet";
+            a.host = get(o, "host");
+            a.port = o.count("port") ? get(o, "port") : "10809";
+            return true;
+        }
+    }
+    if (!has_prefix(o, "server")) {
+        why = "NBD server address missing";
+        return false;
+    }
+    a.type = get(o, "server.type");
+    if (a.type == "unix") {
+        a.path = get(o, "server.path");
+        if (a.path.empty()) {
+            why = "Parameter 'server.path' is missing";
+            return false;
+        }
+    } else if (a.type == "inet") {
+        a.host = get(o, "server.host");
+        if (a.host.empty()) {
+            why = "Parameter 'server.host' is missing";
+            return false;
+        }
+        a.port = get(o, "server.port");
+        if (a.port.empty()) a.port = "10809";
+    } else {
+        why = a.type.empty() ? std::string("Parameter 'server.type' is missing")
+                             : "Parameter 'server.type' does not accept value '" + a.type + "'";
+        return false;
+    }
+    return true;
+}
+
+/// QEMU's name for an nbd node (nbd_refresh_filename).
+std::string nbd_exact_name(const nbd_address& a) {
+    if (a.type == "unix")
+        return a.exp.empty() ? "nbd+unix://?socket=" + a.path : "nbd+unix:///" + a.exp + "?socket=" + a.path;
+    return "nbd://" + a.host + ":" + a.port + (a.exp.empty() ? std::string{} : "/" + a.exp);
+}
+
+/// Resolve HOST:PORT on the blocking pool (getaddrinfo blocks): empty, or
+/// QEMU's line for the failure.
+boost::asio::awaitable<std::string> resolve_check(boost::asio::any_io_executor ex, std::string host, std::string port) {
+    auto pool = blocking_pool();
+    auto [why] = co_await boost::asio::async_initiate<decltype(co::use_tuple), void(std::string)>(
+        [&pool, &ex, &host, &port](auto handler) {
+            run_blocking(
+                *pool, ex,
+                [host, port] {
+                    ::addrinfo hints{};
+                    hints.ai_flags = AI_ADDRCONFIG;
+                    hints.ai_socktype = SOCK_STREAM;
+                    ::addrinfo* res = nullptr;
+                    const int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
+                    if (rc != 0)
+                        return "address resolution failed for " + host + ":" + port + ": " + ::gai_strerror(rc);
+                    ::freeaddrinfo(res);
+                    return std::string{};
+                },
+                [h = std::move(handler)](std::string line) mutable { std::move(h)(std::move(line)); });
+        },
+        co::use_tuple);
+    co_return why;
+}
+
 /// A number of seconds (QEMU's uint32 options of the nbd driver).
 std::optional<unsigned> seconds_option(const std::string& v) {
     if (v.empty() || v.size() > 10 || v.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
@@ -301,16 +401,15 @@ std::optional<unsigned> seconds_option(const std::string& v) {
     return static_cast<unsigned>(n);
 }
 
-/// driver=nbd: server.type=unix with server.path, or server.type=inet with
-/// server.host and server.port (10809 by default); export. Opened as the
-/// NBD URI they spell. reconnect-delay and open-timeout (seconds) are
-/// QEMU's: how long requests wait for a new connection when the server is
-/// lost, and how long a failing open keeps trying.
+/// driver=nbd (see nbd_address_of). Opened as the NBD URI the options
+/// spell. reconnect-delay and open-timeout (seconds) are QEMU's: how long
+/// requests wait for a new connection when the server is lost, and how long
+/// a failing open keeps trying.
 boost::asio::awaitable<file_result> nbd_driver(child_request r) {
     std::string bad;
     if (!only_keys(r, "nbd",
-                   {"driver", "server.type", "server.path", "server.host", "server.port", "export", "reconnect-delay",
-                    "open-timeout"},
+                   {"driver", "server.type", "server.path", "server.host", "server.port", "export", "host", "port",
+                    "path", "reconnect-delay", "open-timeout"},
                    bad))
         co_return refuse(r, bad, errc::invalid_argument);
     unsigned reconnect_delay = 0;
@@ -322,29 +421,169 @@ boost::asio::awaitable<file_result> nbd_driver(child_request r) {
         if (!n) co_return refuse(r, std::string("Parameter '") + key + "' expects uint32", errc::invalid_argument);
         *value = *n;
     }
-    const std::string type = get(r.options, "server.type");
-    const std::string exp = get(r.options, "export");
+    nbd_address a;
+    if (!nbd_address_of(r.options, a, bad)) co_return refuse(r, bad, errc::invalid_argument);
     std::string uri;
-    if (type == "unix") {
-        const std::string path = get(r.options, "server.path");
-        if (path.empty()) co_return refuse(r, "Parameter 'server.path' is missing", errc::invalid_argument);
-        uri = "nbd+unix:///" + exp + "?socket=" + path;
-    } else if (type == "inet") {
-        const std::string host = get(r.options, "server.host");
-        if (host.empty()) co_return refuse(r, "Parameter 'server.host' is missing", errc::invalid_argument);
-        const std::string port = get(r.options, "server.port");
-        const bool v6 = host.find(':') != std::string::npos;
-        uri = "nbd://" + (v6 ? "[" + host + "]" : host) + ":" + (port.empty() ? "10809" : port) + "/" + exp;
+    if (a.type == "unix") {
+        uri = "nbd+unix:///" + a.exp + "?socket=" + a.path;
     } else {
-        co_return refuse(r,
-                         type.empty() ? std::string("Parameter 'server.type' is missing")
-                                      : "Parameter 'server.type' does not accept value '" + type + "'",
-                         errc::invalid_argument);
+        // A name that does not resolve fails as in QEMU, naming host and port.
+        auto resolving = resolve_check(r.ex, a.host, a.port);  // named: GCC 12 and coroutines
+        const std::string why = co_await std::move(resolving);
+        if (!why.empty()) co_return refuse(r, why, errc::invalid_argument);
+        const bool v6 = a.host.find(':') != std::string::npos;
+        uri = "nbd://" + (v6 ? "[" + a.host + "]" : a.host) + ":" + a.port + "/" + a.exp;
     }
-    co_return open_path(r, uri, false, [reconnect_delay, open_timeout](file_options& fo) {
+    auto opening = open_path(std::move(r), uri, false, [reconnect_delay, open_timeout](file_options& fo) {
         fo.reconnect_delay = reconnect_delay;
         fo.open_timeout = open_timeout;
     });
+    co_return co_await std::move(opening);
+}
+
+/// A number as QEMU's option parser reads one (qemu_strtou64, base 0).
+bool qemu_number(const std::string& name, const std::string& v, std::string& why) {
+    const char* begin = v.c_str();
+    char* end = nullptr;
+    errno = 0;
+    (void)std::strtoull(begin, &end, 0);
+    if (errno == ERANGE) {
+        why = "Value '" + v + "' is too large for parameter '" + name + "'";
+        return false;
+    }
+    if (v.empty() || end == begin || *end != '\0' || errno) {
+        why = "Parameter '" + name + "' expects a number";
+        return false;
+    }
+    return true;
+}
+
+/// An ssh node's options (QEMU's BlockdevOptionsSsh and its legacy keys):
+/// server.host and server.port, or host and port (22 by default); path;
+/// user; host-key-check.mode (known_hosts, none, hash with .type and
+/// .hash), or host_key_check (yes, no, md5:H, sha1:H, sha256:H); or a
+/// filename (an ssh:// name) in place of the location.
+bool ssh_location_of(const node_options& o, ssh_location& w, std::string& why) {
+    for (const auto& [k, v] : o) {
+        static constexpr std::string_view known[] = {"driver",
+                                                     "filename",
+                                                     "host",
+                                                     "port",
+                                                     "path",
+                                                     "user",
+                                                     "host_key_check",
+                                                     "server.host",
+                                                     "server.port",
+                                                     "host-key-check.mode",
+                                                     "host-key-check.type",
+                                                     "host-key-check.hash"};
+        if (std::find(std::begin(known), std::end(known), k) != std::end(known)) continue;
+        if (k.compare(0, 7, "server.") == 0)
+            why = "ssh: option '" + k + "' is not supported (only server.host and server.port are)";
+        else
+            why = "Parameter '" + k + "' is unexpected";
+        return false;
+    }
+    if (o.count("filename")) {
+        for (const char* k : {"host", "port", "path", "user", "host_key_check"}) {
+            if (o.count(k)) {
+                why = std::string("Option '") + k + "' cannot be used with a file name";
+                return false;
+            }
+        }
+        if (has_prefix(o, "server")) {
+            why = "Option '" + o.lower_bound("server.")->first + "' cannot be used with a file name";
+            return false;
+        }
+        if (!parse_ssh_name(get(o, "filename"), w, why)) return false;
+    } else {
+        w = ssh_location{};
+        if (o.count("port") && !o.count("host")) {
+            why = "port may not be used without host";
+            return false;
+        }
+        if (o.count("port") && !qemu_number("port", get(o, "port"), why)) return false;
+        if (o.count("host")) {
+            w.host = get(o, "host");
+            w.port = o.count("port") ? get(o, "port") : "22";
+        } else {
+            if (!has_prefix(o, "server")) {
+                why = "Parameter 'server' is missing";
+                return false;
+            }
+            if (!o.count("server.host")) {
+                why = "Parameter 'server.host' is missing";
+                return false;
+            }
+            if (!o.count("server.port")) {
+                why = "Parameter 'server.port' is missing";
+                return false;
+            }
+            w.host = get(o, "server.host");
+            w.port = get(o, "server.port");
+        }
+        if (!o.count("path")) {
+            why = "Parameter 'path' is missing";
+            return false;
+        }
+        w.path = get(o, "path");
+        w.user = get(o, "user");
+    }
+    if (has_prefix(o, "host-key-check")) {
+        using kc = ssh_location::key_check;
+        if (!o.count("host-key-check.mode")) {
+            why = "Parameter 'host-key-check.mode' is missing";
+            return false;
+        }
+        const std::string mode = get(o, "host-key-check.mode");
+        if (mode == "none") {
+            w.check = kc::none;
+        } else if (mode == "known_hosts") {
+            w.check = kc::known_hosts;
+        } else if (mode == "hash") {
+            if (!o.count("host-key-check.type")) {
+                why = "Parameter 'host-key-check.type' is missing";
+                return false;
+            }
+            const std::string type = get(o, "host-key-check.type");
+            if (type != "md5" && type != "sha1" && type != "sha256") {
+                why = "Parameter 'type' does not accept value '" + type + "'";
+                return false;
+            }
+            if (!o.count("host-key-check.hash")) {
+                why = "Parameter 'host-key-check.hash' is missing";
+                return false;
+            }
+            w.check = kc::hash;
+            w.hash_type = type;
+            w.hash = get(o, "host-key-check.hash");
+        } else {
+            why = "Parameter 'mode' does not accept value '" + mode + "'";
+            return false;
+        }
+    }
+    // The legacy key wins over host-key-check (QEMU writes it over them).
+    if (o.count("host_key_check") && !parse_host_key_check(get(o, "host_key_check"), w, why)) return false;
+    return true;
+}
+
+/// driver=ssh (see ssh_location_of), or a child named by an ssh:// file
+/// name. The connection is made on the blocking pool.
+boost::asio::awaitable<file_result> ssh_driver(child_request r) {
+    ssh_location where;
+    std::string why;
+    if (!ssh_location_of(r.options, where, why)) co_return refuse(r, why, errc::invalid_argument);
+    file_options fo;
+    fo.read_only = r.open.read_only;
+    fo.log = r.open.log;
+    auto [ec, file] = co_await boost::asio::async_initiate<decltype(co::use_tuple), void(boost::system::error_code,
+                                                                                         std::shared_ptr<block_file>)>(
+        [&r, &where, &fo](auto handler) {
+            async_open_ssh_file(r.ex, where, fo, std::string{}, file_open_handler(std::move(handler)));
+        },
+        co::use_tuple);
+    if (ec) co_return file_result{ec, nullptr};
+    co_return file_result{{}, std::move(file)};
 }
 
 /// Open a child node by its "driver" (the table below).
@@ -446,10 +685,12 @@ boost::asio::awaitable<file_result> by_name_driver(child_request r) {
     const std::string path = get(r.options, "filename");
     if (is_blkdebug_name(path)) co_return co_await blkdebug_driver(std::move(r));
     if (is_null_name(path)) co_return co_await null_driver(std::move(r));
+    if (is_ssh_name(path)) co_return co_await ssh_driver(std::move(r));
     std::string bad;
     if (!only_keys(r, "file", {"filename", "locking"}, bad)) co_return refuse(r, bad, errc::invalid_argument);
     if (path.empty()) co_return refuse(r, "A block device must be specified for \"file\"", errc::invalid_argument);
-    co_return open_path(r, path, false);
+    auto opening = open_path(std::move(r), path, false);
+    co_return co_await std::move(opening);
 }
 
 /// Let go of files opened for a node that then failed (nested images are
@@ -589,6 +830,7 @@ const driver_entry child_drivers[] = {
     {"host_device", host_device_driver},
     {"host_cdrom", host_cdrom_driver},
     {"nbd", nbd_driver},
+    {"ssh", ssh_driver},
     {"blkdebug", blkdebug_driver},
     {"null-co", null_driver},
     {"null-aio", null_driver},
@@ -615,6 +857,73 @@ boost::asio::awaitable<file_result> open_child(child_request r) {
     const driver_entry* d = find_driver(name);
     if (!d) co_return refuse(r, unsupported(name), errc::not_supported);
     co_return co_await d->open(std::move(r));
+}
+
+/// QEMU's exact file name of a node (bdrv_refresh_filename): a name that
+/// opens the same node, where its options can all be spelled in one.
+std::optional<std::string> exact_filename(const node_options& o) {
+    const std::string driver = get(o, "driver");
+    auto only = [&o](std::initializer_list<std::string_view> keys, std::string_view prefix = {}) {
+        for (const auto& [k, v] : o) {
+            if (std::find(keys.begin(), keys.end(), k) != keys.end()) continue;
+            if (!prefix.empty() && k.compare(0, prefix.size(), prefix) == 0) continue;
+            return false;
+        }
+        return true;
+    };
+    if (driver.empty() || parse_format(driver) || is_protocol(driver)) {
+        // A named file (maybe below a format that adds nothing of its own).
+        if (o.count("filename") && only({"driver", "filename", "locking"})) {
+            const std::string name = get(o, "filename");
+            if (is_ssh_name(name)) {
+                ssh_location where;
+                std::string why;
+                if (parse_ssh_name(name, where, why)) {
+                    std::string exact = ssh_exact_name(where);
+                    if (!exact.empty()) return exact;
+                }
+            }
+            return name;
+        }
+        if (is_protocol(driver) || !only({"driver"}, "file.") || !has_prefix(o, "file")) return std::nullopt;
+        // The file's name, when the file is a protocol node: a format in a
+        // format can't be named by its file alone.
+        const node_options file = sub_options(o, "file");
+        const std::string file_driver = get(file, "driver");
+        if (!file_driver.empty() && parse_format(file_driver)) return std::nullopt;
+        return exact_filename(file);
+    }
+    std::string why;
+    if (driver == "nbd") {
+        nbd_address a;
+        if (!only({"driver", "host", "port", "path", "export"}, "server.") || !nbd_address_of(o, a, why))
+            return std::nullopt;
+        return nbd_exact_name(a);
+    }
+    if (driver == "ssh") {
+        ssh_location where;
+        if (!ssh_location_of(o, where, why)) return std::nullopt;
+        std::string exact = ssh_exact_name(where);
+        if (exact.empty()) return std::nullopt;
+        return exact;
+    }
+    if (driver == "null-co" || driver == "null-aio") {
+        if (!only({"driver", "filename", "latency-ns"})) return std::nullopt;
+        return driver + "://";
+    }
+    if (driver == "blkdebug") {
+        // The rules file and the image below; rules given as options, or an
+        // alignment, can't be written in a blkdebug: name.
+        if (!only({"driver", "config", "x-image"}, "image.")) return std::nullopt;
+        std::optional<std::string> inner;
+        if (has_prefix(o, "image"))
+            inner = exact_filename(sub_options(o, "image"));
+        else if (o.count("x-image"))
+            inner = get(o, "x-image");
+        if (!inner || inner->empty()) return std::nullopt;
+        return "blkdebug:" + get(o, "config") + ":" + *inner;
+    }
+    return std::nullopt;
 }
 
 /// A key that is a value and a parent of other keys at once ("file": "x"
@@ -729,6 +1038,7 @@ std::optional<std::string> node_directory(const node_options& o, std::string& wh
 
 std::string node_display_name(const node_options& options) {
     if (auto p = plain_form(options)) return p->path;
+    if (auto exact = exact_filename(options)) return *exact;
     return json_name(options);
 }
 

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "common/image_opts.hpp"
+#include "qed/node_options.hpp"
 
 namespace qed::tools {
 
@@ -95,6 +96,25 @@ open_result open_image(driver& d, const std::string& path, open_options options)
         return out;
     }
     out.ec = std::get<0>(*r);
+    if (out.ec && (is_json_name(path) || path.rfind("ssh:", 0) == 0)) {
+        // QEMU's form for names it can't show as a path: the name as the
+        // user wrote it (an --image-opts list too), then the driver's line
+        // without the name the library put in front of it.
+        const auto lines = logs.lines();
+        std::string why = lines.empty() ? out.ec.message() : lines.back();
+        std::vector<std::string> prefixes{path + ": "};
+        std::string ignored;
+        if (auto tree = parse_json_options(path, ignored)) prefixes.push_back(json_name(*tree) + ": ");
+        for (const auto& p : prefixes) {
+            if (why.size() > p.size() && why.compare(0, p.size(), p) == 0) {
+                why.erase(0, p.size());
+                break;
+            }
+        }
+        out.reason = why;
+        out.error = "Could not open '" + name_as_given(path) + "': " + why;
+        return out;
+    }
     if (out.ec) {
         const auto lines = logs.lines();
         out.error = lines.empty() ? describe(path, out.ec) : lines.back();

@@ -71,6 +71,11 @@ struct open_result {
     std::error_code ec;
     image img;
     std::string error;  ///< on failure: one line naming the file and the problem
+    /// On failure to open a name made of block-node options (json:,
+    /// --image-opts) or an ssh:// name: the problem alone, without the name,
+    /// and `error` is qemu-img's "Could not open 'NAME': PROBLEM" (NAME as
+    /// the user gave it). Empty otherwise.
+    std::string reason;
 };
 
 /// Open an image. On failure `error` holds the most telling diagnostic.

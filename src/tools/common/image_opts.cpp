@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <optional>
 #include <string_view>
 
@@ -133,6 +134,21 @@ bool check_objects(const parsed_args& args, std::string& error) {
     return true;
 }
 
+namespace {
+
+/// json: names made from --image-opts lists, and the lists.
+std::map<std::string, std::string>& given_names() {
+    static std::map<std::string, std::string> names;
+    return names;
+}
+
+}  // namespace
+
+std::string name_as_given(const std::string& name) {
+    const auto it = given_names().find(name);
+    return it == given_names().end() ? name : it->second;
+}
+
 bool image_opts_name(const std::string& arg, std::string& out, std::string& error) {
     std::string why;
     auto opts = parse_dotted_options(arg, why);
@@ -145,6 +161,7 @@ bool image_opts_name(const std::string& arg, std::string& out, std::string& erro
         return false;
     }
     out = json_name(*opts);
+    given_names().emplace(out, arg);
     return true;
 }
 

@@ -34,6 +34,10 @@ const std::vector<std::shared_ptr<throttle_group>>& throttle_groups();
 /// The json: name an --image-opts argument designates. False with `error`.
 bool image_opts_name(const std::string& arg, std::string& out, std::string& error);
 
+/// The name an image argument had before --image-opts turned it into a
+/// json: name (the option list itself), for messages; other names as they are.
+std::string name_as_given(const std::string& name);
+
 /// Both of the above for a command: objects checked, and with --image-opts
 /// the first `images` positional words replaced by json: names (refused
 /// with -f, as qemu-img does). `format_key` is the name of the format

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <memory>
 
+#include "common/image_opts.hpp"
 #include "common/jobs.hpp"
 #include "common/sizes.hpp"
 #include "qed/node_options.hpp"
@@ -22,11 +23,16 @@ namespace qed::tools::io {
 bool session::open(const std::string& path, open_options options, bool by_options) {
     auto r = open_image(driver_, path, options);
     if (r.ec) {
-        // qemu-io names no device for an image given by its options, and
-        // the library's line starts with the json: name they make.
-        std::string why = r.error;
-        if (by_options && why.rfind(path + ": ", 0) == 0) why.erase(0, path.size() + 2);
-        report(!by_options ? "can't open device " + why : "can't open: " + why);
+        if (!r.reason.empty()) {  // qemu-io's form: the name as given, or none for open -o
+            report(!by_options ? "can't open device " + name_as_given(path) + ": " + r.reason
+                               : "can't open: " + r.reason);
+        } else {
+            // qemu-io names no device for an image given by its options, and
+            // the library's line starts with the json: name they make.
+            std::string why = r.error;
+            if (by_options && why.rfind(path + ": ", 0) == 0) why.erase(0, path.size() + 2);
+            report(!by_options ? "can't open device " + why : "can't open: " + why);
+        }
         return false;
     }
     img_ = r.img;
