@@ -749,11 +749,18 @@ void memory_budget::take_locked(const connection* c, std::size_t n) {
     held_[c] += n;
 }
 
+bool memory_budget::fits_locked(const connection* c, std::size_t n) const {
+    return used_ + n <= (holds_locked(c) ? limit_ - reserve_ : limit_);
+}
+
 bool memory_budget::try_take(const connection* c, std::size_t n) {
     std::lock_guard lock(mutex_);
-    if (used_ + n > limit_ || !within_share_locked(c, n)) return false;
+    if (!fits_locked(c, n) || !within_share_locked(c, n)) return false;
+    // Waiters within their share go first -- for a connection holding
+    // nothing, only those that hold nothing either (the reserve is theirs).
+    const bool newcomer = !holds_locked(c);
     for (const waiter& w : waiters_)
-        if (within_share_locked(w.who, w.n)) return false;  // its turn first
+        if (within_share_locked(w.who, w.n) && (!newcomer || !holds_locked(w.who))) return false;
     take_locked(c, n);
     return true;
 }
@@ -764,12 +771,23 @@ void memory_budget::force_take(const connection* c, std::size_t n) {
 }
 
 void memory_budget::grant_locked(grants& out) {
+    // First come, first served among the waiters within their share, in two
+    // lines: connections that hold bytes (bounded by limit - reserve) and
+    // those that hold none (which may use the reserve). One that does not
+    // fit stops the rest of its own line, not the other.
+    bool holders_stopped = false, newcomers_stopped = false;
     for (auto it = waiters_.begin(); it != waiters_.end();) {
-        if (!within_share_locked(it->who, it->n)) {
-            ++it;  // over its share: others go first
+        const bool holder = holds_locked(it->who);
+        bool& stopped = holder ? holders_stopped : newcomers_stopped;
+        if (stopped || !within_share_locked(it->who, it->n)) {
+            ++it;  // over its share, or behind one that waits: others go first
             continue;
         }
-        if (used_ + it->n > limit_) break;  // first come, first served among the rest
+        if (!fits_locked(it->who, it->n)) {
+            stopped = true;
+            ++it;
+            continue;
+        }
         auto c = it->c.lock();
         if (c) {
             take_locked(it->who, it->n);

@@ -54,12 +54,18 @@ class connection;
 /// served once bytes come back; among those within their share, first come,
 /// first served (small requests don't starve large ones). Thread-safe.
 ///
-/// What it cannot do: bytes held by replies a client never reads stay held
-/// until it reads or disconnects. With the pool full of those, a newcomer
-/// waits for bytes to come back; the total never exceeds the limit.
+/// A reserve keeps clients that never read their replies from locking the
+/// others out: connections that already hold bytes take them only from
+/// `limit - reserve` all together, so a connection with nothing in flight
+/// (a newcomer, or a client that reads its replies) always finds `reserve`
+/// bytes -- enough for a request of up to `reserve` bytes -- unless other
+/// such connections are using them, and those give them back as soon as
+/// their replies are read. Bytes held by replies a client never reads stay
+/// held until it reads or disconnects; the total never exceeds the limit.
 class memory_budget {
 public:
-    explicit memory_budget(std::size_t limit) : limit_(limit) {}
+    /// `reserve` (at most `limit`): bytes only connections holding none may take.
+    memory_budget(std::size_t limit, std::size_t reserve) : limit_(limit), reserve_(std::min(reserve, limit)) {}
     memory_budget(const memory_budget&) = delete;
     memory_budget& operator=(const memory_budget&) = delete;
 
@@ -86,10 +92,15 @@ private:
     };
     using grants = std::vector<std::pair<std::shared_ptr<connection>, std::size_t>>;
     bool within_share_locked(const connection* c, std::size_t n) const;
+    /// `n` more bytes for `c` stay within the limit (for a connection that
+    /// holds bytes already: within the limit less the reserve).
+    bool fits_locked(const connection* c, std::size_t n) const;
+    bool holds_locked(const connection* c) const { return held_.count(c) != 0; }
     void grant_locked(grants& out);
     void take_locked(const connection* c, std::size_t n);
 
     const std::size_t limit_;
+    const std::size_t reserve_;
     mutable std::mutex mutex_;
     std::size_t used_ = 0;
     std::map<const connection*, std::size_t> held_;  ///< bytes held, per connection holding any
@@ -127,6 +138,9 @@ struct server_context {
     std::function<void(std::string_view)> warn;
 };
 
+/// Ownership: shared by the server (until it ends) and by its own
+/// operations in flight (each holds shared_from_this()); it owns its socket
+/// or TLS stream and the buffers of its requests.
 class connection : public std::enable_shared_from_this<connection> {
 public:
     using closed_handler = std::function<void(connection&)>;

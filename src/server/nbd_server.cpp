@@ -264,7 +264,10 @@ void server::all_open() {
         ctx_.infos.push_back(&x->info);
     }
     ctx_.lim = options_.lim;
-    budget_ = std::make_unique<memory_budget>(options_.memory_limit);
+    // The reserve: one request of the largest size (half the limit when the
+    // limit is that small), so stuck clients can't lock the others out.
+    budget_ = std::make_unique<memory_budget>(
+        options_.memory_limit, std::min<std::size_t>(options_.lim.max_payload, options_.memory_limit / 2));
     ctx_.budget = budget_.get();
     if (options_.verbose) ctx_.log = [this](std::string_view line) { error(std::string(line)); };
     ctx_.warn = [this](std::string_view line) { error(std::string(line)); };
