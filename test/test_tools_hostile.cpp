@@ -57,9 +57,7 @@ std::string qed_header(std::uint32_t cs, std::uint32_t ts, std::uint32_t header_
 void write_small(const scratch& s, const std::string& name, const std::string& header, std::uint64_t file_size) {
     std::string b = header;
     b.resize(4096, 'a');
-    {
-        std::ofstream(s.path(name), std::ios::binary) << b;
-    }
+    { std::ofstream(s.path(name), std::ios::binary) << b; }
     s.resize(name, file_size);
 }
 
@@ -78,7 +76,9 @@ struct hostile_file {
     const char* kind;  ///< and this, when the file is met as a backing file
     std::function<void(const scratch&)> make;
 };
-std::ostream& operator<<(std::ostream& os, const hostile_file& h) { return os << h.name; }
+std::ostream& operator<<(std::ostream& os, const hostile_file& h) {
+    return os << h.name;
+}
 
 constexpr std::uint32_t k64 = 65536;
 
@@ -103,9 +103,9 @@ const hostile_file hostile_files[] = {
 };
 
 struct tool_run {
-    std::string tool;                ///< "img" or "io"
-    std::vector<std::string> args;   ///< "@" is replaced by the file's name
-    bool opens_backing = true;       ///< also run on an overlay over the file
+    std::string tool;               ///< "img" or "io"
+    std::vector<std::string> args;  ///< "@" is replaced by the file's name
+    bool opens_backing = true;      ///< also run on an overlay over the file
 };
 std::ostream& operator<<(std::ostream& os, const tool_run& t) {
     os << (t.tool == "img" ? "qed-img" : "qed-io");
@@ -166,11 +166,10 @@ BOOST_DATA_TEST_CASE(small_file_claiming_gigabytes, data::make(hostile_files), h
             // (qemu_header_refusal); the library's own detail is the other form.
             const bool qemu_words = r.err.find("QED table offset is invalid") != std::string::npos ||
                                     r.err.find("QED header size is too large") != std::string::npos;
-            BOOST_CHECK_MESSAGE(r.err.find(h.name) != std::string::npos &&
-                                    (r.err.find(h.why) != std::string::npos || qemu_words ||
-                                     (!direct && r.err.find(h.kind) != std::string::npos)),
-                                what.str() << ": the error does not say \"" << (direct ? h.why : h.kind)
-                                           << "\": " << r);
+            BOOST_CHECK_MESSAGE(
+                r.err.find(h.name) != std::string::npos && (r.err.find(h.why) != std::string::npos || qemu_words ||
+                                                            (!direct && r.err.find(h.kind) != std::string::npos)),
+                what.str() << ": the error does not say \"" << (direct ? h.why : h.kind) << "\": " << r);
             BOOST_CHECK_MESSAGE(r.err_lines().size() == 1, what.str() << ": not one line: " << r);
         }
     }
@@ -184,7 +183,7 @@ BOOST_DATA_TEST_CASE(small_file_claiming_gigabytes, data::make(hostile_files), h
 // one step. Two small writes, far apart; the map must say exactly that.
 BOOST_AUTO_TEST_CASE(map_of_maximum_size_images) {
     struct geometry {
-        const char* cluster, *table;
+        const char *cluster, *table;
         std::uint64_t size;
         long table_kib;  ///< one table
     };
@@ -192,7 +191,7 @@ BOOST_AUTO_TEST_CASE(map_of_maximum_size_images) {
         {"4M", "1", 1ull << 60, 4096},                  // 1 EiB, the maximum for 4M/1
         {"4M", "16", 0x7fff'ffff'ffff'fe00ULL, 65536},  // 2^63 - 512
         {"64M", "1", 0x7fff'ffff'ffff'fe00ULL, 65536},
-        {"4k", "16", 1ull << 38, 64},                   // 256 GiB, the maximum for 4k/16
+        {"4k", "16", 1ull << 38, 64},  // 256 GiB, the maximum for 4k/16
     };
     for (const auto& g : cases) {
         scratch s;
@@ -216,7 +215,8 @@ BOOST_AUTO_TEST_CASE(map_of_maximum_size_images) {
             // Data at 0 and at `far`, nothing else, and the extents tile the
             // whole image. (A written cluster's unwritten rest may show as a
             // zero run of its own: block status asks the file for holes.)
-            const std::regex ext(R"re("start": (\d+), "length": (\d+), "depth": \d+, "present": (true|false), "zero": (true|false), "data": (true|false))re");
+            const std::regex ext(
+                R"re("start": (\d+), "length": (\d+), "depth": \d+, "present": (true|false), "zero": (true|false), "data": (true|false))re");
             std::vector<std::tuple<std::uint64_t, std::uint64_t, bool>> got;
             for (std::sregex_iterator it(r.out.begin(), r.out.end(), ext), end; it != end; ++it)
                 got.emplace_back(std::stoull((*it)[1]), std::stoull((*it)[2]), (*it)[5] == "true");
@@ -272,6 +272,35 @@ BOOST_AUTO_TEST_CASE(one_gib_l1_table) {
                             "read -P 0 4k 4k", "-c", "read -P 0 2T 4k", "big.qed"});
     BOOST_CHECK_MESSAGE(
         rd.status == 0 && rd.err.empty() && rd.out.find("Pattern verification failed") == std::string::npos, rd);
+    check_bounds(rd, "qed-io -r (reads through a 1 GiB table)", bound);
+}
+
+// Issue 15 case 3, walked: three L2 tables of 1 GiB each (writes 2^62 apart).
+// Reading a table reads only the blocks the file holds (the rest is a hole
+// and reads as zeros untouched), and a walk lets go of one table before it
+// loads the next. Before: map 2.07 GB peak RSS (two tables at once) and a
+// single 4 KiB read 1.05 GB.
+BOOST_AUTO_TEST_CASE(walks_over_one_gib_l2_tables) {
+    scratch s;
+    const std::string size = std::to_string(0x7fff'ffff'ffff'fe00ULL);
+    const result c = s.img({"create", "-q", "-f", "qed", "-o", "cluster_size=64M,table_size=16", "big.qed", size});
+    BOOST_REQUIRE_MESSAGE(c.status == 0, c);
+    const result w = s.io({"-c", "write -P 5 0 4k", "-c", "write -P 6 4611686018427387904 4k", "-c",
+                           "write -P 7 9223372036853727232 4k", "big.qed"});
+    BOOST_REQUIRE_MESSAGE(w.status == 0 && w.err.empty(), w);
+    constexpr long bound = 100 * 1024 + sanitizer_slack_kib;
+    const result m = s.img({"map", "--output=json", "big.qed"});
+    check_bounds(m, "qed-img map", bound);
+    BOOST_CHECK_MESSAGE(
+        m.status == 0 && m.out.find("\"start\": 4611686018427387904, \"length\": 4096") != std::string::npos, m);
+    const result k = s.img({"check", "big.qed"});
+    check_bounds(k, "qed-img check", bound);
+    BOOST_CHECK_MESSAGE(k.status == 0 && k.out.find("No errors were found") != std::string::npos, k);
+    const result rd = s.io({"-r", "-c", "read -P 5 0 4k", "-c", "read -P 6 4611686018427387904 4k", "-c",
+                            "read -P 7 9223372036853727232 4k", "-c", "read -P 0 8k 4k", "big.qed"});
+    check_bounds(rd, "qed-io -r", bound);
+    BOOST_CHECK_MESSAGE(
+        rd.status == 0 && rd.err.empty() && rd.out.find("Pattern verification failed") == std::string::npos, rd);
 }
 
 // Issue 15 case 4: a FIFO as backing file blocked qed-nbd (and every tool)
@@ -316,15 +345,15 @@ BOOST_AUTO_TEST_CASE(fifos_sockets_devices_and_directories_are_refused_at_once) 
         // qed-nbd: used to wait in open(2) and never listen.
         const fs::path nbd = fs::path(qed_img_path()).parent_path().parent_path() / "server" / "qed-nbd";
         BOOST_REQUIRE_MESSAGE(fs::exists(nbd), "build qed-nbd: " << nbd);
-        const result r = run({nbd.string(), "-t", "-k", s.path("nbd.sock"), overlay}, s.dir.string(), {},
-                             std::chrono::seconds(20));
+        const result r =
+            run({nbd.string(), "-t", "-k", s.path("nbd.sock"), overlay}, s.dir.string(), {}, std::chrono::seconds(20));
         check_bounds(r, std::string("qed-nbd ") + overlay);
         // (zero.raw links out of the image's directory, which qed-nbd refuses first.)
-        BOOST_CHECK_MESSAGE(r.status != 0 && r.err.find(name) != std::string::npos &&
-                                (r.err.find(why) != std::string::npos ||
-                                 (std::string(name) == "zero.raw" &&
-                                  r.err.find("outside the allowed directory") != std::string::npos)),
-                            "qed-nbd " << overlay << ": " << r);
+        BOOST_CHECK_MESSAGE(
+            r.status != 0 && r.err.find(name) != std::string::npos &&
+                (r.err.find(why) != std::string::npos ||
+                 (std::string(name) == "zero.raw" && r.err.find("outside the allowed directory") != std::string::npos)),
+            "qed-nbd " << overlay << ": " << r);
     }
     ::close(sock);
     BOOST_CHECK(!s.exists("out.raw"));
@@ -339,9 +368,7 @@ BOOST_AUTO_TEST_CASE(raw_sources_of_any_size) {
     for (const std::uint64_t n : {1ull, 511ull, 513ull, 70001ull}) {
         std::string bytes(n, '\0');
         for (std::uint64_t i = 0; i < n; ++i) bytes[i] = static_cast<char>('a' + i % 23);
-        {
-            std::ofstream(s.path("odd.raw"), std::ios::binary) << bytes;
-        }
+        { std::ofstream(s.path("odd.raw"), std::ios::binary) << bytes; }
         const std::string tag = std::to_string(n) + " bytes: ";
         for (const char* fmt : {"raw", "qed"}) {
             const std::string out = std::string("ours.") + fmt, ref = std::string("qemu.") + fmt;

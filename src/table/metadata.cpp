@@ -258,12 +258,16 @@ void metadata::load_l2(std::uint64_t offset, op_handler handler) {
     entry->waiters.push_back(std::move(handler));
     cache_.insert(entry);
     file_->debug_event(blkdbg_event::l2_load);
-    async_read_table(*file_, offset, entry->t, [this, entry](std::error_code ec) {
+    async_read_table_sparse(*file_, offset, entry->t, [this, entry](std::error_code ec) mutable {
         if (ec)
             cache_.erase(entry->offset);  // can't trust a failed read
         else
             entry->loaded = true;
         auto waiters = std::move(entry->waiters);
+        // Let go of the table before the waiters run: they may go on (a
+        // walk over tables of up to 1 GiB) to load the next table, which
+        // evicts this one only if nobody else holds it.
+        entry.reset();
         for (auto& w : waiters) std::move(w)(ec);
     });
 }

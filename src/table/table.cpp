@@ -4,9 +4,11 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <boost/asio/post.hpp>
 #include <cstring>
 #include <new>
 
+#include "block_file/completion.hpp"
 #include "format/layout.hpp"
 
 namespace qed::detail {
@@ -72,6 +74,55 @@ void async_read_table(block_file& file, std::uint64_t offset, table& t, op_handl
         if (!ec) t.from_disk();
         std::move(h)(ec);
     });
+}
+
+namespace {
+
+// One sparse table read: the data runs of the table's range, read in pieces
+// of at most 16 MiB, all in flight at once.
+// Ownership: shared by the reads in flight; gone with the last of them.
+struct sparse_read {
+    table& t;
+    op_handler handler;
+    fan_in group;
+    void one_done(const std::shared_ptr<sparse_read>& self, std::error_code ec) {
+        if (!group.done(ec)) return;
+        if (!group.error()) t.from_disk();
+        auto h = std::move(self->handler);
+        std::move(h)(group.error());
+    }
+};
+
+}  // namespace
+
+void async_read_table_sparse(block_file& file, std::uint64_t offset, table& t, op_handler handler) {
+    constexpr std::uint64_t max_piece = 16u << 20;
+    auto r = std::make_shared<sparse_read>(sparse_read{t, std::move(handler), {}});
+    r->group.open();
+    const std::uint64_t bytes = t.byte_size();
+    for (std::uint64_t at = 0; at < bytes;) {
+        bool data = true;
+        std::uint64_t run = bytes - at;
+        if (file.allocation(offset + at, bytes - at, data, run)) {  // the file can't tell: read it all
+            data = true;
+            run = bytes - at;
+        }
+        run = std::clamp<std::uint64_t>(run, 1, bytes - at);
+        for (std::uint64_t p = at; data && p < at + run;) {
+            const std::uint64_t n = std::min(max_piece, at + run - p);
+            const boost::asio::mutable_buffer buf(t.raw() + p, static_cast<std::size_t>(n));
+            r->group.add();
+            file.async_read_at(offset + p, {&buf, 1}, [r](std::error_code ec, std::size_t) { r->one_done(r, ec); });
+            p += n;
+        }
+        at += run;
+    }
+    // Nothing to read (a table that is all holes): complete later all the same.
+    if (r->group.close())
+        boost::asio::post(file.get_executor(), [r] {
+            auto h = std::move(r->handler);
+            std::move(h)(std::error_code{});
+        });
 }
 
 void async_write_table(block_file& file, std::uint64_t offset, const table& t, std::uint32_t first, std::uint32_t count,

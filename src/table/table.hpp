@@ -74,6 +74,13 @@ private:
 /// Read a whole table at `offset` into `t` (then converted to host order).
 void async_read_table(block_file& file, std::uint64_t offset, table& t, op_handler handler);
 
+/// The same, reading only where the file holds data: ranges the file has as
+/// holes read as zeros without being read, so a huge, mostly empty table (a
+/// new table is written as the blocks holding entries plus an extension)
+/// costs memory for the blocks it holds, not for its size. `t` must hold
+/// zeros.
+void async_read_table_sparse(block_file& file, std::uint64_t offset, table& t, op_handler handler);
+
 /// Write entries [first, first + count) of `t`, widened to whole `align`-byte
 /// blocks, to the table at `offset`. `t` must not change until completion.
 void async_write_table(block_file& file, std::uint64_t offset, const table& t, std::uint32_t first, std::uint32_t count,
