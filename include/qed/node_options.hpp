@@ -45,6 +45,13 @@ std::string json_name(const node_options& options);
 /// what qemu-img's help calls "Supported formats".
 std::vector<std::string> node_drivers();
 
+/// The name QEMU gives an image opened from `options` (and that its
+/// messages start with): a plain file's path; a protocol's own file name
+/// where it has one (`nbd://HOST:PORT`, `nbd+unix://?socket=PATH`,
+/// `ssh://USER@HOST:PORT/PATH`, `blkdebug:RULES:IMAGE`, `null-co://`); else
+/// the json: name of the options.
+std::string node_display_name(const node_options& options);
+
 /// The options below `prefix` ("file" gives file.driver as driver).
 node_options sub_options(const node_options& options, std::string_view prefix);
 

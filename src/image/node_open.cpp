@@ -15,10 +15,10 @@
 #include <qed/throttle.hpp>
 #include <vector>
 
-#include "block_file/quorum_file.hpp"
-#include "image/file_protocol.hpp"
 #include "block_file/blocking_pool.hpp"
+#include "block_file/quorum_file.hpp"
 #include "block_file/ssh_file.hpp"
+#include "image/file_protocol.hpp"
 #include "table/co_io.hpp"
 
 namespace qed::detail {
@@ -940,6 +940,12 @@ std::string mixed_key(const node_options& o) {
 
 namespace qed {
 
+std::string node_display_name(const node_options& options) {
+    if (auto p = detail::plain_form(options)) return p->path;
+    if (auto exact = detail::exact_filename(options)) return *exact;
+    return json_name(options);
+}
+
 std::vector<std::string> node_drivers() {
     std::vector<std::string> out;
     for (const auto& d : detail::child_drivers)
@@ -1034,12 +1040,6 @@ std::optional<std::string> node_directory(const node_options& o, std::string& wh
     // none), null-co, and anything else.
     why = "Cannot generate a base directory for " + (driver == "null-aio" ? std::string("null-co") : driver) + " nodes";
     return std::nullopt;
-}
-
-std::string node_display_name(const node_options& options) {
-    if (auto p = plain_form(options)) return p->path;
-    if (auto exact = exact_filename(options)) return *exact;
-    return json_name(options);
 }
 
 std::optional<node_options> parse_json_name(const std::string& name, const open_options& open, std::error_code& ec) {

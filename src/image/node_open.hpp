@@ -24,10 +24,6 @@ struct plain_node {
 };
 std::optional<plain_node> plain_form(const node_options& options);
 
-/// The name an image opened from `options` goes by: the plain file name
-/// when there is one, else the json: name.
-std::string node_display_name(const node_options& options);
-
 /// The directory a relative backing file name of the image `options`
 /// describe is resolved in (QEMU's bdrv_dirname): that of the file below the
 /// format and filter nodes ("" for the current one, else ending in '/').

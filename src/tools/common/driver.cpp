@@ -104,7 +104,10 @@ open_result open_image(driver& d, const std::string& path, open_options options)
         std::string why = lines.empty() ? out.ec.message() : lines.back();
         std::vector<std::string> prefixes{path + ": "};
         std::string ignored;
-        if (auto tree = parse_json_options(path, ignored)) prefixes.push_back(json_name(*tree) + ": ");
+        if (auto tree = parse_json_options(path, ignored)) {
+            prefixes.push_back(json_name(*tree) + ": ");
+            prefixes.push_back(node_display_name(*tree) + ": ");
+        }
         for (const auto& p : prefixes) {
             if (why.size() > p.size() && why.compare(0, p.size(), p) == 0) {
                 why.erase(0, p.size());
