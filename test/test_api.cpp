@@ -307,7 +307,8 @@ asio::awaitable<void> image_flow(memory_fs* fs, coro_results* out) {
     auto bad_tuple_op = img.async_read_at(511, asio::buffer(r), asio::as_tuple(asio::use_awaitable));
     std::tie(out->unaligned_tuple, out->unaligned_tuple_bytes) = co_await std::move(bad_tuple_op);
     boost::system::error_code redirected;
-    auto bad_redirect_op = img.async_read_at(511, asio::buffer(r), asio::redirect_error(asio::use_awaitable, redirected));
+    auto bad_redirect_op =
+        img.async_read_at(511, asio::buffer(r), asio::redirect_error(asio::use_awaitable, redirected));
     co_await std::move(bad_redirect_op);
     out->redirected = redirected;
     auto close_op = img.async_close(asio::use_awaitable);
@@ -786,8 +787,9 @@ BOOST_AUTO_TEST_CASE(requests_from_another_thread_complete_on_the_strand) {
     open_options oo;
     oo.opener = fs.opener();
     oo.l2_cache_size = 1;
-    auto fo = image::async_open(strand, "img.qed", oo,
-                                asio::use_future([](boost::system::error_code ec, image i) { return std::tuple(ec, i); }));
+    auto fo =
+        image::async_open(strand, "img.qed", oo,
+                          asio::use_future([](boost::system::error_code ec, image i) { return std::tuple(ec, i); }));
     BOOST_TEST_REQUIRE(ready(fo));
     auto [oec, img] = fo.get();
     BOOST_TEST_REQUIRE(!oec);

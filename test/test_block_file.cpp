@@ -1,39 +1,37 @@
 // SPDX-License-Identifier: BSL-1.0
 // The block_file contract, for every backend: memory, threads, io_uring (when
 // a ring can be created), and O_DIRECT real files on threads and io_uring.
-#include "qed/block_file.hpp"
-#include "qed/error.hpp"
-
-#include "support/sync.hpp"
-#include "support/tmp_dir.hpp"
-
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/test/data/monomorphic.hpp>
-#include <boost/test/data/test_case.hpp>
-#include <boost/test/unit_test.hpp>
-
-#include <algorithm>
-#include <atomic>
-#include <csignal>
-#include <chrono>
-#include <fstream>
-#include <thread>
-#include <cstdlib>
-#include <cstring>
-#include <map>
-#include <memory>
-#include <numeric>
-#include <ostream>
-#include <random>
-#include <vector>
-
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/test/data/monomorphic.hpp>
+#include <boost/test/data/test_case.hpp>
+#include <boost/test/unit_test.hpp>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <ostream>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "qed/block_file.hpp"
+#include "qed/error.hpp"
+#include "support/sync.hpp"
+#include "support/tmp_dir.hpp"
 
 namespace asio = boost::asio;
 namespace data = boost::unit_test::data;
@@ -44,11 +42,16 @@ enum class kind { memory, threads, io_uring, threads_direct, io_uring_direct };
 
 std::ostream& operator<<(std::ostream& os, kind k) {
     switch (k) {
-    case kind::memory: return os << "memory";
-    case kind::threads: return os << "threads";
-    case kind::io_uring: return os << "io_uring";
-    case kind::threads_direct: return os << "threads+O_DIRECT";
-    case kind::io_uring_direct: return os << "io_uring+O_DIRECT";
+        case kind::memory:
+            return os << "memory";
+        case kind::threads:
+            return os << "threads";
+        case kind::io_uring:
+            return os << "io_uring";
+        case kind::threads_direct:
+            return os << "threads+O_DIRECT";
+        case kind::io_uring_direct:
+            return os << "io_uring+O_DIRECT";
     }
     return os;
 }
@@ -56,13 +59,20 @@ std::ostream& operator<<(std::ostream& os, kind k) {
 const std::vector<kind> all_kinds = {kind::memory, kind::threads, kind::io_uring, kind::threads_direct,
                                      kind::io_uring_direct};
 
-bool is_real(kind k) { return k != kind::memory; }
-bool is_direct(kind k) { return k == kind::threads_direct || k == kind::io_uring_direct; }
-bool is_uring(kind k) { return k == kind::io_uring || k == kind::io_uring_direct; }
+bool is_real(kind k) {
+    return k != kind::memory;
+}
+bool is_direct(kind k) {
+    return k == kind::threads_direct || k == kind::io_uring_direct;
+}
+bool is_uring(kind k) {
+    return k == kind::io_uring || k == kind::io_uring_direct;
+}
 
 /// Memory aligned to 4096 bytes (O_DIRECT-friendly), zero-initialised.
 struct aligned_buffer {
-    explicit aligned_buffer(std::size_t n) : size(n), p(static_cast<std::uint8_t*>(std::aligned_alloc(4096, round(n)))) {
+    explicit aligned_buffer(std::size_t n)
+        : size(n), p(static_cast<std::uint8_t*>(std::aligned_alloc(4096, round(n)))) {
         std::memset(p, 0, round(n));
     }
     ~aligned_buffer() { std::free(p); }
@@ -256,9 +266,12 @@ BOOST_DATA_TEST_CASE(backend_identity_and_name, data::make(all_kinds), k) {
     REQUIRE_BACKEND(env);
     auto f = env.create("a");
     const std::string name = f->backend_name();
-    if (k == kind::memory) BOOST_TEST(name == "memory");
-    else if (is_uring(k)) BOOST_TEST(name == "io_uring");
-    else BOOST_TEST(name == "threads");
+    if (k == kind::memory)
+        BOOST_TEST(name == "memory");
+    else if (is_uring(k))
+        BOOST_TEST(name == "io_uring");
+    else
+        BOOST_TEST(name == "threads");
     BOOST_TEST(!f->read_only());
     if (is_direct(k)) {
         BOOST_TEST(f->alignment() >= 512u);
@@ -933,9 +946,9 @@ BOOST_DATA_TEST_CASE(io_context_destroyed_with_operations_in_flight,
             o.backend = qed::file_backend::io_uring;
             o.locking = qed::lock_mode::off;  // two handles on one file, on purpose
             std::error_code ec;
-            std::shared_ptr<qed::block_file> f =
-                k == kind::memory ? qed::make_memory_file(ioc->get_executor(), env.mem.at("gone"))
-                                  : qed::open_file(ioc->get_executor(), env.path("gone"), o, ec);
+            std::shared_ptr<qed::block_file> f = k == kind::memory
+                                                     ? qed::make_memory_file(ioc->get_executor(), env.mem.at("gone"))
+                                                     : qed::open_file(ioc->get_executor(), env.path("gone"), o, ec);
             BOOST_TEST_REQUIRE(static_cast<bool>(f), ec.message());
             kept = k == kind::memory ? qed::make_memory_file(ioc->get_executor(), env.mem.at("gone"))
                                      : qed::open_file(ioc->get_executor(), env.path("gone"), o, ec);
@@ -1041,5 +1054,6 @@ BOOST_AUTO_TEST_CASE(special_files_are_refused_at_once) {
     bool blocked = false;
     BOOST_TEST(!open_special(reg, true, false, blocked));
     BOOST_TEST(!open_special(reg, false, false, blocked));
-    BOOST_TEST(make_error_code(qed::errc::not_a_regular_file).message().find("not a regular file") != std::string::npos);
+    BOOST_TEST(make_error_code(qed::errc::not_a_regular_file).message().find("not a regular file") !=
+               std::string::npos);
 }

@@ -4,19 +4,17 @@
 // allocations, writes and zeroes crossing L2-table boundaries, with and
 // without a backing file, across cluster sizes and table sizes. A chaos
 // file runs the I/Os in flight in random order so requests really race.
-#include "qed/image.hpp"
+#include <boost/test/data/monomorphic.hpp>
+#include <boost/test/data/test_case.hpp>
+#include <boost/test/unit_test.hpp>
+#include <map>
+#include <memory>
 
+#include "qed/image.hpp"
 #include "support/chaos_file.hpp"
 #include "support/memory_fs.hpp"
 #include "support/model.hpp"
 #include "support/sync.hpp"
-
-#include <boost/test/data/monomorphic.hpp>
-#include <boost/test/data/test_case.hpp>
-#include <boost/test/unit_test.hpp>
-
-#include <map>
-#include <memory>
 
 namespace bdata = boost::unit_test::data;
 using namespace qed;
@@ -103,10 +101,14 @@ struct harness {
     }
     std::uint64_t pick_length() {
         switch (rng() % 4) {
-        case 0: return 512 * (1 + rng() % 8);
-        case 1: return std::uint64_t{geo.cluster_size};
-        case 2: return 512 * (1 + rng() % (3 * geo.cluster_size / 512));
-        default: return 4096;
+            case 0:
+                return 512 * (1 + rng() % 8);
+            case 1:
+                return std::uint64_t{geo.cluster_size};
+            case 2:
+                return 512 * (1 + rng() % (3 * geo.cluster_size / 512));
+            default:
+                return 4096;
         }
     }
 };
@@ -162,18 +164,18 @@ void run_wave(harness& h, std::size_t n, bool overlap) {
             ++completed;
         };
         switch (r->what) {
-        case request::write:
-            h.img.img.async_write_at(r->off, boost::asio::buffer(r->buf), done);
-            break;
-        case request::read:
-            h.img.img.async_read_at(r->off, boost::asio::buffer(r->buf), done);
-            break;
-        case request::zeroes:
-            h.img.img.async_write_zeroes(r->off, r->len, zero_options{r->may_unmap, false}, done);
-            break;
-        case request::flush:
-            h.img.img.async_flush(done);
-            break;
+            case request::write:
+                h.img.img.async_write_at(r->off, boost::asio::buffer(r->buf), done);
+                break;
+            case request::read:
+                h.img.img.async_read_at(r->off, boost::asio::buffer(r->buf), done);
+                break;
+            case request::zeroes:
+                h.img.img.async_write_zeroes(r->off, r->len, zero_options{r->may_unmap, false}, done);
+                break;
+            case request::flush:
+                h.img.img.async_flush(done);
+                break;
         }
     }
     BOOST_REQUIRE_MESSAGE(run_until(h.ioc, [&] { return completed == reqs.size(); }),
@@ -182,7 +184,8 @@ void run_wave(harness& h, std::size_t n, bool overlap) {
         const std::uint64_t ds = std::strtoull(dbg, nullptr, 0);
         for (auto& r : reqs)
             if (r->off / 512 <= ds && ds < (r->off + r->len) / 512 && r->what != request::flush)
-                BOOST_TEST_MESSAGE("  req kind " << r->what << " " << r->off << "+" << r->len << " tag " << r->tag << " unmap " << r->may_unmap);
+                BOOST_TEST_MESSAGE("  req kind " << r->what << " " << r->off << "+" << r->len << " tag " << r->tag
+                                                 << " unmap " << r->may_unmap);
     }
     for (auto& r : reqs) {
         BOOST_REQUIRE_MESSAGE(!r->ec, "request at " << r->off << "+" << r->len << ": " << r->ec.message());
@@ -190,7 +193,8 @@ void run_wave(harness& h, std::size_t n, bool overlap) {
         for (std::uint64_t s = 0; s < r->len / 512; ++s) {
             const std::uint64_t sector = r->off / 512 + s;
             std::vector<std::uint64_t> ok{h.m.tag(sector)};
-            if (auto it = racing.find(sector); it != racing.end()) ok.insert(ok.end(), it->second.begin(), it->second.end());
+            if (auto it = racing.find(sector); it != racing.end())
+                ok.insert(ok.end(), it->second.begin(), it->second.end());
             if (model::match(&r->buf[s * 512], sector, ok) < 0) {
                 std::string found = "unknown";
                 std::uint8_t probe[512];
@@ -260,7 +264,10 @@ BOOST_DATA_TEST_CASE(hundreds_in_flight_match_the_model, bdata::make(layouts) * 
     harness h(geo, with_backing, 1234 + geo.cluster_size / 4096 + geo.table_size + with_backing);
     for (int wave = 0; wave < 6; ++wave) {
         run_wave(h, 300, false);
-        if (std::getenv("QED_DEBUG_VERIFY")) { BOOST_TEST_MESSAGE("verify after wave " << wave); verify_all(h); }
+        if (std::getenv("QED_DEBUG_VERIFY")) {
+            BOOST_TEST_MESSAGE("verify after wave " << wave);
+            verify_all(h);
+        }
     }
     run_wave(h, 300, true);  // writes overlapping each other
     verify_all(h);

@@ -9,18 +9,16 @@
 //   - every write that reported success reads back its data, every failed
 //     write leaves each sector with its old or its new contents.
 #include <algorithm>
+#include <boost/test/data/monomorphic.hpp>
+#include <boost/test/data/test_case.hpp>
+#include <boost/test/unit_test.hpp>
 #include <cerrno>
 
 #include "qed/image.hpp"
-
 #include "support/fault_file.hpp"
 #include "support/memory_fs.hpp"
 #include "support/model.hpp"
 #include "support/sync.hpp"
-
-#include <boost/test/data/monomorphic.hpp>
-#include <boost/test/data/test_case.hpp>
-#include <boost/test/unit_test.hpp>
 
 namespace bdata = boost::unit_test::data;
 using namespace qed;
@@ -49,15 +47,15 @@ std::vector<op> workload(std::uint64_t first_tag) {
     auto w = [&](std::uint64_t off, std::uint64_t len) { ops.push_back({op::write, off, len, tag++, {}, {}, false}); };
     auto z = [&](std::uint64_t off, std::uint64_t len) { ops.push_back({op::zeroes, off, len, 0, {}, {}, false}); };
     auto r = [&](std::uint64_t off, std::uint64_t len) { ops.push_back({op::read, off, len, 0, {}, {}, false}); };
-    w(0, 512);                    // partial first cluster: prefill/postfill
-    w(cs + 1024, 2 * cs);         // crosses clusters, unaligned both ends
-    w(span - cs, 2 * cs);         // crosses into a new L2 table
-    w(3 * span + 5 * cs, cs);     // another new table
-    z(4 * span, 4 * cs);          // zero clusters, new table
-    z(16 * cs + 512, 1024);       // partial write-zeroes
+    w(0, 512);                 // partial first cluster: prefill/postfill
+    w(cs + 1024, 2 * cs);      // crosses clusters, unaligned both ends
+    w(span - cs, 2 * cs);      // crosses into a new L2 table
+    w(3 * span + 5 * cs, cs);  // another new table
+    z(4 * span, 4 * cs);       // zero clusters, new table
+    z(16 * cs + 512, 1024);    // partial write-zeroes
     r(0, 8 * cs);
-    r(6 * span, 2 * cs);          // hole
-    w(40 * cs, 8 * cs);           // a run of clusters
+    r(6 * span, 2 * cs);  // hole
+    w(40 * cs, 8 * cs);   // a run of clusters
     r(span - 2 * cs, 4 * cs);
     return ops;
 }
@@ -111,11 +109,15 @@ struct fixture {
                 o.done = true;
                 ++completed;
             };
-            if (o.what == op::write) img.async_write_at(o.off, boost::asio::buffer(o.buf), done);
-            else if (o.what == op::read) img.async_read_at(o.off, boost::asio::buffer(o.buf), done);
-            else img.async_write_zeroes(o.off, o.len, done);
+            if (o.what == op::write)
+                img.async_write_at(o.off, boost::asio::buffer(o.buf), done);
+            else if (o.what == op::read)
+                img.async_read_at(o.off, boost::asio::buffer(o.buf), done);
+            else
+                img.async_write_zeroes(o.off, o.len, done);
         }
-        BOOST_REQUIRE_MESSAGE(run_until(ioc, [&] { return completed == ops.size(); }, std::chrono::seconds(20)),
+        BOOST_REQUIRE_MESSAGE(run_until(
+                                  ioc, [&] { return completed == ops.size(); }, std::chrono::seconds(20)),
                               "hang: " << ops.size() - completed << " requests never completed");
     }
 
@@ -176,9 +178,9 @@ std::array<long, 4> count_ops(bool backing) {
     return f.plan->count;
 }
 
-const fault_case cases[] = {{fault_plan::read, false},  {fault_plan::write, false}, {fault_plan::flush, false},
+const fault_case cases[] = {{fault_plan::read, false},   {fault_plan::write, false}, {fault_plan::flush, false},
                             {fault_plan::resize, false}, {fault_plan::read, true},   {fault_plan::write, true},
-                            {fault_plan::flush, true},  {fault_plan::resize, true}};
+                            {fault_plan::flush, true},   {fault_plan::resize, true}};
 
 }  // namespace
 
@@ -251,8 +253,10 @@ BOOST_DATA_TEST_CASE(every_io_fails_once, bdata::make(cases), c) {
             }
         }
     }
-    BOOST_TEST_MESSAGE(fault_plan::name(c.kind) << ": " << failed_points
-                                                << " faults injected (each point with EIO and ENOSPC, with and without the fault armed through close)");
+    BOOST_TEST_MESSAGE(
+        fault_plan::name(c.kind)
+        << ": " << failed_points
+        << " faults injected (each point with EIO and ENOSPC, with and without the fault armed through close)");
     if (total > 0) BOOST_CHECK(failed_points > 0);
 }
 
@@ -261,10 +265,10 @@ BOOST_DATA_TEST_CASE(every_io_fails_once, bdata::make(cases), c) {
 // error comes back, the image reads as empty (the L1 table was cleared and
 // flushed first), keeps working, and what is left behind is only leaked
 // space past the end, which check counts and repairs.
-BOOST_DATA_TEST_CASE(make_empty_survives_a_failed_resize,
-                     bdata::make({false, true}) * bdata::make({0, 1}), with_backing, which) {
-    const std::error_code injected = which ? std::make_error_code(std::errc::no_space_on_device)
-                                           : std::make_error_code(std::errc::io_error);
+BOOST_DATA_TEST_CASE(make_empty_survives_a_failed_resize, bdata::make({false, true}) * bdata::make({0, 1}),
+                     with_backing, which) {
+    const std::error_code injected =
+        which ? std::make_error_code(std::errc::no_space_on_device) : std::make_error_code(std::errc::io_error);
     fixture f(with_backing);
     auto [oec, img] = open(f.ioc, "img.qed", f.options());
     BOOST_REQUIRE(!oec);
@@ -347,8 +351,7 @@ BOOST_AUTO_TEST_CASE(a_dead_disk_fails_everything_cleanly) {
 // error, the clusters it had not punched keep their data, the ones punched
 // before the failure read zeros, and the image stays consistent: discard
 // changes no metadata, so there is nothing to repair.
-BOOST_DATA_TEST_CASE(a_failed_punch_fails_the_discard_and_changes_nothing_else,
-                     bdata::make({EIO, ENOSPC}), err) {
+BOOST_DATA_TEST_CASE(a_failed_punch_fails_the_discard_and_changes_nothing_else, bdata::make({EIO, ENOSPC}), err) {
     fixture f(false);
     auto [oec, img] = open(f.ioc, "img.qed", f.options());
     BOOST_REQUIRE(!oec);
@@ -373,7 +376,8 @@ BOOST_DATA_TEST_CASE(a_failed_punch_fails_the_discard_and_changes_nothing_else,
     BOOST_CHECK(img.discard(a, n) == f.plan->error);
     BOOST_REQUIRE(!img.read(a, got.data(), n));
     std::uint64_t zeroed = 0;
-    while (zeroed < n && std::all_of(got.begin() + zeroed, got.begin() + zeroed + cs, [](std::uint8_t b) { return b == 0; }))
+    while (zeroed < n &&
+           std::all_of(got.begin() + zeroed, got.begin() + zeroed + cs, [](std::uint8_t b) { return b == 0; }))
         zeroed += cs;
     BOOST_CHECK(zeroed > 0);
     BOOST_CHECK(zeroed < n);

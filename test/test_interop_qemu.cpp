@@ -7,18 +7,11 @@
 // For cluster sizes 4K and 64K and table sizes 1, 4, 16. QEMU cannot open
 // table_size=1 images (its bug 7): there we assert that it fails and check
 // what we can on our side.
-#include "qed/image.hpp"
-
-#include "support/qemu_tools.hpp"
-#include "support/sync.hpp"
-#include "support/tmp_dir.hpp"
-
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/test/data/monomorphic.hpp>
 #include <boost/test/data/test_case.hpp>
 #include <boost/test/unit_test.hpp>
-
-#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <optional>
@@ -26,6 +19,11 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "qed/image.hpp"
+#include "support/qemu_tools.hpp"
+#include "support/sync.hpp"
+#include "support/tmp_dir.hpp"
 
 namespace asio = boost::asio;
 namespace data = boost::unit_test::data;
@@ -43,9 +41,12 @@ const std::vector<std::uint32_t> table_sizes = {1, 4, 16};
 enum class backing { none, raw, qed };
 std::ostream& operator<<(std::ostream& os, backing b) {
     switch (b) {
-    case backing::none: return os << "no backing";
-    case backing::raw: return os << "raw backing";
-    case backing::qed: return os << "qed backing";
+        case backing::none:
+            return os << "no backing";
+        case backing::raw:
+            return os << "raw backing";
+        case backing::qed:
+            return os << "qed backing";
     }
     return os;
 }
@@ -57,10 +58,14 @@ std::string hex(std::uint64_t v) {
     return b;
 }
 
-std::uint64_t l2_span(std::uint32_t cs, std::uint32_t ts) { return std::uint64_t{cs} * ts / 8 * cs; }
+std::uint64_t l2_span(std::uint32_t cs, std::uint32_t ts) {
+    return std::uint64_t{cs} * ts / 8 * cs;
+}
 
 /// The raw backing file's contents: one byte value per 4 KiB.
-std::uint8_t raw_byte(std::uint64_t pos) { return static_cast<std::uint8_t>(0x80 | ((pos >> 12) & 0x7f)); }
+std::uint8_t raw_byte(std::uint64_t pos) {
+    return static_cast<std::uint8_t>(0x80 | ((pos >> 12) & 0x7f));
+}
 
 /// Constant-byte writes (zero writes have byte 0) at 512-byte granularity.
 struct op {
@@ -212,9 +217,12 @@ qed::create_options make_create(std::uint64_t size, std::uint32_t cs, std::uint3
 
 std::string qemu_backing_args(backing b) {
     switch (b) {
-    case backing::none: return "";
-    case backing::raw: return " -b base.raw -F raw";
-    case backing::qed: return " -b base.qed -F qed";
+        case backing::none:
+            return "";
+        case backing::raw:
+            return " -b base.raw -F raw";
+        case backing::qed:
+            return " -b base.qed -F qed";
     }
     return "";
 }
@@ -236,8 +244,10 @@ void make_bases(const qed::test::tmp_dir& dir, std::uint64_t size, layer& qed_ba
     };
     std::vector<std::string> cmds;
     for (const auto& o : qed_base_ops.ops) {
-        if (o.byte == 0) cmds.push_back("write -z " + std::to_string(o.off) + " " + std::to_string(o.len));
-        else cmds.push_back("write -P " + hex(o.byte) + " " + std::to_string(o.off) + " " + std::to_string(o.len));
+        if (o.byte == 0)
+            cmds.push_back("write -z " + std::to_string(o.off) + " " + std::to_string(o.len));
+        else
+            cmds.push_back("write -P " + hex(o.byte) + " " + std::to_string(o.off) + " " + std::to_string(o.len));
     }
     r = qemu_io(dir.path(), "base.qed", cmds);
     BOOST_TEST_REQUIRE(r.exit_code == 0, r.output);
@@ -324,12 +334,13 @@ void compare_map(const std::string& dir, const std::string& image, qed::test::sy
     // holes (zero, not data; they keep their host offset); qemu-img 7.2's QED
     // driver doesn't, so compare those as the data clusters they are.
     std::vector<bool> qed_at;  // chain level -> a QED image (raw files' holes are qemu's too)
-    for (qed::image i = img.img; i.is_open(); i = i.backing()) qed_at.push_back(i.info().format == qed::image_format::qed);
+    for (qed::image i = img.img; i.is_open(); i = i.backing())
+        qed_at.push_back(i.info().format == qed::image_format::qed);
     const auto ours = merge(ours_raw, [&qed_at](const qed::extent& e) {
-        const bool file_hole = e.host_offset && e.present && e.zero && !e.data && e.depth < qed_at.size() &&
-                               qed_at[e.depth];
-        return flat_extent{e.offset, e.length, e.depth, e.present, file_hole ? false : e.zero,
-                           file_hole ? true : e.data};
+        const bool file_hole =
+            e.host_offset && e.present && e.zero && !e.data && e.depth < qed_at.size() && qed_at[e.depth];
+        return flat_extent{
+            e.offset, e.length, e.depth, e.present, file_hole ? false : e.zero, file_hole ? true : e.data};
     });
     bool same = theirs.size() == ours.size();
     for (std::size_t i = 0; same && i < ours.size(); ++i) {
@@ -338,16 +349,17 @@ void compare_map(const std::string& dir, const std::string& image, qed::test::sy
         same = a.start == b.start && a.length == b.length && a.depth == b.depth && a.present == b.present &&
                a.zero == b.zero && a.data == b.data;
     }
-    BOOST_TEST(same, "block status differs from qemu-img map\nours:" << describe(ours) << "\nqemu:" << describe(theirs));
+    BOOST_TEST(same,
+               "block status differs from qemu-img map\nours:" << describe(ours) << "\nqemu:" << describe(theirs));
 
     // Where qemu reports a file offset, ours agrees (start and end of each extent).
     for (const auto& t : theirs_raw) {
         if (!t.offset) continue;
         for (std::uint64_t p : {t.start, t.start + t.length - 512}) {
             const auto h = host_at(ours_raw, p);
-            BOOST_TEST((h && *h == *t.offset + (p - t.start)),
-                       "host offset of guest " << p << ": qemu " << (*t.offset + (p - t.start)) << ", ours "
-                                               << (h ? std::to_string(*h) : "none"));
+            BOOST_TEST((h && *h == *t.offset + (p - t.start)), "host offset of guest "
+                                                                   << p << ": qemu " << (*t.offset + (p - t.start))
+                                                                   << ", ours " << (h ? std::to_string(*h) : "none"));
         }
     }
 }
@@ -403,7 +415,8 @@ BOOST_DATA_TEST_CASE(create_matches_qemu_img, data::make(cluster_sizes) * data::
                     while (i < a.size() && i < o.size() && a[i] == o[i]) ++i;
                     BOOST_ERROR("files differ, first at byte " << i);
                 }
-                const auto c = qed::test::run_command("cmp " + shell_quote(dir / theirs) + " " + shell_quote(dir / ours));
+                const auto c =
+                    qed::test::run_command("cmp " + shell_quote(dir / theirs) + " " + shell_quote(dir / ours));
                 BOOST_TEST(c.exit_code == 0, c.output);
             }
         }
@@ -427,32 +440,33 @@ BOOST_DATA_TEST_CASE(read_images_written_by_qemu,
 
     const std::uint64_t span = l2_span(cs, ts);
     const std::uint64_t size = span + (4u << 20);  // at least two L2 tables
-    auto r = qemu_img(dir.path(), "create -q -f qed -o cluster_size=" + std::to_string(cs) +
-                                      ",table_size=" + std::to_string(ts) + qemu_backing_args(bk) + " top.qed " +
-                                      std::to_string(size));
+    auto r = qemu_img(dir.path(), "create -q -f qed -o cluster_size=" + std::to_string(cs) + ",table_size=" +
+                                      std::to_string(ts) + qemu_backing_args(bk) + " top.qed " + std::to_string(size));
     BOOST_TEST_REQUIRE(r.exit_code == 0, r.output);
 
     const std::uint64_t c = cs;
     // No partial write into a zero cluster here (QEMU bug 2 would fill it
     // from the backing file), and no write of cs-1 clusters or more (bug 1).
     m.top.ops = {
-        {0, 4096, 0x11},                       // partial first cluster (64K)
-        {c + 512, 1536, 0x22},                 // unaligned inside a cluster
-        {span - 4096, 8192, 0x33},             // across the L2 table boundary
-        {4 * c, 2 * c, 0x00},                  // write -z, aligned: zero clusters
-        {8 * c + 512, 1024, 0x00},             // write -z, unaligned: real zeros
-        {size - 8192, 8192, 0x44},             // the last sectors
-        {12 * c, 3 * c, 0x55},                 // several clusters
-        {12 * c + c / 2, 512, 0x66},           // in place, allocated cluster
-        {13 * c, c, 0x00},                     // write -z over an allocated cluster
-        {(3u << 20), 4096, 0x77},              // across the end of the backing file
-        {20 * c, 2 * c, 0x00},                 // zero clusters, then overwritten whole
+        {0, 4096, 0x11},              // partial first cluster (64K)
+        {c + 512, 1536, 0x22},        // unaligned inside a cluster
+        {span - 4096, 8192, 0x33},    // across the L2 table boundary
+        {4 * c, 2 * c, 0x00},         // write -z, aligned: zero clusters
+        {8 * c + 512, 1024, 0x00},    // write -z, unaligned: real zeros
+        {size - 8192, 8192, 0x44},    // the last sectors
+        {12 * c, 3 * c, 0x55},        // several clusters
+        {12 * c + c / 2, 512, 0x66},  // in place, allocated cluster
+        {13 * c, c, 0x00},            // write -z over an allocated cluster
+        {(3u << 20), 4096, 0x77},     // across the end of the backing file
+        {20 * c, 2 * c, 0x00},        // zero clusters, then overwritten whole
         {20 * c, c, 0x78},
     };
     std::vector<std::string> cmds;
     for (const auto& o : m.top.ops) {
-        if (o.byte == 0) cmds.push_back("write -z " + std::to_string(o.off) + " " + std::to_string(o.len));
-        else cmds.push_back("write -P " + hex(o.byte) + " " + std::to_string(o.off) + " " + std::to_string(o.len));
+        if (o.byte == 0)
+            cmds.push_back("write -z " + std::to_string(o.off) + " " + std::to_string(o.len));
+        else
+            cmds.push_back("write -P " + hex(o.byte) + " " + std::to_string(o.off) + " " + std::to_string(o.len));
     }
     r = qemu_io(dir.path(), "top.qed", cmds);
     if (ts == 1) {
@@ -640,13 +654,17 @@ void we_write_qemu_checks(std::uint32_t cs, std::uint32_t ts, backing bk, writer
 
     // QEMU writes more into the image we made (in place, new clusters, an
     // L2 table of its own, zero clusters); we read everything back.
-    const std::vector<op> more = {{512, 1024, 0x9d},      {70 * c, c + 512, 0x9e},
-                                  {size - c, 512, 0x9f},  {76 * c, 2 * c, 0},
+    const std::vector<op> more = {{512, 1024, 0x9d},
+                                  {70 * c, c + 512, 0x9e},
+                                  {size - c, 512, 0x9f},
+                                  {76 * c, 2 * c, 0},
                                   {span + (1u << 20) + 4096, 4096, 0xa1}};
     std::vector<std::string> cmds;
     for (const auto& o : more) {
-        if (o.byte == 0) cmds.push_back("write -z " + std::to_string(o.off) + " " + std::to_string(o.len));
-        else cmds.push_back("write -P " + hex(o.byte) + " " + std::to_string(o.off) + " " + std::to_string(o.len));
+        if (o.byte == 0)
+            cmds.push_back("write -z " + std::to_string(o.off) + " " + std::to_string(o.len));
+        else
+            cmds.push_back("write -P " + hex(o.byte) + " " + std::to_string(o.off) + " " + std::to_string(o.len));
         m.top.ops.push_back(o);
     }
     const auto w = qemu_io(dir.path(), "top.qed", cmds);
@@ -706,8 +724,8 @@ BOOST_DATA_TEST_CASE(map_over_sparse_raw_backing, data::make(cluster_sizes), cs)
     std::vector<std::uint8_t> d(256 * 1024, 0x5e);
     qed::test::pwrite_file(dir / "base.raw", 1u << 20, d.data(), d.size());
     qed::test::pwrite_file(dir / "base.raw", 3u << 20, d.data(), 4096);
-    auto r = qemu_img(dir.path(), "create -q -f qed -o cluster_size=" + std::to_string(cs) +
-                                      " -b base.raw -F raw top.qed 8M");
+    auto r = qemu_img(dir.path(),
+                      "create -q -f qed -o cluster_size=" + std::to_string(cs) + " -b base.raw -F raw top.qed 8M");
     BOOST_TEST_REQUIRE(r.exit_code == 0, r.output);
     {
         auto [ec, img] = qed::test::open(ioc, dir / "top.qed");

@@ -14,21 +14,19 @@
 //   - clusters or tables referenced twice: the data stays readable, check
 //     counts it, repair can't fix it, NEED_CHECK stays set, and a dirty
 //     image refuses a read-write open with errc::corrupt_image.
-#include "qed/image.hpp"
+#include <sys/resource.h>
 
+#include <boost/test/data/monomorphic.hpp>
+#include <boost/test/data/test_case.hpp>
+#include <boost/test/unit_test.hpp>
+#include <functional>
+
+#include "qed/image.hpp"
 #include "support/log_lines.hpp"
 #include "support/memory_fs.hpp"
 #include "support/model.hpp"
 #include "support/qed_inspect.hpp"
 #include "support/sync.hpp"
-
-#include <boost/test/data/monomorphic.hpp>
-#include <boost/test/data/test_case.hpp>
-#include <boost/test/unit_test.hpp>
-
-#include <functional>
-
-#include <sys/resource.h>
 
 namespace bdata = boost::unit_test::data;
 using namespace qed;
@@ -84,7 +82,8 @@ struct crafted {
     void l1_entry(std::uint32_t i, std::uint64_t v) { put_u64(bytes, l1 + 8ull * i, v); }
     void l2_entry(std::uint64_t table, std::uint32_t i, std::uint64_t v) { put_u64(bytes, table + 8ull * i, v); }
     void fill(std::uint64_t host, std::uint64_t guest) {
-        for (std::uint64_t s = 0; s < cs / 512; ++s) fill_sector(&bytes[host + s * 512], tag_of(guest), guest / 512 + s);
+        for (std::uint64_t s = 0; s < cs / 512; ++s)
+            fill_sector(&bytes[host + s * 512], tag_of(guest), guest / 512 + s);
     }
     static std::uint64_t tag_of(std::uint64_t guest) { return 10 + guest / cs; }
     void set_need_check() { put_u64(bytes, f_features, get_u64(bytes, f_features) | feature_need_check); }
@@ -100,7 +99,8 @@ struct crafted {
 std::vector<std::uint8_t> expected_cluster(std::uint64_t guest, bool data) {
     std::vector<std::uint8_t> out(cs, 0);
     if (data)
-        for (std::uint64_t s = 0; s < cs / 512; ++s) fill_sector(&out[s * 512], crafted::tag_of(guest), guest / 512 + s);
+        for (std::uint64_t s = 0; s < cs / 512; ++s)
+            fill_sector(&out[s * 512], crafted::tag_of(guest), guest / 512 + s);
     return out;
 }
 
@@ -142,9 +142,13 @@ struct header_case {
     std::error_code expected;
     const char* log_word;  // the log must mention this
 };
-std::ostream& operator<<(std::ostream& os, const header_case& c) { return os << c.name; }
+std::ostream& operator<<(std::ostream& os, const header_case& c) {
+    return os << c.name;
+}
 
-std::error_code E(errc e) { return make_error_code(e); }
+std::error_code E(errc e) {
+    return make_error_code(e);
+}
 
 const header_case header_cases[] = {
     {"bad magic", [](crafted& c) { put_u32(c.bytes, f_magic, 0x00444552); }, E(errc::bad_magic), "magic"},
@@ -161,12 +165,10 @@ const header_case header_cases[] = {
      E(errc::invalid_cluster_size), "cluster_size"},
     {"cluster_size above 64 MiB", [](crafted& c) { put_u32(c.bytes, f_cluster_size, 128u << 20); },
      E(errc::invalid_cluster_size), "cluster_size"},
-    {"cluster_size 2^31", [](crafted& c) { put_u32(c.bytes, f_cluster_size, 1u << 31); },
-     E(errc::invalid_cluster_size), "cluster_size"},
-    {"table_size 0", [](crafted& c) { put_u32(c.bytes, f_table_size, 0); }, E(errc::invalid_table_size),
-     "table_size"},
-    {"table_size 3", [](crafted& c) { put_u32(c.bytes, f_table_size, 3); }, E(errc::invalid_table_size),
-     "table_size"},
+    {"cluster_size 2^31", [](crafted& c) { put_u32(c.bytes, f_cluster_size, 1u << 31); }, E(errc::invalid_cluster_size),
+     "cluster_size"},
+    {"table_size 0", [](crafted& c) { put_u32(c.bytes, f_table_size, 0); }, E(errc::invalid_table_size), "table_size"},
+    {"table_size 3", [](crafted& c) { put_u32(c.bytes, f_table_size, 3); }, E(errc::invalid_table_size), "table_size"},
     {"table_size 32", [](crafted& c) { put_u32(c.bytes, f_table_size, 32); }, E(errc::invalid_table_size),
      "table_size"},
     {"table_size 2^31", [](crafted& c) { put_u32(c.bytes, f_table_size, 1u << 31); }, E(errc::invalid_table_size),
@@ -190,12 +192,12 @@ const header_case header_cases[] = {
      E(errc::image_too_large), "exceeds"},
     {"image_size 2^64 - 512", [](crafted& c) { put_u64(c.bytes, f_image_size, ~std::uint64_t{511}); },
      E(errc::image_too_large), "exceeds"},
-    {"unknown incompatible feature bit 0x8",
-     [](crafted& c) { put_u64(c.bytes, f_features, 0x8); }, E(errc::unknown_features), "0x8"},
-    {"unknown incompatible feature bit 2^63",
-     [](crafted& c) { put_u64(c.bytes, f_features, 1ull << 63); }, E(errc::unknown_features), "0x8000000000000000"},
-    {"l1_table_offset misaligned", [](crafted& c) { put_u64(c.bytes, f_l1, c.l1 + 512); },
-     E(errc::invalid_l1_offset), "l1_table_offset"},
+    {"unknown incompatible feature bit 0x8", [](crafted& c) { put_u64(c.bytes, f_features, 0x8); },
+     E(errc::unknown_features), "0x8"},
+    {"unknown incompatible feature bit 2^63", [](crafted& c) { put_u64(c.bytes, f_features, 1ull << 63); },
+     E(errc::unknown_features), "0x8000000000000000"},
+    {"l1_table_offset misaligned", [](crafted& c) { put_u64(c.bytes, f_l1, c.l1 + 512); }, E(errc::invalid_l1_offset),
+     "l1_table_offset"},
     {"l1_table_offset 0 (the header)", [](crafted& c) { put_u64(c.bytes, f_l1, 0); }, E(errc::invalid_l1_offset),
      "l1_table_offset"},
     {"l1_table_offset inside a 2-cluster header",
@@ -300,8 +302,8 @@ BOOST_DATA_TEST_CASE(header_problem_gives_its_error, bdata::make(header_cases), 
         BOOST_CHECK_MESSAGE(ec == hc.expected, hc.name << (ro ? " (read-only)" : " (read-write)") << ": got \""
                                                        << ec.message() << "\" expected \"" << hc.expected.message()
                                                        << "\"" << e.all_log());
-        BOOST_CHECK_MESSAGE(e.logged(hc.log_word), hc.name << ": the log does not mention \"" << hc.log_word << "\":"
-                                                           << e.all_log());
+        BOOST_CHECK_MESSAGE(e.logged(hc.log_word),
+                            hc.name << ": the log does not mention \"" << hc.log_word << "\":" << e.all_log());
         BOOST_CHECK(!img.img.is_open());
         // Nothing was written to a file that failed to open.
         BOOST_CHECK(e.get("img.qed") == c.bytes);
@@ -395,29 +397,31 @@ struct table_case {
     const char* name;
     std::uint32_t header_clusters;
     std::function<void(crafted&)> corrupt;
-    std::uint64_t bad_guest;            // guest cluster whose read is affected
-    std::error_code read_error;         // {}: the read works (double references)
-    bool fixable;                       // repair clears it (the data there is lost)
+    std::uint64_t bad_guest;                                     // guest cluster whose read is affected
+    std::error_code read_error;                                  // {}: the read works (double references)
+    bool fixable;                                                // repair clears it (the data there is lost)
     std::function<std::vector<std::uint8_t>()> double_ref_data;  // what a double reference reads
 };
-std::ostream& operator<<(std::ostream& os, const table_case& c) { return os << c.name; }
+std::ostream& operator<<(std::ostream& os, const table_case& c) {
+    return os << c.name;
+}
 
 const table_case table_cases[] = {
     // --- invalid L1 entries --------------------------------------------------
-    {"L1 entry misaligned", 1, [](crafted& c) { c.l1_entry(1, c.l2b + 512); }, span, E(errc::invalid_l2_offset),
-     true, nullptr},
+    {"L1 entry misaligned", 1, [](crafted& c) { c.l1_entry(1, c.l2b + 512); }, span, E(errc::invalid_l2_offset), true,
+     nullptr},
     {"L1 entry inside the header", 2, [](crafted& c) { c.l1_entry(1, cs); }, span, E(errc::invalid_l2_offset), true,
      nullptr},
-    {"L1 entry pointing at the L1 table", 1, [](crafted& c) { c.l1_entry(1, c.l1); }, span,
-     E(errc::invalid_l2_offset), true, nullptr},
+    {"L1 entry pointing at the L1 table", 1, [](crafted& c) { c.l1_entry(1, c.l1); }, span, E(errc::invalid_l2_offset),
+     true, nullptr},
     {"L1 entry past the end of the file", 1, [](crafted& c) { c.l1_entry(1, 1ull << 30); }, span,
      E(errc::invalid_l2_offset), true, nullptr},
     {"L1 entry whose table runs past the end of the file", 1, [](crafted& c) { c.l1_entry(1, c.c); }, span,
      E(errc::invalid_l2_offset), true, nullptr},
     {"L1 entry 2^64 - 4096", 1, [](crafted& c) { c.l1_entry(1, ~std::uint64_t{cs - 1}); }, span,
      E(errc::invalid_l2_offset), true, nullptr},
-    {"file cut inside an L2 table", 1, [](crafted& c) { c.bytes.resize(c.l2b + cs); }, span,
-     E(errc::invalid_l2_offset), true, nullptr},
+    {"file cut inside an L2 table", 1, [](crafted& c) { c.bytes.resize(c.l2b + cs); }, span, E(errc::invalid_l2_offset),
+     true, nullptr},
     // --- invalid L2 entries --------------------------------------------------
     {"L2 entry misaligned", 1, [](crafted& c) { c.l2_entry(c.l2b, 0, c.c + 512); }, span,
      E(errc::invalid_cluster_offset), true, nullptr},
@@ -434,11 +438,26 @@ const table_case table_cases[] = {
     {"file cut inside a data cluster", 1, [](crafted& c) { c.bytes.resize(c.c + 2048); }, span,
      E(errc::invalid_cluster_offset), true, nullptr},
     // --- double references -----------------------------------------------------
-    {"data cluster referenced twice", 1, [](crafted& c) { c.l2_entry(c.l2b, 0, c.a); }, span, {}, false,
+    {"data cluster referenced twice",
+     1,
+     [](crafted& c) { c.l2_entry(c.l2b, 0, c.a); },
+     span,
+     {},
+     false,
      [] { return expected_cluster(0, true); }},
-    {"L2 table referenced twice", 1, [](crafted& c) { c.l1_entry(1, c.l2a); }, span, {}, false,
+    {"L2 table referenced twice",
+     1,
+     [](crafted& c) { c.l1_entry(1, c.l2a); },
+     span,
+     {},
+     false,
      [] { return expected_cluster(0, true); }},
-    {"data cluster inside an L2 table", 1, [](crafted& c) { c.l2_entry(c.l2b, 0, c.l2a); }, span, {}, false,
+    {"data cluster inside an L2 table",
+     1,
+     [](crafted& c) { c.l2_entry(c.l2b, 0, c.l2a); },
+     span,
+     {},
+     false,
      [] {
          crafted ref;
          return std::vector<std::uint8_t>(ref.bytes.begin() + static_cast<std::ptrdiff_t>(ref.l2a),
@@ -449,10 +468,13 @@ const table_case table_cases[] = {
 /// Which cluster of the file `got` is a copy of, for messages.
 std::string what_is(const std::vector<std::uint8_t>& got, const crafted& c) {
     if (got == expected_cluster(0, false)) return "zeros";
-    const std::pair<const char*, std::uint64_t> known[] = {
-        {"the first cluster of the L1 table", c.l1}, {"the first cluster of L2 table a", c.l2a},
-        {"the first cluster of L2 table b", c.l2b}, {"data cluster A", c.a}, {"data cluster B", c.b},
-        {"data cluster C", c.c}, {"the header", 0}};
+    const std::pair<const char*, std::uint64_t> known[] = {{"the first cluster of the L1 table", c.l1},
+                                                           {"the first cluster of L2 table a", c.l2a},
+                                                           {"the first cluster of L2 table b", c.l2b},
+                                                           {"data cluster A", c.a},
+                                                           {"data cluster B", c.b},
+                                                           {"data cluster C", c.c},
+                                                           {"the header", 0}};
     for (const auto& [name, off] : known)
         if (off + cs <= c.bytes.size() &&
             std::equal(got.begin(), got.end(), c.bytes.begin() + static_cast<std::ptrdiff_t>(off)))
@@ -505,7 +527,8 @@ BOOST_DATA_TEST_CASE(table_problem_is_contained, bdata::make(table_cases), tc) {
         } else {
             BOOST_CHECK_MESSAGE(!rec, tc.name << ": " << rec.message());
             if (tc.double_ref_data)
-                BOOST_CHECK_MESSAGE(got == tc.double_ref_data(), tc.name << ": reads something else than what the entry points at");
+                BOOST_CHECK_MESSAGE(got == tc.double_ref_data(),
+                                    tc.name << ": reads something else than what the entry points at");
         }
         check_good_ranges(img, tc);
         // 2. Check without repair counts it.
@@ -529,12 +552,12 @@ BOOST_DATA_TEST_CASE(table_problem_is_contained, bdata::make(table_cases), tc) {
             // A write there fails the same way, and touches nothing.
             const std::vector<std::uint8_t> junk(cs, 0xee);
             const std::error_code wec = img.write(tc.bad_guest, junk.data(), junk.size());
-            BOOST_CHECK_MESSAGE(wec == tc.read_error, tc.name << ": write to the damaged range gave \""
-                                                              << wec.message() << "\"");
-            BOOST_CHECK_MESSAGE(e.get("img.qed") == c.bytes, tc.name << ": a write to the damaged range changed the file"
-                                                                     << (inspect_layout(e.get("img.qed")).header_ok
-                                                                             ? ""
-                                                                             : " (the header no longer validates)"));
+            BOOST_CHECK_MESSAGE(wec == tc.read_error,
+                                tc.name << ": write to the damaged range gave \"" << wec.message() << "\"");
+            BOOST_CHECK_MESSAGE(
+                e.get("img.qed") == c.bytes,
+                tc.name << ": a write to the damaged range changed the file"
+                        << (inspect_layout(e.get("img.qed")).header_ok ? "" : " (the header no longer validates)"));
         }
         auto [cec, r] = img.check(check_options::repair::all);
         BOOST_REQUIRE(!cec);
@@ -569,8 +592,8 @@ BOOST_DATA_TEST_CASE(table_problem_is_contained, bdata::make(table_cases), tc) {
         auto [ec, img] = e.open_image(false);
         if (tc.fixable) {
             BOOST_REQUIRE_MESSAGE(!ec, tc.name << ": dirty read-write open: " << ec.message() << e.all_log());
-            BOOST_CHECK_MESSAGE(e.logged("repaired"), tc.name << ": the log does not say what was repaired"
-                                                              << e.all_log());
+            BOOST_CHECK_MESSAGE(e.logged("repaired"),
+                                tc.name << ": the log does not say what was repaired" << e.all_log());
             std::error_code rec;
             const auto got = read_cluster(img, tc.bad_guest, rec);
             BOOST_CHECK(!rec && got == expected_cluster(0, false));
@@ -578,8 +601,8 @@ BOOST_DATA_TEST_CASE(table_problem_is_contained, bdata::make(table_cases), tc) {
             BOOST_REQUIRE(!img.close());
             BOOST_CHECK(!header_of(e.get("img.qed")).has(feature_need_check));
         } else {
-            BOOST_CHECK_MESSAGE(ec == errc::corrupt_image, tc.name << ": dirty read-write open gave \""
-                                                                   << ec.message() << "\"" << e.all_log());
+            BOOST_CHECK_MESSAGE(ec == errc::corrupt_image,
+                                tc.name << ": dirty read-write open gave \"" << ec.message() << "\"" << e.all_log());
             BOOST_CHECK_MESSAGE(e.logged("corruption"), e.all_log());
             // Without the automatic repair it opens; repair can't help; the bit stays.
             auto [ec2, img2] = e.open_image(false, false);
@@ -639,14 +662,14 @@ BOOST_AUTO_TEST_CASE(a_header_claiming_4_GiB_allocates_nothing_it_claims) {
         }
         rusage after{};
         ::getrusage(RUSAGE_SELF, &after);
-        BOOST_CHECK_LT(after.ru_maxrss - before.ru_maxrss, 16 * 1024);  // KiB
+        BOOST_CHECK_LT(after.ru_maxrss - before.ru_maxrss, 16 * 1024);       // KiB
         BOOST_CHECK_LE(e.fs.storage("img.qed")->memory_used(), 64u * 1024);  // nothing written
     }
 }
 
 BOOST_AUTO_TEST_CASE(cases_counted) {
-    BOOST_TEST_MESSAGE("malformed images: " << std::size(header_cases) << " header cases, "
-                                            << std::size(table_cases) << " table cases, 4 special cases");
+    BOOST_TEST_MESSAGE("malformed images: " << std::size(header_cases) << " header cases, " << std::size(table_cases)
+                                            << " table cases, 4 special cases");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -34,27 +34,25 @@
 //
 // QED_PL_WORKLOAD=<name> and QED_PL_CRASH=<k> narrow a run for debugging;
 // QED_PL_TRACE=1 prints every file operation.
-#include "qed/image.hpp"
-
-#include "support/memory_fs.hpp"
-#include "support/model.hpp"
-#include "support/fixed_size_file.hpp"
-#include "support/power_loss_file.hpp"
-#include "support/qed_inspect.hpp"
-#include "support/qemu_tools.hpp"
-#include "support/sync.hpp"
-#include "support/tmp_dir.hpp"
-
 #include <boost/test/data/monomorphic.hpp>
 #include <boost/test/data/test_case.hpp>
 #include <boost/test/unit_test.hpp>
-
 #include <chrono>
 #include <cstdlib>
 #include <functional>
 #include <map>
 #include <set>
 #include <sstream>
+
+#include "qed/image.hpp"
+#include "support/fixed_size_file.hpp"
+#include "support/memory_fs.hpp"
+#include "support/model.hpp"
+#include "support/power_loss_file.hpp"
+#include "support/qed_inspect.hpp"
+#include "support/qemu_tools.hpp"
+#include "support/sync.hpp"
+#include "support/tmp_dir.hpp"
 
 namespace bdata = boost::unit_test::data;
 using namespace qed;
@@ -71,15 +69,17 @@ struct workload {
     const char* name;
     std::uint32_t table_size;
     backing_kind backing;
-    unsigned hop_seed;      // completion order
-    unsigned max_hops;      // completions are delayed by up to this many executor hops
-    unsigned qemu_every;    // run qemu-img check on every n-th crash point (0: never)
-    bool race_only = false; // only the racing streams (below), to try many completion orders
+    unsigned hop_seed;                // completion order
+    unsigned max_hops;                // completions are delayed by up to this many executor hops
+    unsigned qemu_every;              // run qemu-img check on every n-th crash point (0: never)
+    bool race_only = false;           // only the racing streams (below), to try many completion orders
     unsigned second_crash_every = 0;  // crash again during the repair, on every n-th crash point
-    bool timer = false;     // need-check timer at 0 ms: NEED_CHECK is cleared whenever allocations pause
-    bool fixed = false;     // the image is on storage of fixed size holding old bytes (an NBD export)
+    bool timer = false;               // need-check timer at 0 ms: NEED_CHECK is cleared whenever allocations pause
+    bool fixed = false;               // the image is on storage of fixed size holding old bytes (an NBD export)
 };
-std::ostream& operator<<(std::ostream& os, const workload& w) { return os << w.name; }
+std::ostream& operator<<(std::ostream& os, const workload& w) {
+    return os << w.name;
+}
 
 const workload workloads[] = {
     {"no_backing_ts1", 1, backing_kind::none, 11, 3, 0, false, 3},
@@ -137,8 +137,8 @@ struct script {
     std::uint64_t span = 0;  // guest bytes per L2 table
     std::uint64_t size = 0;
     std::vector<guest_op> ops;
-    std::vector<std::vector<std::size_t>> streams;  // each runs its ops one after another
-    std::vector<unsigned> phase;                    // per stream: phases run one after another
+    std::vector<std::vector<std::size_t>> streams;     // each runs its ops one after another
+    std::vector<unsigned> phase;                       // per stream: phases run one after another
     std::vector<std::vector<std::uint32_t>> touching;  // sector -> writes/zeroes touching it, by op index
     std::vector<std::uint8_t> initial;                 // guest contents before the workload
 };
@@ -189,49 +189,51 @@ script make_script(const workload& w) {
     };
 
     if (!w.race_only) {
-    // Stream 0: partial clusters, a new L2 table, overwrites, flushes.
-    W(0, 0, 512);
-    W(0, cs + 1024, 2 * cs);
-    F(0);
-    W(0, span - cs, 2 * cs);            // crosses into the second L2 table
-    Z(0, 16 * cs + 512, 1024);          // unaligned write-zeroes
-    W(0, 0, 8 * cs);                    // overwrite in place + allocation
-    F(0);
-    W(0, 3 * span + 5 * cs, cs);        // fourth table
-    // Stream 1: same clusters as stream 0, other sectors; zero clusters.
-    W(1, 512, 512);
-    W(1, 2 * cs + 2048, 2048);
-    Z(1, 2 * span, 4 * cs);             // zero clusters in a new table
-    W(1, 2 * span + cs + 512, 1024);    // partial write into a zero cluster
-    F(1);
-    W(1, 40 * cs, 8 * cs, true);        // FUA, a run of clusters
-    Z(1, 3 * cs, cs, false);            // NO_HOLE zeroes over an allocated cluster
-    // Stream 2: reads, writes racing with the others, write-zeroes in place.
-    R(2, 0, 16 * cs);
-    W(2, 3 * span, 3 * cs + 512);
-    Z(2, 40 * cs, 16 * cs);             // over the FUA run (or before it)
-    W(2, span + 100 * cs, cs);
-    F(2);
-    Z(2, span + 100 * cs, cs, false);
-    W(2, 3 * span + 5 * cs, 512);
-    // Stream 3: big writes and a write-zeroes crossing an L2 boundary.
-    W(3, span + 8 * cs, 24 * cs);
-    Z(3, 2 * span - 2 * cs, 4 * cs);
-    W(3, 60 * cs, 4 * cs, true);
-    R(3, span - 4 * cs, 8 * cs);
-    W(3, 2 * span - cs, 512);
-    // Streams 4..11: a burst of requests in flight at once (seeded).
-    std::mt19937_64 rng(w.table_size * 1000 + w.hop_seed);
-    for (std::size_t s = 4; s < 12; ++s) {
-        for (int i = 0; i < 2; ++i) {
-            const std::uint64_t len = 512 * (1 + rng() % (3 * cs / 512));
-            const std::uint64_t zone = (rng() % 4) * span + (rng() % 2) * (span / 2);
-            const std::uint64_t off = std::min(zone + (rng() % (64 * cs / 512)) * 512, sc.size - len);
-            if (rng() % 5 == 0) Z(s, off / cs * cs, cs, rng() % 2);
-            else W(s, off, len);
+        // Stream 0: partial clusters, a new L2 table, overwrites, flushes.
+        W(0, 0, 512);
+        W(0, cs + 1024, 2 * cs);
+        F(0);
+        W(0, span - cs, 2 * cs);    // crosses into the second L2 table
+        Z(0, 16 * cs + 512, 1024);  // unaligned write-zeroes
+        W(0, 0, 8 * cs);            // overwrite in place + allocation
+        F(0);
+        W(0, 3 * span + 5 * cs, cs);  // fourth table
+        // Stream 1: same clusters as stream 0, other sectors; zero clusters.
+        W(1, 512, 512);
+        W(1, 2 * cs + 2048, 2048);
+        Z(1, 2 * span, 4 * cs);           // zero clusters in a new table
+        W(1, 2 * span + cs + 512, 1024);  // partial write into a zero cluster
+        F(1);
+        W(1, 40 * cs, 8 * cs, true);  // FUA, a run of clusters
+        Z(1, 3 * cs, cs, false);      // NO_HOLE zeroes over an allocated cluster
+        // Stream 2: reads, writes racing with the others, write-zeroes in place.
+        R(2, 0, 16 * cs);
+        W(2, 3 * span, 3 * cs + 512);
+        Z(2, 40 * cs, 16 * cs);  // over the FUA run (or before it)
+        W(2, span + 100 * cs, cs);
+        F(2);
+        Z(2, span + 100 * cs, cs, false);
+        W(2, 3 * span + 5 * cs, 512);
+        // Stream 3: big writes and a write-zeroes crossing an L2 boundary.
+        W(3, span + 8 * cs, 24 * cs);
+        Z(3, 2 * span - 2 * cs, 4 * cs);
+        W(3, 60 * cs, 4 * cs, true);
+        R(3, span - 4 * cs, 8 * cs);
+        W(3, 2 * span - cs, 512);
+        // Streams 4..11: a burst of requests in flight at once (seeded).
+        std::mt19937_64 rng(w.table_size * 1000 + w.hop_seed);
+        for (std::size_t s = 4; s < 12; ++s) {
+            for (int i = 0; i < 2; ++i) {
+                const std::uint64_t len = 512 * (1 + rng() % (3 * cs / 512));
+                const std::uint64_t zone = (rng() % 4) * span + (rng() % 2) * (span / 2);
+                const std::uint64_t off = std::min(zone + (rng() % (64 * cs / 512)) * 512, sc.size - len);
+                if (rng() % 5 == 0)
+                    Z(s, off / cs * cs, cs, rng() % 2);
+                else
+                    W(s, off, len);
+            }
+            if (s % 3 == 0) F(s);
         }
-        if (s % 3 == 0) F(s);
-    }
     }
 
     // Then pairs of streams: a write allocating a cluster races with a
@@ -268,9 +270,9 @@ script make_script(const workload& w) {
 // ---------------------------------------------------------------------------
 
 struct images {
-    bool fixed = false;                    // top is on fixed-size storage (fixed_size_file)
-    std::shared_ptr<memory_storage> top;   // as created (clean)
-    std::string base_name;                 // "" without backing
+    bool fixed = false;                   // top is on fixed-size storage (fixed_size_file)
+    std::shared_ptr<memory_storage> top;  // as created (clean)
+    std::string base_name;                // "" without backing
     std::shared_ptr<memory_storage> base;
 };
 
@@ -440,19 +442,19 @@ run_result run_workload(const workload& w, const script& sc, const images& im, s
             issue(s, p + 1);
         };
         switch (o.what) {
-        case guest_op::write:
-            img.img.async_write_at(o.off, boost::asio::buffer(o.data), write_options{o.fua}, done);
-            break;
-        case guest_op::zeroes:
-            img.img.async_write_zeroes(o.off, o.len, zero_options{o.may_unmap, false}, done);
-            break;
-        case guest_op::flush:
-            img.img.async_flush(done);
-            break;
-        case guest_op::read:
-            read_bufs[i].resize(o.len);
-            img.img.async_read_at(o.off, boost::asio::buffer(read_bufs[i]), done);
-            break;
+            case guest_op::write:
+                img.img.async_write_at(o.off, boost::asio::buffer(o.data), write_options{o.fua}, done);
+                break;
+            case guest_op::zeroes:
+                img.img.async_write_zeroes(o.off, o.len, zero_options{o.may_unmap, false}, done);
+                break;
+            case guest_op::flush:
+                img.img.async_flush(done);
+                break;
+            case guest_op::read:
+                read_bufs[i].resize(o.len);
+                img.img.async_read_at(o.off, boost::asio::buffer(read_bufs[i]), done);
+                break;
         }
     };
     next_phase();
@@ -468,7 +470,8 @@ run_result run_workload(const workload& w, const script& sc, const images& im, s
         closed = true;
         res.close_ok = !ec;
     });
-    if (!run_until(ioc, [&] { return closed; }, std::chrono::seconds(20))) {
+    if (!run_until(
+            ioc, [&] { return closed; }, std::chrono::seconds(20))) {
         res.hang = true;
         res.hang_detail = "close never completed";
         return res;
@@ -589,17 +592,19 @@ std::vector<policy> policies_for(const power_loss_state& st) {
             for (std::size_t i = 0; i < pieces; ++i) sectors[i] = rng() % 2;
             sectors[rng() % pieces] = true;  // some sectors land...
             const std::size_t drop = rng() % pieces;
-            sectors[drop] = false;           // ...and some don't
+            sectors[drop] = false;  // ...and some don't
             if (std::find(sectors.begin(), sectors.end(), true) == sectors.end()) sectors[(drop + 1) % pieces] = true;
             how = "random sectors";
         }
         std::vector<kept_op> k;
         for (std::size_t i = 0; i < n; ++i) {
-            if (i == victim) k.push_back({i, sectors});
-            else if (seed != 2 || rng() % 2) k.push_back({i, {}});
+            if (i == victim)
+                k.push_back({i, sectors});
+            else if (seed != 2 || rng() % 2)
+                k.push_back({i, {}});
         }
-        push("torn " + std::to_string(seed) + " (" + how + " of the write at " +
-                 std::to_string(st.log[victim].offset) + ")",
+        push("torn " + std::to_string(seed) + " (" + how + " of the write at " + std::to_string(st.log[victim].offset) +
+                 ")",
              std::move(k));
     }
     return out;
@@ -638,18 +643,19 @@ std::string describe_sector_bytes(const std::uint8_t* p, std::uint64_t s, const 
                                   bool backing) {
     static const std::uint8_t zeros[512] = {};
     if (!std::memcmp(p, zeros, 512)) return "zeros";
-    if (backing && s * 512 + 512 <= base.size() && !std::memcmp(p, &base[s * 512], 512)) return "the backing file's data";
+    if (backing && s * 512 + 512 <= base.size() && !std::memcmp(p, &base[s * 512], 512))
+        return "the backing file's data";
     return model::describe(p, s, 100);
 }
 
-std::string candidates_text(const script& sc, const std::vector<std::uint32_t>& ops, bool old_ok,
-                            std::uint64_t s) {
+std::string candidates_text(const script& sc, const std::vector<std::uint32_t>& ops, bool old_ok, std::uint64_t s) {
     std::ostringstream os;
-    if (old_ok) os << "old value (" << (std::all_of(&sc.initial[s * 512], &sc.initial[s * 512] + 512,
-                                                   [](std::uint8_t b) { return b == 0; })
-                                          ? "zeros"
-                                          : "backing data")
-                   << ") ";
+    if (old_ok)
+        os << "old value ("
+           << (std::all_of(&sc.initial[s * 512], &sc.initial[s * 512] + 512, [](std::uint8_t b) { return b == 0; })
+                   ? "zeros"
+                   : "backing data")
+           << ") ";
     for (auto i : ops) {
         const auto& o = sc.ops[i];
         os << "op " << i << " (" << (o.what == guest_op::write ? "write" : "zeroes") << " " << o.off << "+" << o.len
@@ -702,7 +708,7 @@ std::string verify_image(const script& sc, const images& im, const legal_values&
             for (std::size_t c = 0; !ok && c < cand.size(); ++c) {
                 const auto& o = sc.ops[cand[c]];
                 ok = o.what == guest_op::zeroes ? !std::memcmp(p, zeros, 512)
-                                                 : !std::memcmp(p, &o.data[(s - o.off / 512) * 512], 512);
+                                                : !std::memcmp(p, &o.data[(s - o.off / 512) * 512], 512);
             }
             if (!ok)
                 return "sector " + std::to_string(s) + " (guest offset " + std::to_string(s * 512) + ") holds " +
@@ -777,8 +783,7 @@ std::string crash_during_repair(const script& sc, const images& im, const legal_
         const auto st = reopen_with_cut(static_cast<std::int64_t>(j));
         ++t.second_crash_points;
         for (const auto& p : policies_for(*st)) {
-            if (p.name != "none" && p.name != "all" && p.name != "random 1" && p.name.rfind("torn 1", 0) != 0)
-                continue;
+            if (p.name != "none" && p.name != "all" && p.name != "random 1" && p.name.rfind("torn 1", 0) != 0) continue;
             ++t.second_images;
             const std::string err = verify_image(sc, im, lv, st->image_after(p.keep), false, t, false);
             if (!err.empty())
@@ -811,14 +816,15 @@ void report(const workload& w, const totals& t) {
     os << "), " << t.dirty_images << " needed repair (" << t.repaired_entries << " with invalid entries cleared), "
        << t.qemu_checks << " qemu-img checks, " << t.failures << " failures";
     if (t.second_crash_points)
-        os << "; crash during repair: " << t.second_crash_points << " crash points, " << t.second_images
-           << " images";
+        os << "; crash during repair: " << t.second_crash_points << " crash points, " << t.second_images << " images";
     BOOST_TEST_MESSAGE(os.str());
 }
 
 totals grand;  // over every workload run in this process
 
-std::string policy_kind(const std::string& name) { return name.substr(0, name.find(' ')); }
+std::string policy_kind(const std::string& name) {
+    return name.substr(0, name.find(' '));
+}
 
 }  // namespace
 
@@ -894,7 +900,6 @@ BOOST_DATA_TEST_CASE(crash_at_every_io, bdata::make(workloads), w) {
     BOOST_CHECK_EQUAL(t.failures, 0u);
     BOOST_CHECK(t.crash_points > 0);
 }
-
 
 BOOST_AUTO_TEST_CASE(summary) {
     static const workload all{"all workloads", 0, backing_kind::none, 0, 0, 0};
@@ -987,8 +992,8 @@ struct race_case {
     bool fua;
 };
 std::ostream& operator<<(std::ostream& os, const race_case& c) {
-    return os << (c.backing ? "raw backing, " : "no backing, ") << (c.new_table ? "new L2 table (L1 update held)"
-                                                                                : "existing L2 table (L2 update held)")
+    return os << (c.backing ? "raw backing, " : "no backing, ")
+              << (c.new_table ? "new L2 table (L1 update held)" : "existing L2 table (L2 update held)")
               << (c.fua ? ", FUA write" : ", write + flush");
 }
 const race_case race_cases[] = {
@@ -1022,20 +1027,22 @@ BOOST_DATA_TEST_CASE(flush_covers_an_in_place_write_racing_a_metadata_update, bd
     });
     // Until the write linking W1's cluster is in flight (held), or W1 is done
     // (a design that writes tables back later links it at the next flush).
-    BOOST_REQUIRE_MESSAGE(run_until(ioc, [&] { return !st->held.empty() || w1_done; }, std::chrono::seconds(5)),
+    BOOST_REQUIRE_MESSAGE(run_until(
+                              ioc, [&] { return !st->held.empty() || w1_done; }, std::chrono::seconds(5)),
                           "W1 hung");
     const bool link_in_flight = !st->held.empty();
 
-    img.img.async_write_at(x + 2048, boost::asio::buffer(w2), write_options{c.fua}, [&](std::error_code ec, std::size_t) {
-        w2_done = true;
-        w2_ec = ec;
-        if (ec || c.fua) return;
-        w1_covered = w1_done && !w1_ec;  // completed before the flush was issued: durable after it
-        img.img.async_flush([&](std::error_code fec) {
-            flush_done = true;
-            flush_ec = fec;
+    img.img.async_write_at(
+        x + 2048, boost::asio::buffer(w2), write_options{c.fua}, [&](std::error_code ec, std::size_t) {
+            w2_done = true;
+            w2_ec = ec;
+            if (ec || c.fua) return;
+            w1_covered = w1_done && !w1_ec;  // completed before the flush was issued: durable after it
+            img.img.async_flush([&](std::error_code fec) {
+                flush_done = true;
+                flush_ec = fec;
+            });
         });
-    });
     const auto acknowledged = [&] { return w2_done && !w2_ec && (c.fua || (flush_done && !flush_ec)); };
     f.idle(acknowledged);  // everything that can run without the held write
     const bool acked_while_held = acknowledged() && !st->held.empty();
@@ -1050,7 +1057,8 @@ BOOST_DATA_TEST_CASE(flush_covers_an_in_place_write_racing_a_metadata_update, bd
     // W2 is acknowledged durable. Power fails now.
     st->cut();
     st->release_held(ioc.get_executor());
-    run_until(ioc, [&] { return w1_done; }, std::chrono::seconds(5));
+    run_until(
+        ioc, [&] { return w1_done; }, std::chrono::seconds(5));
     img.img = image{};
     ioc.restart();
     ioc.poll();
@@ -1123,7 +1131,8 @@ BOOST_AUTO_TEST_CASE(a_table_write_links_only_data_flushed_before_it) {
     };
     bool w1_done = false, w2_done = false;
     img.img.async_write_at(x1, boost::asio::buffer(w1), [&](std::error_code, std::size_t) { w1_done = true; });
-    BOOST_REQUIRE_MESSAGE(run_until(ioc, [&] { return !st->held.empty(); }, std::chrono::seconds(5)),
+    BOOST_REQUIRE_MESSAGE(run_until(
+                              ioc, [&] { return !st->held.empty(); }, std::chrono::seconds(5)),
                           "no flush after W1's allocation");
     // W2 while that flush is in flight.
     img.img.async_write_at(x2, boost::asio::buffer(w2), [&](std::error_code, std::size_t) { w2_done = true; });
@@ -1193,14 +1202,15 @@ BOOST_AUTO_TEST_CASE(a_table_write_links_only_data_flushed_before_it) {
 // whole clusters holds its data or zeros (never the backing file's).
 
 BOOST_DATA_TEST_CASE(crash_during_a_discard, bdata::make({false, true}), backing) {
-    const std::uint64_t first = 2 * cs, last = 12 * cs;        // written: clusters 2..11
+    const std::uint64_t first = 2 * cs, last = 12 * cs;           // written: clusters 2..11
     const std::uint64_t from = 2 * cs + 512, to = 11 * cs + 512;  // whole: clusters 3..10
     std::size_t images_checked = 0;
     bool completed = false;
     for (std::int64_t k = 0; !completed && k < 8; ++k) {
         race_fixture f(backing);
         std::vector<std::uint8_t> data(last - first);
-        for (std::uint64_t sct = 0; sct < data.size() / 512; ++sct) fill_sector(&data[sct * 512], 60, first / 512 + sct);
+        for (std::uint64_t sct = 0; sct < data.size() / 512; ++sct)
+            fill_sector(&data[sct * 512], 60, first / 512 + sct);
         BOOST_REQUIRE(!f.img->write(first, data.data(), data.size()));
         BOOST_REQUIRE(!f.img->flush());
         f.st->cut_at = static_cast<std::int64_t>(f.st->submitted) + k;
@@ -1227,9 +1237,10 @@ BOOST_DATA_TEST_CASE(crash_during_a_discard, bdata::make({false, true}), backing
                 const bool whole = g >= 3 * cs && g < 11 * cs;
                 const bool ok = !std::memcmp(&got[sct * 512], &data[sct * 512], 512) ||
                                 (whole && !std::memcmp(&got[sct * 512], zeros, 512));
-                BOOST_REQUIRE_MESSAGE(ok, "cut at " << k << ", kept " << p.name << ": guest offset " << g
-                                                    << (whole ? " (discarded cluster)" : " (outside the whole clusters)")
-                                                    << " holds neither its data" << (whole ? " nor zeros" : ""));
+                BOOST_REQUIRE_MESSAGE(ok, "cut at "
+                                              << k << ", kept " << p.name << ": guest offset " << g
+                                              << (whole ? " (discarded cluster)" : " (outside the whole clusters)")
+                                              << " holds neither its data" << (whole ? " nor zeros" : ""));
             }
             auto [cec, cr] = re.check();
             BOOST_REQUIRE(!cec);
@@ -1355,8 +1366,8 @@ BOOST_DATA_TEST_CASE(crash_while_changing_the_backing_file, bdata::make(rename_c
             BOOST_CHECK_MESSAGE(name == old_name || name == new_name, "backing name after the crash: " << name);
             std::vector<std::uint8_t> got(size);
             BOOST_REQUIRE(!img.read(0, got.data(), got.size()));
-            BOOST_CHECK_MESSAGE(got == guest, c << ": crash at I/O " << k << ", kept " << p.name
-                                                << ": guest data changed");
+            BOOST_CHECK_MESSAGE(got == guest,
+                                c << ": crash at I/O " << k << ", kept " << p.name << ": guest data changed");
             BOOST_REQUIRE(!img.close());
         }
     }

@@ -1,22 +1,20 @@
 // SPDX-License-Identifier: BSL-1.0
 // One regression test per QEMU QED bug in shared/REFERENCE.md that applies
 // to a library. Each test fails under QEMU's behaviour.
-#include "qed/image.hpp"
-
-#include "support/memory_fs.hpp"
-#include "support/sync.hpp"
-#include "support/tmp_dir.hpp"
-
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/test/data/monomorphic.hpp>
 #include <boost/test/data/test_case.hpp>
 #include <boost/test/unit_test.hpp>
-
-#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <string>
 #include <vector>
+
+#include "qed/image.hpp"
+#include "support/memory_fs.hpp"
+#include "support/sync.hpp"
+#include "support/tmp_dir.hpp"
 
 namespace asio = boost::asio;
 namespace data = boost::unit_test::data;
@@ -84,7 +82,9 @@ struct env {
     }
 };
 
-std::vector<std::uint8_t> bytes(std::size_t n, std::uint8_t v) { return std::vector<std::uint8_t>(n, v); }
+std::vector<std::uint8_t> bytes(std::size_t n, std::uint8_t v) {
+    return std::vector<std::uint8_t>(n, v);
+}
 
 /// Index of the first byte != v, or -1.
 long first_not(const std::vector<std::uint8_t>& b, std::size_t from, std::size_t to, std::uint8_t v) {
@@ -185,8 +185,7 @@ BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(bug2_zero_cluster_partial_write)
 
-BOOST_DATA_TEST_CASE(rest_of_cluster_reads_zeros, data::make({qed::image_format::raw, qed::image_format::qed}),
-                     fmt) {
+BOOST_DATA_TEST_CASE(rest_of_cluster_reads_zeros, data::make({qed::image_format::raw, qed::image_format::qed}), fmt) {
     env e;
     const std::string base = fmt == qed::image_format::raw ? "base.raw" : "base.qed";
     if (fmt == qed::image_format::raw) {
@@ -312,7 +311,8 @@ BOOST_AUTO_TEST_CASE(rebase_to_long_name_and_reopen) {
     BOOST_TEST(h.backing_filename_size == long_name.size());
     BOOST_TEST(h.has(qed::feature_backing_file));
     BOOST_TEST(h.has(qed::feature_backing_format_no_probe));
-    BOOST_TEST(std::uint64_t{h.backing_filename_offset} + h.backing_filename_size <= std::uint64_t{h.cluster_size} * h.header_size);
+    BOOST_TEST(std::uint64_t{h.backing_filename_offset} + h.backing_filename_size <=
+               std::uint64_t{h.cluster_size} * h.header_size);
     const auto raw = qed::test::pread_file(dir / "top.qed", h.backing_filename_offset, h.backing_filename_size);
     BOOST_TEST(std::string(raw.begin(), raw.end()) == long_name);
 
@@ -635,9 +635,9 @@ BOOST_DATA_TEST_CASE(table_size_1_image_opens_and_works, data::make({4096u, 6553
         BOOST_TEST(img.img.info().table_size == 1u);
         const auto z = read(img, 0, 8192);
         BOOST_TEST(first_not(z, 0, z.size(), 0) == -1);
-        write(img, span - 4096, bytes(8192, 0x71));      // across the first table boundary
-        write(img, 3 * span, bytes(4096, 0x72));         // last table
-        write(img, size - 512, bytes(512, 0x73));        // last sector
+        write(img, span - 4096, bytes(8192, 0x71));  // across the first table boundary
+        write(img, 3 * span, bytes(4096, 0x72));     // last table
+        write(img, size - 512, bytes(512, 0x73));    // last sector
         BOOST_TEST_REQUIRE(!img.write_zeroes(2 * span, std::uint64_t{cs}));
         expect_clean(img);
         BOOST_TEST_REQUIRE(!img.close());
@@ -736,7 +736,9 @@ BOOST_AUTO_TEST_SUITE_END()
 BOOST_AUTO_TEST_SUITE(bug9_historical)
 
 namespace {
-std::uint8_t base_byte(std::uint64_t pos) { return static_cast<std::uint8_t>(0x40 + (pos % 191)); }
+std::uint8_t base_byte(std::uint64_t pos) {
+    return static_cast<std::uint8_t>(0x40 + (pos % 191));
+}
 }  // namespace
 
 BOOST_DATA_TEST_CASE(read_across_end_of_shorter_backing_file,

@@ -4,13 +4,11 @@
 // "rbd"), started once for this executable and stopped at its end; through
 // the library, the tools (qed-img, qed-io, qed-nbd), nbdcopy and QEMU's own
 // rbd driver where qemu-block-extra is installed.
-#include "test_nbd_support.hpp"
+#include <boost/asio/io_context.hpp>
+#include <cerrno>
 
 #include "qed/block_file.hpp"
-
-#include <boost/asio/io_context.hpp>
-
-#include <cerrno>
+#include "test_nbd_support.hpp"
 
 #ifndef QED_CEPH_CLUSTER_SCRIPT
 #define QED_CEPH_CLUSTER_SCRIPT ""
@@ -26,7 +24,9 @@ std::string tool(const std::string& name) {
     return (self.parent_path().parent_path() / "src" / "tools" / name).string();
 }
 
-bool have_ceph() { return have("ceph-mon") && have("ceph-osd") && have("ceph-mgr") && have("rbd"); }
+bool have_ceph() {
+    return have("ceph-mon") && have("ceph-osd") && have("ceph-mgr") && have("rbd");
+}
 
 /// The cluster for the whole executable.
 struct cluster {
@@ -196,8 +196,7 @@ BOOST_AUTO_TEST_CASE(errors_name_the_image) {
     BOOST_CHECK(ec2 == std::error_code(ENOENT, std::system_category()));
     auto [ec3, img3] = l.open("rbd:justapool");
     BOOST_CHECK(ec3 == std::error_code(EINVAL, std::system_category()));
-    BOOST_CHECK_MESSAGE(l.all_logs().find("rbd:justapool: expected rbd:POOL/IMAGE") != std::string::npos,
-                        l.all_logs());
+    BOOST_CHECK_MESSAGE(l.all_logs().find("rbd:justapool: expected rbd:POOL/IMAGE") != std::string::npos, l.all_logs());
 }
 
 // qed-img create makes the RBD image; write, read back, zero clusters,
@@ -217,7 +216,8 @@ BOOST_AUTO_TEST_CASE(qed_on_rbd) {
         size_before = img.info().file_size;
         BOOST_REQUIRE(!l.write(img, 0, random_bytes(1 << 20, 1)));
         BOOST_REQUIRE(!l.write(img, 50ull << 30, random_bytes(65536, 2)));
-        auto [zec] = await<std::error_code>(l.ioc, [&](auto h) { img.async_write_zeroes(10ull << 30, 1 << 20, std::move(h)); });
+        auto [zec] =
+            await<std::error_code>(l.ioc, [&](auto h) { img.async_write_zeroes(10ull << 30, 1 << 20, std::move(h)); });
         BOOST_REQUIRE(!zec);
         BOOST_CHECK_GT(img.info().file_size, size_before + (1u << 20));
         l.close(img);
@@ -232,7 +232,8 @@ BOOST_AUTO_TEST_CASE(qed_on_rbd) {
     NBD_RUN_OK(dir.path(), {tool("qed-img"), "check", name});
     if (qemu_has_rbd()) {
         NBD_RUN_OK(dir.path(), {"qemu-img", "check", "-f", "qed", name});
-        NBD_RUN_OK(dir.path(), {"qemu-io", "-r", "-f", "qed", "-c", "read -P 0x5a 2M 128k", "-c", "read -P 0 10G 1M", name});
+        NBD_RUN_OK(dir.path(),
+                   {"qemu-io", "-r", "-f", "qed", "-c", "read -P 0x5a 2M 128k", "-c", "read -P 0 10G 1M", name});
     }
 }
 

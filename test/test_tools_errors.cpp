@@ -126,9 +126,13 @@ const std::vector<bad_run> bad_runs = {
     {"img", {"info", "--object", "frobber,id=x", "good.qed"}, "frobber"},
     {"img", {"info", "--object", "secret,data=x", "good.qed"}, "id"},
     {"io", {"--image-opts", "-c", "read 0 512", "driver=null-co,size=big"}, "null-co"},
-    {"img", {"info", "json:{'driver': 'qed', 'file': {'driver': 'blkdebug', 'inject-error': [{'errno': 5}], "
-                     "'image': {'filename': 'good.qed'}}}"},
-     "inject-error.0", 1, {"good.qed"}},
+    {"img",
+     {"info",
+      "json:{'driver': 'qed', 'file': {'driver': 'blkdebug', 'inject-error': [{'errno': 5}], "
+      "'image': {'filename': 'good.qed'}}}"},
+     "inject-error.0",
+     1,
+     {"good.qed"}},
     {"io", {"-c", "open -o driver=qed,file.driver=quorum,file.filename=good.qed"}, "quorum", 1, {"good.qed"}},
     {"io", {"--object", "iothread,id=x", "-c", "read 0 512", "good.qed"}, "iothread", 1, {"good.qed"}},
 };

@@ -717,9 +717,8 @@ BOOST_AUTO_TEST_CASE(convert_salvage_as_qemu_img) {
         return out;
     };
     BOOST_CHECK(strip(ours.err_lines()) == strip(theirs.err_lines()));
-    BOOST_CHECK_MESSAGE(ours.err.find("warning: error while reading offset 1048576: Input/output error") !=
-                            std::string::npos,
-                        ours);
+    BOOST_CHECK_MESSAGE(
+        ours.err.find("warning: error while reading offset 1048576: Input/output error") != std::string::npos, ours);
     BOOST_CHECK(s.read_file("o.raw") == s.read_file("q.raw"));
     const result plain = s.img({"convert", "-f", "raw", "-O", "raw", "blkdebug:rules:src", "p.raw"});
     BOOST_CHECK_EQUAL(plain.status, 1);
@@ -739,8 +738,8 @@ BOOST_AUTO_TEST_CASE(info_null_co_as_qemu_img) {
 BOOST_AUTO_TEST_CASE(json_backing_names_and_image_opts_in_info) {
     scratch s;
     s.must_qemu_img({"create", "-q", "-f", "qed", "base.qed", "1M"});
-    const std::string json = "json:{\"driver\": \"qed\", \"file\": {\"driver\": \"file\", \"filename\": \"" +
-                             s.path("base.qed") + "\"}}";
+    const std::string json =
+        "json:{\"driver\": \"qed\", \"file\": {\"driver\": \"file\", \"filename\": \"" + s.path("base.qed") + "\"}}";
     // Made by qed-img, read by qemu-img, and the other way round.
     const result made = s.img({"create", "-q", "-f", "qed", "-b", json, "-F", "qed", "ours.qed", "1M"});
     BOOST_REQUIRE_MESSAGE(made.status == 0, made);
@@ -768,7 +767,8 @@ BOOST_AUTO_TEST_CASE(json_backing_names_and_image_opts_in_info) {
         BOOST_CHECK(ours.out.find("\"full-backing-filename\": \"json:{") != std::string::npos);
     }
     // The first lines of the human output name the image as qemu-img does.
-    const std::vector<std::string> human = {"info", "json:{'driver':'qed','file':{'filename':'" + s.path("ours.qed") + "'}}"};
+    const std::vector<std::string> human = {"info",
+                                            "json:{'driver':'qed','file':{'filename':'" + s.path("ours.qed") + "'}}"};
     const auto theirs = s.qemu_img(human).out_lines();
     const auto ours = s.img(human).out_lines();
     BOOST_REQUIRE(theirs.size() >= 3 && ours.size() >= 3);

@@ -144,8 +144,8 @@ BOOST_AUTO_TEST_CASE(discard_gives_whole_clusters_back) {
     BOOST_CHECK_EQUAL(ours.out_without_timing(), theirs.out_without_timing());
     BOOST_CHECK_EQUAL(ours.err, theirs.err);
     // 32k..1056k: clusters 1..15 (64k) are whole, cluster 0 and 16 partial.
-    const result rd = s.qemu_io({"-f", "qed", "-c", "read -P 0x44 0 64k", "-c", "read -P 0 64k 960k", "-c",
-                                 "read -P 0x44 1M 1M", "o.img"});
+    const result rd = s.qemu_io(
+        {"-f", "qed", "-c", "read -P 0x44 0 64k", "-c", "read -P 0 64k 960k", "-c", "read -P 0x44 1M 1M", "o.img"});
     BOOST_CHECK_MESSAGE(rd.status == 0 && rd.out.find("verification failed") == std::string::npos, rd);
     const result map = s.img({"map", "--output=json", "o.img"});
     BOOST_CHECK_MESSAGE(map.out.find("\"start\": 65536, \"length\": 983040, \"depth\": 0, \"present\": true, "
@@ -445,8 +445,8 @@ BOOST_AUTO_TEST_CASE(json_names_image_opts_and_nested_formats_read_as_in_qemu_io
     const result theirs = s.qemu_io(args);
     BOOST_CHECK_EQUAL(ours.out_without_timing(), theirs.out_without_timing());
     // qemu-io reads what we wrote through the nesting, and both layers check clean.
-    const result back = s.qemu_io({"-c", "open -o driver=qed,file.driver=qed,file.file.filename=" + s.path("outer"), "-c",
-                                   "read -P 0x77 1M 64k", "-c", "read -P 0x42 0 512"});
+    const result back = s.qemu_io({"-c", "open -o driver=qed,file.driver=qed,file.file.filename=" + s.path("outer"),
+                                   "-c", "read -P 0x77 1M 64k", "-c", "read -P 0x42 0 512"});
     BOOST_CHECK_MESSAGE(back.status == 0 && back.out.find("Pattern verification failed") == std::string::npos, back);
     BOOST_CHECK_MESSAGE(s.qemu_img({"check", "outer"}).status == 0, "outer image check");
     // Without a format only one layer opens: the outer image's guest data

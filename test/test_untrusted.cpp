@@ -9,16 +9,14 @@
 //
 // Real files in temporary directories (realpath and file identities are
 // what is under test).
-#include "qed/image.hpp"
+#include <boost/test/unit_test.hpp>
+#include <filesystem>
 
+#include "qed/image.hpp"
 #include "support/log_lines.hpp"
 #include "support/model.hpp"
 #include "support/sync.hpp"
 #include "support/tmp_dir.hpp"
-
-#include <boost/test/unit_test.hpp>
-
-#include <filesystem>
 
 using namespace qed;
 using namespace qed::test;
@@ -228,8 +226,8 @@ BOOST_AUTO_TEST_CASE(loops_are_refused) {
     fixture f;
     auto expect_loop = [&](const std::string& top, std::optional<std::string> allowed) {
         auto [ec, img] = f.open_image(top, allowed, 1000);  // a loop, not the depth limit, must stop it
-        BOOST_CHECK_MESSAGE(ec == errc::backing_loop, top << (allowed ? " (confined)" : "") << ": got \""
-                                                          << ec.message() << "\"" << f.all_log());
+        BOOST_CHECK_MESSAGE(ec == errc::backing_loop,
+                            top << (allowed ? " (confined)" : "") << ": got \"" << ec.message() << "\"" << f.all_log());
         BOOST_CHECK_MESSAGE(f.logged("refers back"), f.all_log());
     };
     // a -> a

@@ -47,7 +47,7 @@ struct blkdebug_rule {
     };
     kind action = kind::inject_error;         ///< which of the two this rule is
     blkdbg_event event = blkdbg_event::none;  ///< the event it waits for
-    std::int64_t state = 0;  ///< acts only in this state (0: in any)
+    std::int64_t state = 0;                   ///< acts only in this state (0: in any)
     // inject-error
     int error = 5;             ///< errno to fail with (EIO by default)
     bool once = false;         ///< deleted after failing one request

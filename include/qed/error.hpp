@@ -13,7 +13,6 @@
 
 #include <boost/system/error_code.hpp>
 #include <boost/system/is_error_code_enum.hpp>
-
 #include <string>
 #include <system_error>
 
@@ -22,29 +21,29 @@ namespace qed {
 /// Errors detected by the library itself (everything that is not an errno).
 enum class errc {
     // --- header validation -------------------------------------------------
-    bad_magic = 1,                ///< first four bytes are not "QED\0"
-    file_too_small,               ///< file shorter than the 64-byte header
-    unknown_features,             ///< incompatible feature bits we don't know
-    invalid_cluster_size,         ///< not a power of two in [4 KiB, 64 MiB]
-    invalid_table_size,           ///< not a power of two in [1, 16]
-    invalid_header_size,          ///< header_size zero or overflowing
-    image_size_unaligned,         ///< image_size not a multiple of 512
-    image_too_large,              ///< image_size beyond what L1 can address
-    invalid_l1_offset,            ///< misaligned or inside the header
-    l1_table_past_eof,            ///< L1 table runs past the end of the file
-    backing_name_out_of_range,    ///< backing name outside the header clusters
-    bad_backing_name,             ///< backing name empty or containing a NUL byte
+    bad_magic = 1,              ///< first four bytes are not "QED\0"
+    file_too_small,             ///< file shorter than the 64-byte header
+    unknown_features,           ///< incompatible feature bits we don't know
+    invalid_cluster_size,       ///< not a power of two in [4 KiB, 64 MiB]
+    invalid_table_size,         ///< not a power of two in [1, 16]
+    invalid_header_size,        ///< header_size zero or overflowing
+    image_size_unaligned,       ///< image_size not a multiple of 512
+    image_too_large,            ///< image_size beyond what L1 can address
+    invalid_l1_offset,          ///< misaligned or inside the header
+    l1_table_past_eof,          ///< L1 table runs past the end of the file
+    backing_name_out_of_range,  ///< backing name outside the header clusters
+    bad_backing_name,           ///< backing name empty or containing a NUL byte
     // --- table contents ----------------------------------------------------
-    invalid_l2_offset,            ///< L1 entry misaligned / in header / past EOF
-    invalid_cluster_offset,       ///< L2 entry misaligned / in header / past EOF
-    corrupt_image,                ///< check found corruption it cannot repair
+    invalid_l2_offset,       ///< L1 entry misaligned / in header / past EOF
+    invalid_cluster_offset,  ///< L2 entry misaligned / in header / past EOF
+    corrupt_image,           ///< check found corruption it cannot repair
     // --- backing chain -----------------------------------------------------
-    backing_chain_too_deep,       ///< more backing levels than allowed
-    backing_loop,                 ///< a backing file refers back into the chain
-    backing_not_allowed,          ///< backing path outside the allowed directory
-    backing_name_too_long,        ///< name does not fit in the header clusters
-    backing_file_missing,         ///< image needs a backing file that wasn't opened
-    unknown_format,               ///< format name not "qed" or "raw"
+    backing_chain_too_deep,  ///< more backing levels than allowed
+    backing_loop,            ///< a backing file refers back into the chain
+    backing_not_allowed,     ///< backing path outside the allowed directory
+    backing_name_too_long,   ///< name does not fit in the header clusters
+    backing_file_missing,    ///< image needs a backing file that wasn't opened
+    unknown_format,          ///< format name not "qed" or "raw"
     // --- requests and state ------------------------------------------------
     unaligned_request,            ///< offset or length not a multiple of 512
     out_of_range,                 ///< request reaches past the end of the image

@@ -4,11 +4,10 @@
 // boost::asio::random_access_file only offers synchronously.
 #pragma once
 
+#include <atomic>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
-
-#include <atomic>
 #include <memory>
 #include <thread>
 #include <utility>

@@ -1,18 +1,16 @@
 // SPDX-License-Identifier: BSL-1.0
 // The in-memory backend: a sparse page map. Operations complete through
 // post(), so they behave like real asynchronous I/O (never inline).
-#include "qed/block_file.hpp"
-
-#include "block_file/posix_io.hpp"
-
-#include <boost/asio/post.hpp>
-
 #include <algorithm>
 #include <atomic>
+#include <boost/asio/post.hpp>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
 #include <unordered_map>
+
+#include "block_file/posix_io.hpp"
+#include "qed/block_file.hpp"
 
 namespace qed {
 namespace {
@@ -29,8 +27,10 @@ struct memory_storage::impl {
     // so growing again reads zeros.
     void truncate(std::uint64_t new_size) {
         for (auto it = pages.begin(); it != pages.end();) {
-            if (it->first * page_size >= new_size) it = pages.erase(it);
-            else ++it;
+            if (it->first * page_size >= new_size)
+                it = pages.erase(it);
+            else
+                ++it;
         }
         const std::uint64_t in_page = new_size % page_size;
         if (in_page) {
@@ -102,8 +102,10 @@ void memory_storage::punch(std::uint64_t offset, std::uint64_t length) {
         const std::uint64_t n = std::min(end - pos, page_size - in_page);
         auto it = impl_->pages.find(page);
         if (it != impl_->pages.end()) {
-            if (n == page_size) impl_->pages.erase(it);
-            else std::memset(it->second.get() + in_page, 0, n);
+            if (n == page_size)
+                impl_->pages.erase(it);
+            else
+                std::memset(it->second.get() + in_page, 0, n);
         }
         pos += n;
     }
@@ -147,6 +149,8 @@ namespace {
 
 namespace asio = boost::asio;
 
+// Ownership: shared by its openers; the bytes are a memory_storage shared
+// by every handle opened on it.
 class memory_file final : public block_file {
 public:
     memory_file(asio::any_io_executor ex, std::shared_ptr<memory_storage> storage, bool read_only)
@@ -181,15 +185,19 @@ public:
 
     void async_resize(std::uint64_t size, op_handler handler) override {
         std::error_code ec;
-        if (read_only_) ec = detail::errno_code(EBADF);
-        else storage_->resize(size);
+        if (read_only_)
+            ec = detail::errno_code(EBADF);
+        else
+            storage_->resize(size);
         asio::post(ex_, [h = std::move(handler), ec]() mutable { std::move(h)(ec); });
     }
 
     void async_punch_hole(std::uint64_t offset, std::uint64_t length, op_handler handler) override {
         std::error_code ec;
-        if (read_only_) ec = detail::errno_code(EBADF);
-        else storage_->punch(offset, length);
+        if (read_only_)
+            ec = detail::errno_code(EBADF);
+        else
+            storage_->punch(offset, length);
         asio::post(ex_, [h = std::move(handler), ec]() mutable { std::move(h)(ec); });
     }
 

@@ -143,6 +143,8 @@ const char* op_name(op o) {
 /// One NBD command, with what it takes to send it again on a new
 /// connection. Gathered pieces travel through `bounce`; for a read,
 /// `scatter` says where its bytes go once it completes.
+/// Ownership: created per request by the file, deleted once its handler is
+/// handed over (held by the file across a reconnection).
 struct command {
     request* req = nullptr;
     op what = op::read;

@@ -3,9 +3,9 @@
 // asynchronous API driven by the file's executor (nbd_file.cpp).
 #pragma once
 
-#include "qed/block_file.hpp"
-
 #include <string_view>
+
+#include "qed/block_file.hpp"
 
 namespace qed::detail {
 

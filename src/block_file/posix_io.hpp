@@ -3,15 +3,14 @@
 // preadv/pwritev loops, sizes, identities, O_DIRECT alignment.
 #pragma once
 
-#include "qed/block_file.hpp"
-
-#include <boost/container/small_vector.hpp>
-
 #include <sys/uio.h>
 
+#include <boost/container/small_vector.hpp>
 #include <cstdint>
 #include <span>
 #include <system_error>
+
+#include "qed/block_file.hpp"
 
 namespace qed::detail {
 
@@ -54,6 +53,8 @@ std::size_t direct_alignment(int fd) noexcept;
 /// True when every buffer address and length, and the offset, are multiples of `align`.
 bool is_aligned(std::uint64_t offset, const iovec_list& iov, std::size_t align) noexcept;
 
-inline std::error_code errno_code(int e) noexcept { return {e, std::system_category()}; }
+inline std::error_code errno_code(int e) noexcept {
+    return {e, std::system_category()};
+}
 
 }  // namespace qed::detail

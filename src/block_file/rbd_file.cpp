@@ -13,25 +13,26 @@
 // resize is rbd_resize, size is rbd_get_size. Reads past the end give zeros.
 #include "block_file/rbd_file.hpp"
 
-#include "block_file/blocking_pool.hpp"
-#include "block_file/posix_io.hpp"
-#include "qed/error.hpp"
-
-#include <boost/asio/post.hpp>
-
 #include <rados/librados.h>
 #include <rbd/librbd.h>
 
 #include <algorithm>
+#include <boost/asio/post.hpp>
 #include <cerrno>
 #include <cstring>
 #include <functional>
 #include <mutex>
 #include <vector>
 
+#include "block_file/blocking_pool.hpp"
+#include "block_file/posix_io.hpp"
+#include "qed/error.hpp"
+
 namespace qed::detail {
 
-bool is_rbd_name(std::string_view name) noexcept { return name.starts_with("rbd:"); }
+bool is_rbd_name(std::string_view name) noexcept {
+    return name.starts_with("rbd:");
+}
 
 namespace {
 
@@ -67,7 +68,8 @@ bool parse_rbd_name(std::string_view full, rbd_name& n, std::string& why) {
     // @snapshot (unescaped)
     std::size_t at = std::string_view::npos;
     for (std::size_t i = 0; i < spec.size(); ++i) {
-        if (spec[i] == '\\') ++i;
+        if (spec[i] == '\\')
+            ++i;
         else if (spec[i] == '@') {
             at = i;
             break;
@@ -102,15 +104,20 @@ bool parse_rbd_name(std::string_view full, rbd_name& n, std::string& why) {
                 return false;
             }
             const std::string key = kv.substr(0, eq), value = kv.substr(eq + 1);
-            if (key == "id") n.id = value;
-            else if (key == "conf") n.conf = value;
-            else n.options.emplace_back(key, value);
+            if (key == "id")
+                n.id = value;
+            else if (key == "conf")
+                n.conf = value;
+            else
+                n.options.emplace_back(key, value);
         }
     }
     return true;
 }
 
-std::error_code rbd_code(int r) { return errno_code(r < 0 ? -r : (r ? r : EIO)); }
+std::error_code rbd_code(int r) {
+    return errno_code(r < 0 ? -r : (r ? r : EIO));
+}
 
 /// The cluster connection, pool context and image; closed in that order's reverse.
 struct rbd_handles {
@@ -127,6 +134,7 @@ struct rbd_handles {
 class rbd_file;
 
 /// One operation in flight: librbd's completion and what the handler needs.
+/// Ownership: created per request, deleted when its completion is handed over.
 struct rbd_op {
     std::shared_ptr<rbd_file> file;
     asio::any_io_executor tracked;  // keeps the io_context busy until the handler is queued
@@ -140,8 +148,7 @@ struct rbd_op {
 class rbd_file final : public block_file, public std::enable_shared_from_this<rbd_file> {
 public:
     rbd_file(asio::any_io_executor ex, std::unique_ptr<rbd_handles> h, std::string name, bool read_only)
-        : ex_(std::move(ex)), h_(std::move(h)), name_(std::move(name)), read_only_(read_only),
-          pool_(blocking_pool()) {
+        : ex_(std::move(ex)), h_(std::move(h)), name_(std::move(name)), read_only_(read_only), pool_(blocking_pool()) {
         identity_ = {0x524244ull << 40, std::hash<std::string>{}(name_)};
     }
 
@@ -280,8 +287,10 @@ private:
                                          asio::execution::relationship.fork, asio::execution::blocking.never);
         hand_over(target, std::move(tracked), [op, ec]() mutable {
             std::unique_ptr<rbd_op> own(op);  // the file is let go here, on the executor
-            if (own->ioh) std::move(own->ioh)(ec, ec ? std::size_t{0} : own->bytes);
-            else std::move(own->oph)(ec);
+            if (own->ioh)
+                std::move(own->ioh)(ec, ec ? std::size_t{0} : own->bytes);
+            else
+                std::move(own->oph)(ec);
         });
     }
 

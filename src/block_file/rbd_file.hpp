@@ -3,9 +3,9 @@
 // librbd's asynchronous API (rbd_file.cpp).
 #pragma once
 
-#include "qed/block_file.hpp"
-
 #include <string_view>
+
+#include "qed/block_file.hpp"
 
 namespace qed::detail {
 

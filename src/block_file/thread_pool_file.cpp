@@ -6,11 +6,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "qed/error.hpp"
-
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+
+#include "qed/error.hpp"
 
 namespace qed::detail {
 
@@ -89,8 +89,8 @@ void pool_io::punch_hole(std::uint64_t offset, std::uint64_t length, op_handler 
             while (::fallocate(fd->get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
                                static_cast<off_t>(length)) != 0) {
                 if (errno == EINTR) continue;
-                ec = (errno == EOPNOTSUPP || errno == ENOSYS) ? make_error_code(errc::not_supported)
-                                                             : errno_code(errno);
+                ec =
+                    (errno == EOPNOTSUPP || errno == ENOSYS) ? make_error_code(errc::not_supported) : errno_code(errno);
                 break;
             }
             return ec;
@@ -100,6 +100,8 @@ void pool_io::punch_hole(std::uint64_t offset, std::uint64_t length, op_handler 
 
 namespace {
 
+// Ownership: shared by its openers; every pool job holds the descriptor
+// (shared), so a file dropped with jobs in flight closes after them.
 class thread_pool_file final : public block_file {
 public:
     thread_pool_file(boost::asio::any_io_executor ex, int fd, bool read_only, int buffered_fd)
@@ -121,9 +123,8 @@ public:
     void async_write_at(std::uint64_t offset, std::span<const boost::asio::const_buffer> buffers,
                         io_handler handler) override {
         if (read_only_) {
-            boost::asio::post(io_.executor(), [h = std::move(handler)]() mutable {
-                std::move(h)(errno_code(EBADF), 0);
-            });
+            boost::asio::post(io_.executor(),
+                              [h = std::move(handler)]() mutable { std::move(h)(errno_code(EBADF), 0); });
             return;
         }
         auto iov = to_iovecs(buffers);

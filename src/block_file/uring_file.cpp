@@ -27,36 +27,34 @@
 // slots, used when a file is opened or closed.
 #include "block_file/uring_file.hpp"
 
-#include "block_file/posix_io.hpp"
-#include "block_file/thread_pool_file.hpp"
-#include "qed/error.hpp"
+#include <fcntl.h>
+#include <liburing.h>
+#include <linux/falloc.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
-
-#include <liburing.h>
-
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <linux/falloc.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
-
-#include <algorithm>
-#include <cstdlib>
-#include <atomic>
 #include <cerrno>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <exception>
 #include <mutex>
 #include <optional>
 #include <vector>
+
+#include "block_file/posix_io.hpp"
+#include "block_file/thread_pool_file.hpp"
+#include "qed/error.hpp"
 
 namespace qed {
 namespace detail {
@@ -71,7 +69,9 @@ constexpr unsigned ring_entries = 256;
 // Registered-file slots per ring; files past that use plain descriptors.
 constexpr unsigned file_slots = 1024;
 
-std::string describe(const char* what, int err) { return std::string(what) + ": " + std::strerror(err); }
+std::string describe(const char* what, int err) {
+    return std::string(what) + ": " + std::strerror(err);
+}
 
 /// Whether this process can use io_uring at all, and why not (probed once).
 struct probe_result {
@@ -86,7 +86,8 @@ const probe_result& probe() {
         ::io_uring ring{};
         if (const int r = ::io_uring_queue_init(ring_entries, &ring, 0); r < 0) {
             p.error = -r;
-            p.why = describe("io_uring_setup", -r);  // ENOSYS: old kernel; EPERM: seccomp or io_uring_disabled; ENOMEM: RLIMIT_MEMLOCK
+            p.why = describe("io_uring_setup",
+                             -r);  // ENOSYS: old kernel; EPERM: seccomp or io_uring_disabled; ENOMEM: RLIMIT_MEMLOCK
             return p;
         }
         ::io_uring_probe* ops = ::io_uring_get_probe_ring(&ring);
@@ -264,7 +265,6 @@ public:
     /// From a completion on the strand: submit the rest in this pass.
     void again(op* o) { pending_.push_back(o); }
 
-
 private:
     void post_pass() {
         asio::post(strand_, [this] { pass(); });
@@ -437,6 +437,8 @@ void deliver(const asio::any_io_executor& ex, Handler h, Args... args) {
 
 // One whole transfer: the full iovec list in one SQE (up to IOV_MAX at a
 // time), continued after short transfers.
+// Ownership: created by the file, owned by the ring while in flight; deletes
+// itself once its handler is handed over.
 template <bool Write>
 struct transfer_op final : op {
     transfer_op(std::shared_ptr<ring_fd> f, asio::any_io_executor e, std::uint64_t off, iovec_list v, io_handler h)
@@ -447,12 +449,16 @@ struct transfer_op final : op {
         if (iov.size() == 1) {
             // Linux moves at most 2 GiB - 4 KiB per call anyway; the rest follows.
             const auto len = static_cast<unsigned>(std::min<std::size_t>(iov[0].iov_len, 1u << 30));
-            if constexpr (Write) ::io_uring_prep_write(sqe, fd->fd, iov[0].iov_base, len, at);
-            else ::io_uring_prep_read(sqe, fd->fd, iov[0].iov_base, len, at);
+            if constexpr (Write)
+                ::io_uring_prep_write(sqe, fd->fd, iov[0].iov_base, len, at);
+            else
+                ::io_uring_prep_read(sqe, fd->fd, iov[0].iov_base, len, at);
         } else {
             const auto n = static_cast<unsigned>(std::min<std::size_t>(iov.size(), IOV_MAX));
-            if constexpr (Write) ::io_uring_prep_writev(sqe, fd->fd, iov.data(), n, at);
-            else ::io_uring_prep_readv(sqe, fd->fd, iov.data(), n, at);
+            if constexpr (Write)
+                ::io_uring_prep_writev(sqe, fd->fd, iov.data(), n, at);
+            else
+                ::io_uring_prep_readv(sqe, fd->fd, iov.data(), n, at);
         }
         fd->set(sqe);
         if (fd->buffered) sqe->flags |= IOSQE_ASYNC;
@@ -493,6 +499,7 @@ struct transfer_op final : op {
 };
 
 // fdatasync, or fallocate, as one ring operation.
+// Ownership: as transfer_op (the ring holds it in flight; it deletes itself).
 struct sync_op final : op {
     enum kind { datasync, punch };
     sync_op(kind k_, std::shared_ptr<ring_fd> f, asio::any_io_executor e, op_handler h, std::uint64_t off = 0,
@@ -500,7 +507,8 @@ struct sync_op final : op {
         : k(k_), fd(std::move(f)), ex(std::move(e)), handler(std::move(h)), offset(off), length(len) {}
 
     void prep(::io_uring_sqe* sqe) override {
-        if (k == datasync) ::io_uring_prep_fsync(sqe, fd->fd, IORING_FSYNC_DATASYNC);
+        if (k == datasync)
+            ::io_uring_prep_fsync(sqe, fd->fd, IORING_FSYNC_DATASYNC);
         else
             ::io_uring_prep_fallocate(sqe, fd->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                                       static_cast<off_t>(offset), static_cast<off_t>(length));
@@ -515,7 +523,7 @@ struct sync_op final : op {
             // nothing to synchronize, as the thread pool's flush also says.
         } else if (res < 0) {
             ec = (k == punch && (res == -EOPNOTSUPP || res == -ENOSYS)) ? make_error_code(errc::not_supported)
-                                                                         : errno_code(-res);
+                                                                        : errno_code(-res);
         }
         auto h = std::move(handler);
         auto e = std::move(ex);
@@ -530,6 +538,8 @@ struct sync_op final : op {
     std::uint64_t offset, length;
 };
 
+// Ownership: shared by whoever opened it (an image's metadata); its ring is
+// the io_context's, shared by every file on that context.
 class uring_file final : public block_file {
 public:
     uring_file(asio::any_io_executor ex, std::shared_ptr<ring_state> ring, int fd, int pool_fd, bool read_only,
@@ -648,6 +658,8 @@ std::shared_ptr<block_file> make_uring_file(asio::any_io_executor ex, int fd, bo
 
 }  // namespace detail
 
-bool io_uring_available() noexcept { return detail::probe().error == 0; }
+bool io_uring_available() noexcept {
+    return detail::probe().error == 0;
+}
 
 }  // namespace qed

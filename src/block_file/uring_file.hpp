@@ -5,9 +5,9 @@
 // io_context::run().
 #pragma once
 
-#include "qed/block_file.hpp"
-
 #include <string>
+
+#include "qed/block_file.hpp"
 
 namespace qed::detail {
 
@@ -15,7 +15,7 @@ namespace qed::detail {
 /// O_DIRECT transfers) on success. Returns null with `ec` set, and `why` a
 /// short reason for a log line, if the executor's io_context can't have a
 /// ring (then `fd` and `buffered_fd` stay with the caller).
-std::shared_ptr<block_file> make_uring_file(boost::asio::any_io_executor ex, int fd, bool read_only,
-                                            int buffered_fd, std::error_code& ec, std::string& why);
+std::shared_ptr<block_file> make_uring_file(boost::asio::any_io_executor ex, int fd, bool read_only, int buffered_fd,
+                                            std::error_code& ec, std::string& why);
 
 }  // namespace qed::detail

@@ -1,11 +1,10 @@
 // SPDX-License-Identifier: BSL-1.0
 // Header encoding and validation (pure functions, no I/O).
-#include "qed/format.hpp"
-
-#include "qed/error.hpp"
-
 #include <bit>
 #include <cstdio>
+
+#include "qed/error.hpp"
+#include "qed/format.hpp"
 
 namespace qed {
 namespace {
@@ -89,8 +88,7 @@ geometry::geometry(const header& h) noexcept
     : cluster_size(h.cluster_size),
       table_size(h.table_size),
       cluster_bits(static_cast<std::uint32_t>(std::countr_zero(h.cluster_size))),
-      table_entries(static_cast<std::uint32_t>(std::uint64_t{h.cluster_size} * h.table_size /
-                                               sizeof(std::uint64_t))),
+      table_entries(static_cast<std::uint32_t>(std::uint64_t{h.cluster_size} * h.table_size / sizeof(std::uint64_t))),
       l2_bits(static_cast<std::uint32_t>(std::countr_zero(table_entries))),
       table_bytes(std::uint64_t{h.cluster_size} * h.table_size),
       header_bytes(std::uint64_t{h.cluster_size} * h.header_size) {}
@@ -99,15 +97,15 @@ std::error_code validate(const header& h, std::uint64_t file_size, std::string* 
     if (file_size < header_struct_size)
         return fail(errc::file_too_small, detail,
                     "file is " + std::to_string(file_size) + " bytes, too small for the 64-byte QED header");
-    if (h.magic != magic) return fail(errc::bad_magic, detail, "bad magic " + hex(h.magic) + " (expected 0x444551, \"QED\\0\")");
+    if (h.magic != magic)
+        return fail(errc::bad_magic, detail, "bad magic " + hex(h.magic) + " (expected 0x444551, \"QED\\0\")");
     if (const std::uint64_t unknown = h.features & ~known_features)
         return fail(errc::unknown_features, detail,
                     "unsupported QED feature bits " + hex(unknown) + " (features " + hex(h.features) +
                         "; this library knows 0x1 backing_file, 0x2 need_check, 0x4 backing_format_no_probe)");
     if (!is_valid_cluster_size(h.cluster_size))
         return fail(errc::invalid_cluster_size, detail,
-                    "cluster_size " + std::to_string(h.cluster_size) +
-                        " is not a power of two in [4096, 67108864]");
+                    "cluster_size " + std::to_string(h.cluster_size) + " is not a power of two in [4096, 67108864]");
     if (!is_valid_table_size(h.table_size))
         return fail(errc::invalid_table_size, detail,
                     "table_size " + std::to_string(h.table_size) + " is not a power of two in [1, 16]");
@@ -124,23 +122,22 @@ std::error_code validate(const header& h, std::uint64_t file_size, std::string* 
                         std::to_string(h.l1_table_offset) + " (the limit is " + std::to_string(max_header_bytes) + ")");
     if (g.header_bytes > max_header_bytes)
         return fail(errc::invalid_header_size, detail,
-                    "QED header size is too large: header_size " + std::to_string(h.header_size) +
-                        " clusters (" + std::to_string(g.header_bytes) + " bytes; the limit is " +
-                        std::to_string(max_header_bytes) + ")");
+                    "QED header size is too large: header_size " + std::to_string(h.header_size) + " clusters (" +
+                        std::to_string(g.header_bytes) + " bytes; the limit is " + std::to_string(max_header_bytes) +
+                        ")");
     if (h.header_size == 0 || g.header_bytes > file_size)
         return fail(errc::invalid_header_size, detail,
-                    "header_size " + std::to_string(h.header_size) + " clusters (" +
-                        std::to_string(g.header_bytes) + " bytes) does not fit in the " +
-                        std::to_string(file_size) + "-byte file");
+                    "header_size " + std::to_string(h.header_size) + " clusters (" + std::to_string(g.header_bytes) +
+                        " bytes) does not fit in the " + std::to_string(file_size) + "-byte file");
     if (h.image_size % sector_size != 0)
         return fail(errc::image_size_unaligned, detail,
                     "image_size " + std::to_string(h.image_size) + " is not a multiple of 512");
     const std::uint64_t max = max_image_size(h.cluster_size, h.table_size);
     if (h.image_size > max)
         return fail(errc::image_too_large, detail,
-                    "image_size " + std::to_string(h.image_size) + " exceeds the maximum " +
-                        std::to_string(max) + " for cluster_size " + std::to_string(h.cluster_size) +
-                        " and table_size " + std::to_string(h.table_size));
+                    "image_size " + std::to_string(h.image_size) + " exceeds the maximum " + std::to_string(max) +
+                        " for cluster_size " + std::to_string(h.cluster_size) + " and table_size " +
+                        std::to_string(h.table_size));
     if (g.offset_in_cluster(h.l1_table_offset) != 0 || h.l1_table_offset < g.header_bytes)
         return fail(errc::invalid_l1_offset, detail,
                     "l1_table_offset " + hex(h.l1_table_offset) +
@@ -151,14 +148,12 @@ std::error_code validate(const header& h, std::uint64_t file_size, std::string* 
                     "L1 table at " + hex(h.l1_table_offset) + " (" + std::to_string(g.table_bytes) +
                         " bytes) runs past the end of the file (" + std::to_string(file_size) + " bytes)");
     if (h.has(feature_backing_file)) {
-        const std::uint64_t end =
-            std::uint64_t{h.backing_filename_offset} + h.backing_filename_size;
+        const std::uint64_t end = std::uint64_t{h.backing_filename_offset} + h.backing_filename_size;
         if (end > g.header_bytes)
             return fail(errc::backing_name_out_of_range, detail,
                         "backing file name at " + std::to_string(h.backing_filename_offset) + "+" +
-                            std::to_string(h.backing_filename_size) +
-                            " lies outside the header clusters (" + std::to_string(g.header_bytes) +
-                            " bytes)");
+                            std::to_string(h.backing_filename_size) + " lies outside the header clusters (" +
+                            std::to_string(g.header_bytes) + " bytes)");
         if (h.backing_filename_size > max_backing_name_size)
             return fail(errc::backing_name_too_long, detail,
                         "backing file name length " + std::to_string(h.backing_filename_size) +

@@ -109,9 +109,7 @@ std::string refused_line(const std::string& path, const char* real, const char* 
 }  // namespace
 
 std::error_code probe_format(const std::byte* b, std::size_t n, image_format& out, std::string& detail) {
-    auto starts = [&](const char* magic, std::size_t len) {
-        return n >= len && std::memcmp(b, magic, len) == 0;
-    };
+    auto starts = [&](const char* magic, std::size_t len) { return n >= len && std::memcmp(b, magic, len) == 0; };
     if (starts("QED\0", 4)) {
         out = image_format::qed;
         return {};
@@ -122,8 +120,11 @@ std::error_code probe_format(const std::byte* b, std::size_t n, image_format& ou
         const char* name;
     };
     static const known others[] = {
-        {"QFI\xfb", 4, "qcow2"}, {"KDMV", 4, "vmdk"}, {"vhdxfile", 8, "vhdx"},
-        {"conectix", 8, "vpc"},  {"WithoutFreeSpace", 16, "parallels"},
+        {"QFI\xfb", 4, "qcow2"},
+        {"KDMV", 4, "vmdk"},
+        {"vhdxfile", 8, "vhdx"},
+        {"conectix", 8, "vpc"},
+        {"WithoutFreeSpace", 16, "parallels"},
     };
     for (const auto& k : others) {
         if (starts(k.magic, k.len)) {
@@ -183,8 +184,8 @@ boost::asio::awaitable<device_result> open_on_file(boost::asio::any_io_executor 
         std::memcpy(first, block.get(), sizeof first);
         image_format f{};
         std::string detail;
-        if (auto ec = probe_format(first, size < sizeof first ? static_cast<std::size_t>(size) : sizeof first, f,
-                                   detail)) {
+        if (auto ec =
+                probe_format(first, size < sizeof first ? static_cast<std::size_t>(size) : sizeof first, f, detail)) {
             log(name + ": " + detail);
             co_return device_result{ec, nullptr};
         }
@@ -211,7 +212,8 @@ boost::asio::awaitable<device_result> open_device(boost::asio::any_io_executor e
         auto tree = parse_json_name(path, options, jec);
         if (!tree) co_return device_result{jec, nullptr};
         auto plain = plain_form(*tree);
-        if (!plain) co_return co_await open_node(ex, std::move(*tree), format, std::move(options), depth, std::move(chain));
+        if (!plain)
+            co_return co_await open_node(ex, std::move(*tree), format, std::move(options), depth, std::move(chain));
         if (format && plain->format && *format != *plain->format) {
             if (options.log)
                 options.log(path + ": the format given (" + std::string(to_string(*format)) +
@@ -245,9 +247,8 @@ boost::asio::awaitable<device_result> open_device(boost::asio::any_io_executor e
 }
 
 boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_executor ex, std::string path,
-                                                         std::optional<image_format> format,
-                                                         const open_options& parent, unsigned depth,
-                                                         std::vector<file_identity> chain) {
+                                                         std::optional<image_format> format, const open_options& parent,
+                                                         unsigned depth, std::vector<file_identity> chain) {
     auto log = [&](const std::string& line) {
         if (parent.log) parent.log(line);
     };
@@ -269,8 +270,10 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
             if (plain->format) format = plain->format;
         } else if (parent.allowed_backing_dir) {
             // Only a plain file can be checked against the directory.
-            log(path + ": backing file refused: only a json: name that names one file can be checked against the "
-                       "allowed directory " + *parent.allowed_backing_dir);
+            log(path +
+                ": backing file refused: only a json: name that names one file can be checked against the "
+                "allowed directory " +
+                *parent.allowed_backing_dir);
             co_return device_result{errc::backing_not_allowed, nullptr};
         } else {
             open_options child = parent;
@@ -283,7 +286,8 @@ boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_exe
     path = without_file_protocol(path);
     const bool remote = is_remote_name(path);
     const bool null_device = is_null_name(path);  // nothing to read, nothing to leak
-    std::string target = remote || null_device || is_blkdebug_name(path) ? path : tidy_path(path);  // a URI's "//" is not a path's
+    std::string target =
+        remote || null_device || is_blkdebug_name(path) ? path : tidy_path(path);  // a URI's "//" is not a path's
     if (parent.allowed_backing_dir && is_blkdebug_name(path)) {
         // Its rules file and inner file are names of their own, which the
         // directory check below does not see.

@@ -3,12 +3,11 @@
 // the backing chain (depth limit, loop detection, allowed directory).
 #pragma once
 
-#include "image/device.hpp"
-
 #include <boost/asio/awaitable.hpp>
-
 #include <utility>
 #include <vector>
+
+#include "image/device.hpp"
 
 namespace qed::detail {
 
@@ -33,9 +32,8 @@ boost::asio::awaitable<device_result> open_device(boost::asio::any_io_executor e
 
 /// Open a backing file of an image (read-only, confined and depth-limited).
 boost::asio::awaitable<device_result> open_backing_chain(boost::asio::any_io_executor ex, std::string path,
-                                                         std::optional<image_format> format,
-                                                         const open_options& parent, unsigned depth,
-                                                         std::vector<file_identity> chain);
+                                                         std::optional<image_format> format, const open_options& parent,
+                                                         unsigned depth, std::vector<file_identity> chain);
 
 /// Open an image on an already open file.
 boost::asio::awaitable<device_result> open_on_file(boost::asio::any_io_executor ex, std::shared_ptr<block_file> file,

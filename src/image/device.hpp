@@ -8,12 +8,13 @@
 // through complete(), never inside the call that started the operation.
 #pragma once
 
-#include "qed/image.hpp"
-
 #include <boost/asio/append.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
+
+#include "block_file/completion.hpp"
+#include "qed/image.hpp"
 
 namespace qed::detail {
 
@@ -33,14 +34,12 @@ public:
 
     virtual void read(std::uint64_t offset, mutable_buffers buffers, io_handler handler) = 0;
     virtual void write(std::uint64_t offset, const_buffers buffers, write_options options, io_handler handler) = 0;
-    virtual void write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options,
-                              op_handler handler) = 0;
+    virtual void write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options, op_handler handler) = 0;
     /// See image::async_discard.
     virtual void discard(std::uint64_t offset, std::uint64_t length, op_handler handler) = 0;
     virtual void flush(op_handler handler) = 0;
     /// Extents of [offset, offset + length); `depth` is this device's level in the chain.
-    virtual void block_status(std::uint64_t offset, std::uint64_t length, unsigned depth,
-                              status_handler handler) = 0;
+    virtual void block_status(std::uint64_t offset, std::uint64_t length, unsigned depth, status_handler handler) = 0;
     virtual void check(check_options options, check_handler handler);
     virtual void change_backing_file(std::string name, std::optional<image_format> format, op_handler handler);
     virtual void grow(std::uint64_t new_size, op_handler handler) = 0;
@@ -53,12 +52,12 @@ protected:
     /// handler's associated executor when it has its own.)
     template <class Handler, class... Args>
     void complete(Handler handler, Args&&... args) const {
-        boost::asio::dispatch(ex_, boost::asio::append(std::move(handler), std::forward<Args>(args)...));
+        complete_never_inline(ex_, false, std::move(handler), std::forward<Args>(args)...);
     }
     /// Same, but always through the executor's queue (for results known at once).
     template <class Handler, class... Args>
     void complete_later(Handler handler, Args&&... args) const {
-        boost::asio::post(ex_, boost::asio::append(std::move(handler), std::forward<Args>(args)...));
+        complete_never_inline(ex_, true, std::move(handler), std::forward<Args>(args)...);
     }
 
     boost::asio::any_io_executor ex_;

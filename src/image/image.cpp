@@ -1,16 +1,18 @@
 // SPDX-License-Identifier: BSL-1.0
 // The public image handle and the non-template entry points behind it.
-#include "block_file/blocking_pool.hpp"
-#include "image/backing.hpp"
-#include "table/co_io.hpp"
-#include "image/device.hpp"
-
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/system_executor.hpp>
 
+#include "block_file/blocking_pool.hpp"
+#include "image/backing.hpp"
+#include "image/device.hpp"
+#include "table/co_io.hpp"
+
 namespace qed {
 
-std::string_view to_string(image_format f) noexcept { return f == image_format::qed ? "qed" : "raw"; }
+std::string_view to_string(image_format f) noexcept {
+    return f == image_format::qed ? "qed" : "raw";
+}
 
 std::optional<image_format> parse_format(std::string_view name) noexcept {
     if (name == "qed") return image_format::qed;
@@ -18,18 +20,26 @@ std::optional<image_format> parse_format(std::string_view name) noexcept {
     return std::nullopt;
 }
 
-bool image::is_open() const noexcept { return dev_ && dev_->is_open(); }
+bool image::is_open() const noexcept {
+    return dev_ && dev_->is_open();
+}
 
 image::executor_type image::get_executor() const {
     if (!dev_) throw std::system_error(make_error_code(errc::closed));
     return dev_->get_executor();
 }
 
-std::uint64_t image::size() const { return dev_ ? dev_->size() : 0; }
+std::uint64_t image::size() const {
+    return dev_ ? dev_->size() : 0;
+}
 
-image_info image::info() const { return dev_ ? dev_->info() : image_info{}; }
+image_info image::info() const {
+    return dev_ ? dev_->info() : image_info{};
+}
 
-image image::backing() const { return image(dev_ ? dev_->backing() : nullptr); }
+image image::backing() const {
+    return image(dev_ ? dev_->backing() : nullptr);
+}
 
 namespace detail {
 
@@ -37,8 +47,7 @@ namespace detail {
 
 // (Closed first: an operation on a closed image always says so.)
 void device::check(check_options, check_handler handler) {
-    complete_later(std::move(handler), make_error_code(is_open() ? errc::not_supported : errc::closed),
-                   check_result{});
+    complete_later(std::move(handler), make_error_code(is_open() ? errc::not_supported : errc::closed), check_result{});
 }
 void device::change_backing_file(std::string, std::optional<image_format>, op_handler handler) {
     complete_later(std::move(handler), make_error_code(is_open() ? errc::not_supported : errc::closed));
@@ -170,7 +179,8 @@ void initiate_grow(const std::shared_ptr<device>& dev, std::uint64_t new_size, o
 
 void initiate_make_empty(const std::shared_ptr<device>& dev, op_handler handler) {
     if (!dev) return fail_no_image(std::move(handler));
-    boost::asio::dispatch(dev->get_executor(), [dev, h = std::move(handler)]() mutable { dev->make_empty(std::move(h)); });
+    boost::asio::dispatch(dev->get_executor(),
+                          [dev, h = std::move(handler)]() mutable { dev->make_empty(std::move(h)); });
 }
 
 void initiate_close(const std::shared_ptr<device>& dev, op_handler handler) {

@@ -7,6 +7,8 @@
 
 namespace qed::detail {
 
+/// Ownership: shared (device's enable_shared_from_this) by the public handles,
+/// an image above it in a chain, and operations in flight; it owns its file.
 class raw_image final : public device {
 public:
     raw_image(boost::asio::any_io_executor ex, std::shared_ptr<block_file> file, std::string filename,

@@ -71,6 +71,9 @@ struct server_options {
     std::function<void()> ready;
 };
 
+/// Ownership: one per process, on main()'s stack; it owns the listeners, the
+/// exports' images and the extra threads, and holds its connections by
+/// shared_ptr (each also holds itself while its operations are in flight).
 class server {
 public:
     server(boost::asio::io_context& ioc, server_options options);

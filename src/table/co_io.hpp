@@ -5,17 +5,16 @@
 // and run() turns anything thrown inside a coroutine into one.
 #pragma once
 
-#include "qed/block_file.hpp"
-#include "table/table.hpp"
-
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_awaitable.hpp>
-
 #include <exception>
-#include <type_traits>
 #include <new>
+#include <type_traits>
+
+#include "qed/block_file.hpp"
+#include "table/table.hpp"
 
 namespace qed::detail::co {
 
@@ -37,24 +36,26 @@ boost::asio::awaitable<std::error_code> op(Start start) {
 }
 
 inline boost::asio::awaitable<std::error_code> read(block_file& f, std::uint64_t offset, void* data, std::size_t n) {
-    auto [ec, got] = co_await boost::asio::async_initiate<decltype(use_tuple), void(boost::system::error_code, std::size_t)>(
-        [&f, offset, data, n](auto handler) {
-            const boost::asio::mutable_buffer b(data, n);
-            f.async_read_at(offset, {&b, 1}, io_handler(std::move(handler)));
-        },
-        use_tuple);
+    auto [ec, got] =
+        co_await boost::asio::async_initiate<decltype(use_tuple), void(boost::system::error_code, std::size_t)>(
+            [&f, offset, data, n](auto handler) {
+                const boost::asio::mutable_buffer b(data, n);
+                f.async_read_at(offset, {&b, 1}, io_handler(std::move(handler)));
+            },
+            use_tuple);
     (void)got;
     co_return ec;
 }
 
 inline boost::asio::awaitable<std::error_code> write(block_file& f, std::uint64_t offset, const void* data,
                                                      std::size_t n) {
-    auto [ec, put] = co_await boost::asio::async_initiate<decltype(use_tuple), void(boost::system::error_code, std::size_t)>(
-        [&f, offset, data, n](auto handler) {
-            const boost::asio::const_buffer b(data, n);
-            f.async_write_at(offset, {&b, 1}, io_handler(std::move(handler)));
-        },
-        use_tuple);
+    auto [ec, put] =
+        co_await boost::asio::async_initiate<decltype(use_tuple), void(boost::system::error_code, std::size_t)>(
+            [&f, offset, data, n](auto handler) {
+                const boost::asio::const_buffer b(data, n);
+                f.async_write_at(offset, {&b, 1}, io_handler(std::move(handler)));
+            },
+            use_tuple);
     (void)put;
     co_return ec;
 }

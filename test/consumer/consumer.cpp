@@ -3,9 +3,6 @@
 // the current directory with each kind of completion token — callbacks,
 // use_future (throwing, and the non-throwing forms) and use_awaitable (same).
 // Exits non-zero, with one line saying what differed, on any mismatch.
-#include <qed/as_tuple_future.hpp>
-#include <qed/image.hpp>
-
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -16,11 +13,12 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
-
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <qed/as_tuple_future.hpp>
+#include <qed/image.hpp>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -59,13 +57,14 @@ void with_callbacks() {
                 img.async_read_at(0, asio::buffer(back), [&, img](boost::system::error_code ec, std::size_t) mutable {
                     expect(!ec && back == data, "callbacks: read back");
                     // The qed category through boost::system::error_code.
-                    img.async_read_at(1, asio::buffer(back), [&, img](boost::system::error_code ec, std::size_t) mutable {
-                        expect(ec == qed::errc::unaligned_request, "callbacks: unaligned read gives qed::errc");
-                        img.async_close([&](boost::system::error_code ec) {
-                            expect(!ec, "callbacks: close");
-                            closed = true;
+                    img.async_read_at(
+                        1, asio::buffer(back), [&, img](boost::system::error_code ec, std::size_t) mutable {
+                            expect(ec == qed::errc::unaligned_request, "callbacks: unaligned read gives qed::errc");
+                            img.async_close([&](boost::system::error_code ec) {
+                                expect(!ec, "callbacks: close");
+                                closed = true;
+                            });
                         });
-                    });
                 });
             });
         });
@@ -114,7 +113,8 @@ void with_futures() {
         auto [fec] = img.async_flush(asio::as_tuple(asio::use_future)).get();
         expect(!fec, "as_tuple(use_future): flush gives a one-element tuple");
         boost::system::error_code rec;
-        const std::size_t rn = img.async_read_at(100, asio::buffer(back), asio::redirect_error(asio::use_future, rec)).get();
+        const std::size_t rn =
+            img.async_read_at(100, asio::buffer(back), asio::redirect_error(asio::use_future, rec)).get();
         expect(rec == qed::errc::unaligned_request && rn == 0, "redirect_error(use_future): error code");
 
         img.async_close(asio::use_future).get();
@@ -160,7 +160,8 @@ asio::awaitable<void> coroutine_flow() {
     auto [tec, tn] = co_await std::move(tuple_op);
     expect(tec == qed::errc::out_of_range && tn == 0, "as_tuple(use_awaitable): error code and count");
     boost::system::error_code rec;
-    auto redirect_op = img.async_read_at(512 * 4096, asio::buffer(back), asio::redirect_error(asio::use_awaitable, rec));
+    auto redirect_op =
+        img.async_read_at(512 * 4096, asio::buffer(back), asio::redirect_error(asio::use_awaitable, rec));
     co_await std::move(redirect_op);
     expect(rec == qed::errc::out_of_range, "redirect_error(use_awaitable): error code");
 

@@ -29,17 +29,16 @@
 // to one file whose kind the input's last byte chooses (mod 3): a sparse raw
 // file with a pattern, a copy of the image itself without its backing-file
 // bit (a QED backing file), or the image file itself (a loop).
-#include "qed/image.hpp"
-
-#include "fuzz_support.hpp"
-#include "support/memory_fs.hpp"
-#include "support/model.hpp"
-
 #include <algorithm>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <set>
+
+#include "fuzz_support.hpp"
+#include "qed/image.hpp"
+#include "support/memory_fs.hpp"
+#include "support/model.hpp"
 
 using namespace qed;
 using namespace qed::fuzz;
@@ -69,11 +68,11 @@ std::uint64_t le64(const std::uint8_t* p) {
 // ---------------------------------------------------------------------------
 struct layout {
     std::uint64_t file_size = 0;  ///< the image file: the input, maybe extended (see sparse_file_size)
-    bool valid = false;  ///< the header passes validate()
+    bool valid = false;           ///< the header passes validate()
     header h;
     geometry g;
-    std::vector<std::uint64_t> hot;  ///< guest offsets the tables point to
-    std::uint64_t linked_tables = 0; ///< nonzero L1 entries
+    std::vector<std::uint64_t> hot;   ///< guest offsets the tables point to
+    std::uint64_t linked_tables = 0;  ///< nonzero L1 entries
 };
 
 /// Largest table (table_size * cluster_size) whose image file is extended,
@@ -91,8 +90,8 @@ constexpr std::uint64_t max_extended_file = std::uint64_t{8} << 30;
 /// file bounded by -max_len could never show.
 std::uint64_t sparse_file_size(const std::uint8_t* data, std::size_t size) {
     if (size < header_struct_size) return size;
-    const header h = decode(std::span<const std::byte, header_struct_size>(reinterpret_cast<const std::byte*>(data),
-                                                                           header_struct_size));
+    const header h = decode(
+        std::span<const std::byte, header_struct_size>(reinterpret_cast<const std::byte*>(data), header_struct_size));
     if (h.magic != magic || !is_valid_cluster_size(h.cluster_size) || !is_valid_table_size(h.table_size)) return size;
     const geometry g(h);
     if (g.table_bytes > max_extended_table) return size;
@@ -110,8 +109,8 @@ layout parse(const std::uint8_t* data, std::size_t size) {
     layout out;
     out.file_size = sparse_file_size(data, size);
     if (size < header_struct_size) return out;
-    out.h = decode(std::span<const std::byte, header_struct_size>(reinterpret_cast<const std::byte*>(data),
-                                                                  header_struct_size));
+    out.h = decode(
+        std::span<const std::byte, header_struct_size>(reinterpret_cast<const std::byte*>(data), header_struct_size));
     if (validate(out.h, out.file_size)) return out;
     out.valid = true;
     out.g = geometry(out.h);
@@ -146,7 +145,7 @@ struct session {
     boost::asio::io_context ioc;
     qed::test::memory_fs fs{ioc.get_executor()};
     std::shared_ptr<memory_storage> image_store;
-    std::uint64_t image_pages = 0;             ///< image_store's memory_used() before the open
+    std::uint64_t image_pages = 0;            ///< image_store's memory_used() before the open
     std::shared_ptr<memory_storage> backing;  ///< what depth 1 reads come from
     /// The backing file is a copy of the (unrepaired) input: reads that reach
     /// it may fail even when the image itself is clean.
@@ -158,32 +157,33 @@ struct session {
         image_store->resize(lay.file_size);
         image_pages = image_store->memory_used();
         switch (kind) {
-        case backing_kind::self:
-            fs.storage(backing_store) = image_store;
-            break;
-        case backing_kind::qed_copy: {
-            qed_backing = true;
-            auto& b = fs.storage(backing_store);
-            b->write(0, {reinterpret_cast<const std::byte*>(data), size});
-            b->resize(lay.file_size);
-            if (size > 16) {
-                std::byte f{static_cast<std::uint8_t>(data[16] & ~std::uint8_t{feature_backing_file})};
-                b->write(16, {&f, 1});
+            case backing_kind::self:
+                fs.storage(backing_store) = image_store;
+                break;
+            case backing_kind::qed_copy: {
+                qed_backing = true;
+                auto& b = fs.storage(backing_store);
+                b->write(0, {reinterpret_cast<const std::byte*>(data), size});
+                b->resize(lay.file_size);
+                if (size > 16) {
+                    std::byte f{static_cast<std::uint8_t>(data[16] & ~std::uint8_t{feature_backing_file})};
+                    b->write(16, {&f, 1});
+                }
+                break;
             }
-            break;
-        }
-        case backing_kind::raw_pattern: {
-            // Sparse: a pattern at both ends, a hole between; the size is
-            // not a multiple of 512 (the last partial sector reads as zeros).
-            auto& b = fs.storage(backing_store);
-            const std::uint64_t want = lay.valid ? lay.h.image_size / 2 : 0;
-            const std::uint64_t bsize = std::min<std::uint64_t>(want, 4u << 20) + 777;
-            std::vector<std::uint8_t> pat(std::min<std::uint64_t>(bsize, 64 * 1024));
-            for (std::size_t i = 0; i < pat.size(); ++i) pat[i] = static_cast<std::uint8_t>((i * 131 + (i >> 9)) | 1);
-            b->write(0, {reinterpret_cast<const std::byte*>(pat.data()), pat.size()});
-            b->write(bsize - pat.size(), {reinterpret_cast<const std::byte*>(pat.data()), pat.size()});
-            break;
-        }
+            case backing_kind::raw_pattern: {
+                // Sparse: a pattern at both ends, a hole between; the size is
+                // not a multiple of 512 (the last partial sector reads as zeros).
+                auto& b = fs.storage(backing_store);
+                const std::uint64_t want = lay.valid ? lay.h.image_size / 2 : 0;
+                const std::uint64_t bsize = std::min<std::uint64_t>(want, 4u << 20) + 777;
+                std::vector<std::uint8_t> pat(std::min<std::uint64_t>(bsize, 64 * 1024));
+                for (std::size_t i = 0; i < pat.size(); ++i)
+                    pat[i] = static_cast<std::uint8_t>((i * 131 + (i >> 9)) | 1);
+                b->write(0, {reinterpret_cast<const std::byte*>(pat.data()), pat.size()});
+                b->write(bsize - pat.size(), {reinterpret_cast<const std::byte*>(pat.data()), pat.size()});
+                break;
+            }
         }
         backing = fs.storage(backing_store);
     }
@@ -210,7 +210,9 @@ bool all_zero(const std::uint8_t* p, std::size_t n) {
     return std::all_of(p, p + n, [](std::uint8_t b) { return b == 0; });
 }
 
-bool is(std::error_code ec, errc e) { return ec == make_error_code(e); }
+bool is(std::error_code ec, errc e) {
+    return ec == make_error_code(e);
+}
 
 /// Errors a read or block status may give on a damaged image.
 bool tolerated(std::error_code ec, bool backing_closed) {
@@ -221,9 +223,9 @@ bool tolerated(std::error_code ec, bool backing_closed) {
 void check_cover(const std::vector<extent>& ext, std::uint64_t off, std::uint64_t len) {
     std::uint64_t pos = off;
     for (const auto& e : ext) {
-        QED_FUZZ_CHECK(e.offset == pos && e.length > 0,
-                       "block status extent at " + std::to_string(e.offset) + "+" + std::to_string(e.length) +
-                           ", expected one at " + std::to_string(pos));
+        QED_FUZZ_CHECK(e.offset == pos && e.length > 0, "block status extent at " + std::to_string(e.offset) + "+" +
+                                                            std::to_string(e.length) + ", expected one at " +
+                                                            std::to_string(pos));
         pos += e.length;
     }
     QED_FUZZ_CHECK(pos == off + len, "block status of " + std::to_string(off) + "+" + std::to_string(len) +
@@ -239,8 +241,8 @@ void exercise_reads(session& s, sync_ops& ops, const layout& lay, bool strict, b
     std::vector<std::uint64_t> starts{0};
     for (std::uint64_t h : lay.hot) starts.push_back(h);
     if (size > chunk_size) starts.push_back(size - chunk_size);
-    for (std::uint64_t k = 1; k < 8; ++k) starts.push_back(static_cast<std::uint64_t>(
-        static_cast<unsigned __int128>(size) * k / 8));
+    for (std::uint64_t k = 1; k < 8; ++k)
+        starts.push_back(static_cast<std::uint64_t>(static_cast<unsigned __int128>(size) * k / 8));
     std::set<std::uint64_t> chosen;
     for (std::uint64_t p : starts) {
         if (chosen.size() >= max_chunks) break;
@@ -267,7 +269,8 @@ void exercise_reads(session& s, sync_ops& ops, const layout& lay, bool strict, b
     }
     std::vector<window> windows;
     const bool whole = !lay.valid || (lay.linked_tables + 1) * 2 * lay.g.table_entries <= max_whole_range_extents;
-    if (whole) windows.push_back({0, size, {}, {}, false});
+    if (whole)
+        windows.push_back({0, size, {}, {}, false});
     else
         for (const auto& c : chunks) windows.push_back({c.off, c.len, {}, {}, false});
 
@@ -285,7 +288,8 @@ void exercise_reads(session& s, sync_ops& ops, const layout& lay, bool strict, b
             c.done = true;
             --pending;
         });
-    run_until(s.ioc, [&] { return pending == 0; }, "reads and block status");
+    run_until(
+        s.ioc, [&] { return pending == 0; }, "reads and block status");
 
     for (auto& w : windows) {
         if (w.ec) {
@@ -403,12 +407,14 @@ void write_phase(session& s, sync_ops& ops, const layout& lay, std::vector<writt
                 --pending;
             });
         else
-            ops.img.async_write_at(r.w.off, boost::asio::buffer(r.buf), [&r, &pending](std::error_code ec, std::size_t) {
-                r.ec = ec;
-                --pending;
-            });
+            ops.img.async_write_at(r.w.off, boost::asio::buffer(r.buf),
+                                   [&r, &pending](std::error_code ec, std::size_t) {
+                                       r.ec = ec;
+                                       --pending;
+                                   });
     }
-    run_until(ops.ioc, [&] { return pending == 0; }, "writes on a repaired image");
+    run_until(
+        ops.ioc, [&] { return pending == 0; }, "writes on a repaired image");
     for (auto& r : reqs) {
         // A partial cluster is filled from the backing file, which may be damaged.
         if (r.ec && s.qed_backing && tolerated(r.ec, false)) continue;

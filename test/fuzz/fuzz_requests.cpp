@@ -51,18 +51,17 @@
 //   - one cluster at each zone base reads as the model says.
 // At the end: close, reopen, NEED_CHECK clear, every sector the model knows
 // reads back, block status of the whole image agrees, check finds nothing.
-#include "qed/image.hpp"
-
-#include "fuzz_support.hpp"
-#include "support/chaos_file.hpp"
-#include "support/memory_fs.hpp"
-#include "support/model.hpp"
-
 #include <algorithm>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <set>
+
+#include "fuzz_support.hpp"
+#include "qed/image.hpp"
+#include "support/chaos_file.hpp"
+#include "support/memory_fs.hpp"
+#include "support/model.hpp"
 
 using namespace qed;
 using namespace qed::fuzz;
@@ -112,7 +111,7 @@ struct config {
 struct op {
     enum kind_t { read, write, zeroes, flush, grow, close, check, status, make_empty } kind = read;
     std::uint64_t off = 0, len = 0, new_size = 0;
-    std::uint64_t tag = 0;  ///< write: value written; zeroes: 0
+    std::uint64_t tag = 0;        ///< write: value written; zeroes: 0
     std::uint64_t grow_from = 0;  ///< grow: the size it grows from
     bool fua = false, may_unmap = true;
     std::uint8_t extra = 0;
@@ -129,8 +128,7 @@ struct op {
 };
 
 const char* kind_name(op::kind_t k) {
-    static const char* names[] = {"read",  "write", "zeroes", "flush",     "grow",
-                                  "close", "check", "status", "make_empty"};
+    static const char* names[] = {"read", "write", "zeroes", "flush", "grow", "close", "check", "status", "make_empty"};
     return names[k];
 }
 
@@ -148,8 +146,10 @@ public:
         setup_backing();
         create_options co;
         // No size with a backing file: the image takes the backing file's size.
-        if (cfg_.create_size || !cfg_.backing) co.size = cfg_.create_size;
-        else co.size = {};
+        if (cfg_.create_size || !cfg_.backing)
+            co.size = cfg_.create_size;
+        else
+            co.size = {};
         co.cluster_size = cfg_.cluster_size;
         co.table_size = cfg_.table_size;
         co.opener = fs_.opener();
@@ -166,8 +166,8 @@ public:
             return std::make_shared<qed::test::chaos_file>(std::move(f), cfg_.seed + 7919 * opens_);
         };
         reopen();
-        QED_FUZZ_CHECK(img_.size() == cfg_.size, "created size " + std::to_string(img_.size()) + ", expected " +
-                                                     std::to_string(cfg_.size));
+        QED_FUZZ_CHECK(img_.size() == cfg_.size,
+                       "created size " + std::to_string(img_.size()) + ", expected " + std::to_string(cfg_.size));
     }
 
     void run() {
@@ -207,7 +207,8 @@ private:
         if (cfg_.create_size == 0 && cfg_.backing) cfg_.size = (cfg_.backing_size + 511) / 512 * 512;
         size_ = cfg_.size;
         if (verbose())
-            std::fprintf(stderr, "config: cluster %u table %u size %llu backing %s%s size %llu timer %s chaos %d cache %zu\n",
+            std::fprintf(stderr,
+                         "config: cluster %u table %u size %llu backing %s%s size %llu timer %s chaos %d cache %zu\n",
                          cfg_.cluster_size, cfg_.table_size, static_cast<unsigned long long>(cfg_.size),
                          cfg_.backing ? "raw" : "none", cfg_.backing_format_raw ? " (format given)" : "",
                          static_cast<unsigned long long>(cfg_.backing_size), cfg_.short_timer ? "0ms" : "1h",
@@ -216,20 +217,28 @@ private:
 
     std::uint64_t zone_base(unsigned z) const {
         switch (z % 5) {
-        case 0: return 0;
-        case 1: return span_;
-        case 2: return 2 * span_;
-        case 3: return size_;
-        default: return backing_floor();
+            case 0:
+                return 0;
+            case 1:
+                return span_;
+            case 2:
+                return 2 * span_;
+            case 3:
+                return size_;
+            default:
+                return backing_floor();
         }
     }
 
     std::unique_ptr<op> decode_op(std::uint8_t k) {
         auto o = std::make_unique<op>();
         const std::uint64_t cs = cfg_.cluster_size;
-        if (k == 10) o->kind = op::flush;
-        else if (k == 13) o->kind = op::close;
-        else if (k == 14) o->kind = in_.u8() % 4 == 3 ? op::make_empty : op::check;
+        if (k == 10)
+            o->kind = op::flush;
+        else if (k == 13)
+            o->kind = op::close;
+        else if (k == 14)
+            o->kind = in_.u8() % 4 == 3 ? op::make_empty : op::check;
         else if (k == 11) {
             o->kind = op::grow;
             const auto delta = static_cast<std::int16_t>(in_.u16());
@@ -250,10 +259,18 @@ private:
             const std::int64_t s = static_cast<std::int64_t>(zone_base(zone) / 512) + delta % window;
             o->off = s < 0 ? 0 : static_cast<std::uint64_t>(s) * 512;
             switch (lenc >> 6) {
-            case 0: o->len = (std::uint64_t{lenc & 63u} + 1) * 512; break;
-            case 1: o->len = (std::uint64_t{lenc & 3u} + 1) * cs; break;
-            case 2: o->len = std::uint64_t{lenc & 3u} * cs + (std::uint64_t{(lenc >> 2) & 15u} + 1) * 512; break;
-            default: o->len = lenc == 255 ? 0 : (std::uint64_t{lenc & 7u} + 1) * 2 * cs; break;
+                case 0:
+                    o->len = (std::uint64_t{lenc & 63u} + 1) * 512;
+                    break;
+                case 1:
+                    o->len = (std::uint64_t{lenc & 3u} + 1) * cs;
+                    break;
+                case 2:
+                    o->len = std::uint64_t{lenc & 3u} * cs + (std::uint64_t{(lenc >> 2) & 15u} + 1) * 512;
+                    break;
+                default:
+                    o->len = lenc == 255 ? 0 : (std::uint64_t{lenc & 7u} + 1) * 2 * cs;
+                    break;
             }
             o->fua = f & 1;
             o->may_unmap = f & 2;
@@ -337,8 +354,8 @@ private:
         auto [ec, i] = open_image(ioc_, image_name, std::move(o));
         QED_FUZZ_CHECK(!ec, "open failed: " + ec_str(ec));
         img_ = std::move(i);
-        QED_FUZZ_CHECK(img_.size() == size_, "reopened with size " + std::to_string(img_.size()) + ", expected " +
-                                                 std::to_string(size_));
+        QED_FUZZ_CHECK(img_.size() == size_,
+                       "reopened with size " + std::to_string(img_.size()) + ", expected " + std::to_string(size_));
         QED_FUZZ_CHECK(!img_.info().need_check, "NEED_CHECK set after a clean close");
         closed_ = false;
     }
@@ -372,24 +389,24 @@ private:
     std::error_code run_exclusive_op(const op& o, state& st) const {
         std::error_code ec = st.closed ? make_error_code(errc::closed) : std::error_code{};
         switch (o.kind) {
-        case op::make_empty:
-            if (!ec) ++st.empties;
-            break;
-        case op::close:
-            st.closed = true;
-            break;
-        case op::grow: {
-            const std::uint64_t max = max_image_size(cfg_.cluster_size, cfg_.table_size);
-            if (!ec)
-                ec = o.new_size < st.size    ? make_error_code(errc::shrink_not_supported)
-                     : o.new_size % 512      ? make_error_code(errc::image_size_unaligned)
-                     : o.new_size > max      ? make_error_code(errc::image_too_large)
-                                             : std::error_code{};
-            if (!ec) st.size = o.new_size;
-            break;
-        }
-        default:
-            break;
+            case op::make_empty:
+                if (!ec) ++st.empties;
+                break;
+            case op::close:
+                st.closed = true;
+                break;
+            case op::grow: {
+                const std::uint64_t max = max_image_size(cfg_.cluster_size, cfg_.table_size);
+                if (!ec)
+                    ec = o.new_size < st.size ? make_error_code(errc::shrink_not_supported)
+                         : o.new_size % 512   ? make_error_code(errc::image_size_unaligned)
+                         : o.new_size > max   ? make_error_code(errc::image_too_large)
+                                              : std::error_code{};
+                if (!ec) st.size = o.new_size;
+                break;
+            }
+            default:
+                break;
         }
         return ec;
     }
@@ -460,52 +477,52 @@ private:
             return v;
         };
         switch (o.kind) {
-        case op::read: {
-            o.buf.assign(o.len, 0xa5);
-            img_.async_read_at(o.off, make_pieces(o.buf.data()), done_ec);
-            break;
-        }
-        case op::write: {
-            o.buf.resize(o.len);
-            for (std::uint64_t k = 0; k < o.len / 512; ++k) fill_sector(&o.buf[k * 512], o.tag, o.off / 512 + k);
-            img_.async_write_at(o.off, make_pieces(static_cast<const std::uint8_t*>(o.buf.data())),
-                                write_options{o.fua}, done_ec);
-            break;
-        }
-        case op::zeroes:
-            img_.async_write_zeroes(o.off, o.len, zero_options{o.may_unmap, o.fua}, done_ec);
-            break;
-        case op::flush:
-            img_.async_flush(done_ec);
-            break;
-        case op::grow:
-            img_.async_grow(o.new_size, done_ec);
-            break;
-        case op::close:
-            img_.async_close(done_ec);
-            break;
-        case op::check:
-            img_.async_check(check_options{check_options::repair::none},
-                             [p, &pending](std::error_code ec, check_result r) {
-                                 p->ec = ec;
-                                 p->cr = std::move(r);
-                                 p->done = true;
-                                 p->order = pending;
-                                 --pending;
-                             });
-            break;
-        case op::make_empty:
-            img_.async_make_empty(done_ec);
-            break;
-        case op::status:
-            img_.async_block_status(o.off, o.len, [p, &pending](std::error_code ec, std::vector<extent> v) {
-                p->ec = ec;
-                p->ext = std::move(v);
-                p->done = true;
-                p->order = pending;
-                --pending;
-            });
-            break;
+            case op::read: {
+                o.buf.assign(o.len, 0xa5);
+                img_.async_read_at(o.off, make_pieces(o.buf.data()), done_ec);
+                break;
+            }
+            case op::write: {
+                o.buf.resize(o.len);
+                for (std::uint64_t k = 0; k < o.len / 512; ++k) fill_sector(&o.buf[k * 512], o.tag, o.off / 512 + k);
+                img_.async_write_at(o.off, make_pieces(static_cast<const std::uint8_t*>(o.buf.data())),
+                                    write_options{o.fua}, done_ec);
+                break;
+            }
+            case op::zeroes:
+                img_.async_write_zeroes(o.off, o.len, zero_options{o.may_unmap, o.fua}, done_ec);
+                break;
+            case op::flush:
+                img_.async_flush(done_ec);
+                break;
+            case op::grow:
+                img_.async_grow(o.new_size, done_ec);
+                break;
+            case op::close:
+                img_.async_close(done_ec);
+                break;
+            case op::check:
+                img_.async_check(check_options{check_options::repair::none},
+                                 [p, &pending](std::error_code ec, check_result r) {
+                                     p->ec = ec;
+                                     p->cr = std::move(r);
+                                     p->done = true;
+                                     p->order = pending;
+                                     --pending;
+                                 });
+                break;
+            case op::make_empty:
+                img_.async_make_empty(done_ec);
+                break;
+            case op::status:
+                img_.async_block_status(o.off, o.len, [p, &pending](std::error_code ec, std::vector<extent> v) {
+                    p->ec = ec;
+                    p->ext = std::move(v);
+                    p->done = true;
+                    p->order = pending;
+                    --pending;
+                });
+                break;
         }
     }
 
@@ -514,7 +531,8 @@ private:
         plan(batch);
         std::size_t pending = 0;
         for (auto& o : batch) issue(*o, pending);
-        run_until(ioc_, [&] { return pending == 0; }, "batch " + std::to_string(batches_));
+        run_until(
+            ioc_, [&] { return pending == 0; }, "batch " + std::to_string(batches_));
 
         if (verbose()) {
             std::fprintf(stderr, "batch %u:\n", batches_);
@@ -536,7 +554,8 @@ private:
         // Grow zeroes the new range where the backing file would show through.
         auto grow_zeroes = [this](const op& g) {
             const std::uint64_t bdev = cfg_.backing ? (cfg_.backing_size + 511) / 512 * 512 : 0;
-            for_each_seeded(g.grow_from / 512, std::min(g.new_size, bdev) / 512, [this](std::uint64_t s) { tags_[s] = 0; });
+            for_each_seeded(g.grow_from / 512, std::min(g.new_size, bdev) / 512,
+                            [this](std::uint64_t s) { tags_[s] = 0; });
         };
         for (auto& o : batch)
             if (o->kind == op::grow && !o->ec) grow_zeroes(*o);
@@ -551,15 +570,17 @@ private:
             if (o->ec) continue;
             if (o->kind == op::read) verify_read(*o, seen, empties != 0);
             if (o->kind == op::status) {
-                if (empties) check_cover(o->ext, o->off, o->len, "block status in a batch");
-                else verify_status(o->ext, o->off, o->len, seen, "block status in a batch");
+                if (empties)
+                    check_cover(o->ext, o->off, o->len, "block status in a batch");
+                else
+                    verify_status(o->ext, o->off, o->len, seen, "block status in a batch");
             }
             if (o->kind == op::check)
                 QED_FUZZ_CHECK(o->cr.corruptions == 0 && o->cr.leaks == 0 && o->cr.check_errors == 0,
-                               "check in batch " + std::to_string(batches_) + ": " +
-                                   std::to_string(o->cr.corruptions) + " corruptions, " +
-                                   std::to_string(o->cr.leaks) + " leaks, " + std::to_string(o->cr.check_errors) +
-                                   " errors" + (o->cr.messages.empty() ? "" : ": " + o->cr.messages.front()));
+                               "check in batch " + std::to_string(batches_) + ": " + std::to_string(o->cr.corruptions) +
+                                   " corruptions, " + std::to_string(o->cr.leaks) + " leaks, " +
+                                   std::to_string(o->cr.check_errors) + " errors" +
+                                   (o->cr.messages.empty() ? "" : ": " + o->cr.messages.front()));
         }
         // make_empty drops every cluster: the backing file shows again, but
         // for the ranges grown (and zeroed) after the last make_empty.
@@ -598,8 +619,10 @@ private:
         }
         std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // [first, end) sectors
         for (auto& [s, ts] : racing) {
-            if (!runs.empty() && runs.back().second == s && s - runs.back().first < 2048) ++runs.back().second;
-            else runs.push_back({s, s + 1});
+            if (!runs.empty() && runs.back().second == s && s - runs.back().first < 2048)
+                ++runs.back().second;
+            else
+                runs.push_back({s, s + 1});
         }
         for (auto [lo, hi] : runs) read_back(lo, hi, &racing, &choice, "after batch");
         for (unsigned z = 0; z < 5; ++z) {
@@ -617,7 +640,8 @@ private:
             const std::uint64_t s = o.off / 512 + k;
             cand.assign(1, tag(s));
             if (emptied) cand.push_back(default_tag(s));
-            if (auto it = racing.find(s); it != racing.end()) cand.insert(cand.end(), it->second.begin(), it->second.end());
+            if (auto it = racing.find(s); it != racing.end())
+                cand.insert(cand.end(), it->second.begin(), it->second.end());
             if (qed::test::model::match(&o.buf[k * 512], s, cand) < 0)
                 mismatch("read in batch", s, &o.buf[k * 512], cand, describe(o));
         }
@@ -628,13 +652,14 @@ private:
         std::string c;
         for (auto t : cand) c += " " + std::to_string(t);
         fail(__FILE__, __LINE__, "sector content",
-             when + " (batch " + std::to_string(batches_) + ", " + what + "): sector " + std::to_string(s) +
-                 " holds " + qed::test::model::describe(got, s, next_tag_) + ", expected tag" + c);
+             when + " (batch " + std::to_string(batches_) + ", " + what + "): sector " + std::to_string(s) + " holds " +
+                 qed::test::model::describe(got, s, next_tag_) + ", expected tag" + c);
     }
 
     /// Read sectors [lo, hi) and compare with the model; sectors in `choice`
     /// may hold any of their racing values, and the model takes what is there.
-    void read_back(std::uint64_t lo, std::uint64_t hi, const std::map<std::uint64_t, std::vector<std::uint64_t>>* racing,
+    void read_back(std::uint64_t lo, std::uint64_t hi,
+                   const std::map<std::uint64_t, std::vector<std::uint64_t>>* racing,
                    const std::set<std::uint64_t>* choice, const std::string& when) {
         std::vector<std::uint8_t> buf((hi - lo) * 512, 0xa5);
         sync_ops ops{ioc_, img_};
@@ -689,8 +714,8 @@ private:
                 const std::uint64_t t = tag(s);
                 const std::string where = when + ": sector " + std::to_string(s) + " in extent " +
                                           std::to_string(e.offset) + "+" + std::to_string(e.length) + " depth " +
-                                          std::to_string(e.depth) + (e.zero ? " zero" : "") +
-                                          (e.data ? " data" : "") + (e.present ? " present" : "");
+                                          std::to_string(e.depth) + (e.zero ? " zero" : "") + (e.data ? " data" : "") +
+                                          (e.present ? " present" : "");
                 if (e.zero) {
                     QED_FUZZ_CHECK(t == 0, where + " holds tag " + std::to_string(t));
                 } else if (e.depth == 1) {
@@ -699,10 +724,10 @@ private:
                 } else if (e.depth == 0 && e.data && e.host_offset) {
                     fill_sector(want, t, s);
                     storage->read(*e.host_offset + (s * 512 - e.offset), {reinterpret_cast<std::byte*>(got), 512});
-                    QED_FUZZ_CHECK(std::memcmp(want, got, 512) == 0,
-                                   where + " host " + std::to_string(*e.host_offset) + ": the file holds " +
-                                       qed::test::model::describe(got, s, next_tag_) + ", expected tag " +
-                                       std::to_string(t));
+                    QED_FUZZ_CHECK(std::memcmp(want, got, 512) == 0, where + " host " + std::to_string(*e.host_offset) +
+                                                                         ": the file holds " +
+                                                                         qed::test::model::describe(got, s, next_tag_) +
+                                                                         ", expected tag " + std::to_string(t));
                 } else {
                     QED_FUZZ_CHECK(false, where + ": an extent that is neither zero, backing nor data");
                 }
@@ -720,8 +745,10 @@ private:
         std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
         for (auto& [s, t] : tags_) {
             if (s >= size_ / 512) continue;
-            if (!runs.empty() && runs.back().second == s && s - runs.back().first < 2048) ++runs.back().second;
-            else runs.push_back({s, s + 1});
+            if (!runs.empty() && runs.back().second == s && s - runs.back().first < 2048)
+                ++runs.back().second;
+            else
+                runs.push_back({s, s + 1});
         }
         for (auto [lo, hi] : runs) read_back(lo, hi, nullptr, nullptr, "after reopen");
         sync_ops ro{ioc_, img_};
@@ -751,7 +778,7 @@ private:
     std::uint64_t size_ = 0;
     std::uint64_t next_tag_ = 100;
     std::map<std::uint64_t, std::uint64_t> tags_;  ///< sector -> tag, where it differs from default_tag
-    std::vector<state> batch_states_;               ///< see plan()
+    std::vector<state> batch_states_;              ///< see plan()
 };
 
 }  // namespace

@@ -4,11 +4,8 @@
 // libFuzzer saves the input.
 #pragma once
 
-#include "qed/image.hpp"
-
-#include <boost/asio/io_context.hpp>
-
 #include <algorithm>
+#include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -17,6 +14,8 @@
 #include <string>
 #include <tuple>
 #include <vector>
+
+#include "qed/image.hpp"
 
 namespace qed::fuzz {
 
@@ -34,8 +33,8 @@ inline bool verbose() {
 }
 
 /// `msg` is an expression building a std::string, evaluated only on failure.
-#define QED_FUZZ_CHECK(cond, msg)                                          \
-    do {                                                                    \
+#define QED_FUZZ_CHECK(cond, msg)                                         \
+    do {                                                                  \
         if (!(cond)) ::qed::fuzz::fail(__FILE__, __LINE__, #cond, (msg)); \
     } while (0)
 
@@ -68,7 +67,8 @@ template <class... Args, class Start>
 std::tuple<Args...> run_op(boost::asio::io_context& ioc, const std::string& what, Start start) {
     std::optional<std::tuple<Args...>> result;
     start([&result](Args... args) { result.emplace(std::move(args)...); });
-    run_until(ioc, [&] { return result.has_value(); }, what);
+    run_until(
+        ioc, [&] { return result.has_value(); }, what);
     return std::move(*result);
 }
 
@@ -86,8 +86,8 @@ struct sync_ops {
             ioc, "write", [&](auto h) { img.async_write_at(off, boost::asio::buffer(p, n), std::move(h)); }));
     }
     std::error_code write_zeroes(std::uint64_t off, std::uint64_t n, zero_options o = {}) {
-        return std::get<0>(
-            run_op<std::error_code>(ioc, "write_zeroes", [&](auto h) { img.async_write_zeroes(off, n, o, std::move(h)); }));
+        return std::get<0>(run_op<std::error_code>(ioc, "write_zeroes",
+                                                   [&](auto h) { img.async_write_zeroes(off, n, o, std::move(h)); }));
     }
     std::error_code flush() {
         return std::get<0>(run_op<std::error_code>(ioc, "flush", [&](auto h) { img.async_flush(std::move(h)); }));
@@ -141,13 +141,12 @@ inline std::vector<std::uint8_t> contents(const memory_storage& s) {
 /// held just that. A page written past the input would raise memory_used();
 /// the pages holding the input are compared byte by byte (plus 1 MiB past
 /// it, more than any page), so a file of many GiB costs what it holds.
-inline bool same_file(const memory_storage& s, std::uint64_t pages_before, const std::uint8_t* data,
-                      std::size_t size) {
+inline bool same_file(const memory_storage& s, std::uint64_t pages_before, const std::uint8_t* data, std::size_t size) {
     if (s.memory_used() != pages_before || s.size() < size) return false;
     std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::min<std::uint64_t>(s.size(), size + (1u << 20))));
     s.read(0, {reinterpret_cast<std::byte*>(buf.data()), buf.size()});
-    return std::equal(data, data + size, buf.begin()) &&
-           std::all_of(buf.begin() + static_cast<std::ptrdiff_t>(size), buf.end(), [](std::uint8_t b) { return b == 0; });
+    return std::equal(data, data + size, buf.begin()) && std::all_of(buf.begin() + static_cast<std::ptrdiff_t>(size),
+                                                                     buf.end(), [](std::uint8_t b) { return b == 0; });
 }
 
 }  // namespace qed::fuzz

@@ -5,14 +5,13 @@
 // in flight genuinely race. Deterministic for a given seed.
 #pragma once
 
-#include "qed/block_file.hpp"
-
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/container/small_vector.hpp>
-
 #include <random>
 #include <vector>
+
+#include "qed/block_file.hpp"
 
 namespace qed::test {
 

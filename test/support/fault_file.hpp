@@ -5,12 +5,11 @@
 // operation of that kind from n on (a dead disk).
 #pragma once
 
-#include "qed/block_file.hpp"
-
-#include <boost/asio/post.hpp>
-
 #include <array>
+#include <boost/asio/post.hpp>
 #include <cerrno>
+
+#include "qed/block_file.hpp"
 
 namespace qed::test {
 

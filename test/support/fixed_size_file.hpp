@@ -7,12 +7,11 @@
 // no I/O at all, as on an export.
 #pragma once
 
-#include "qed/block_file.hpp"
-
 #include <boost/asio/post.hpp>
-
 #include <cerrno>
 #include <memory>
+
+#include "qed/block_file.hpp"
 
 namespace qed::test {
 
@@ -38,7 +37,8 @@ public:
     }
     void async_flush(op_handler h) override { inner_->async_flush(std::move(h)); }
     void async_resize(std::uint64_t size, op_handler h) override {
-        const std::error_code ec = size > capacity_ ? std::error_code(ENOSPC, std::generic_category()) : std::error_code{};
+        const std::error_code ec =
+            size > capacity_ ? std::error_code(ENOSPC, std::generic_category()) : std::error_code{};
         boost::asio::post(get_executor(), [h = std::move(h), ec]() mutable { std::move(h)(ec); });
     }
     void async_punch_hole(std::uint64_t offset, std::uint64_t length, op_handler h) override {

@@ -20,6 +20,8 @@ inline std::ostream& operator<<(std::ostream& os, const geo_case& c) {
 }
 
 /// The operation completed, without error.
-inline bool succeeded(const std::optional<std::error_code>& r) { return r && !*r; }
+inline bool succeeded(const std::optional<std::error_code>& r) {
+    return r && !*r;
+}
 
 }  // namespace qed::test

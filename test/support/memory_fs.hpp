@@ -3,11 +3,11 @@
 // through the file_opener hook so backing files resolve as on disk.
 #pragma once
 
-#include "qed/image.hpp"
-
 #include <map>
 #include <memory>
 #include <string>
+
+#include "qed/image.hpp"
 
 namespace qed::test {
 
@@ -26,20 +26,21 @@ public:
     std::function<std::shared_ptr<block_file>(std::shared_ptr<block_file>, const std::string&)> wrap;
 
     file_opener opener() {
-        return [this](const std::string& path, const file_options& o, std::error_code& ec) -> std::shared_ptr<block_file> {
-            auto it = files_.find(path);
-            if (it == files_.end()) {
-                if (!o.create) {
-                    ec = std::make_error_code(std::errc::no_such_file_or_directory);
-                    return nullptr;
+        return
+            [this](const std::string& path, const file_options& o, std::error_code& ec) -> std::shared_ptr<block_file> {
+                auto it = files_.find(path);
+                if (it == files_.end()) {
+                    if (!o.create) {
+                        ec = std::make_error_code(std::errc::no_such_file_or_directory);
+                        return nullptr;
+                    }
+                    it = files_.emplace(path, std::make_shared<memory_storage>()).first;
+                } else if (o.create) {
+                    it->second->resize(0);
                 }
-                it = files_.emplace(path, std::make_shared<memory_storage>()).first;
-            } else if (o.create) {
-                it->second->resize(0);
-            }
-            auto f = make_memory_file(ex_, it->second, o.read_only);
-            return wrap ? wrap(std::move(f), path) : f;
-        };
+                auto f = make_memory_file(ex_, it->second, o.read_only);
+                return wrap ? wrap(std::move(f), path) : f;
+            };
     }
 
 private:

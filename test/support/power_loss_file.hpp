@@ -23,47 +23,46 @@
 // every operation, completion and flush to stderr.
 #pragma once
 
-#include "qed/block_file.hpp"
-
-#include <boost/asio/post.hpp>
-
 #include <algorithm>
+#include <boost/asio/post.hpp>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <random>
 #include <set>
 #include <vector>
+
+#include "qed/block_file.hpp"
 
 namespace qed::test {
 
 /// One write, resize or hole punch that was not yet made durable by a flush.
 struct logged_op {
     enum kind { write, resize, punch };
-    std::uint64_t seq = 0;       ///< submission index among all operations
+    std::uint64_t seq = 0;  ///< submission index among all operations
     kind what = write;
-    std::uint64_t offset = 0;    ///< write, punch
+    std::uint64_t offset = 0;      ///< write, punch
     std::vector<std::byte> bytes;  ///< write
-    std::uint64_t size = 0;      ///< new size of a resize; length of a punch
-    bool completed = false;      ///< its handler reported success
+    std::uint64_t size = 0;        ///< new size of a resize; length of a punch
+    bool completed = false;        ///< its handler reported success
 };
 
 /// What survives of one logged operation: all of it, none, or (writes)
 /// only some of its 512-byte sectors.
 struct kept_op {
-    std::size_t index = 0;             ///< into power_loss_state::log
-    std::vector<bool> sectors;         ///< empty: the whole operation; else per sector
+    std::size_t index = 0;      ///< into power_loss_state::log
+    std::vector<bool> sectors;  ///< empty: the whole operation; else per sector
 };
 
 /// The shared state of one power_loss_file (kept after the file is gone).
 struct power_loss_state {
     std::shared_ptr<memory_storage> durable;
-    std::vector<logged_op> log;        ///< unflushed operations, in submission order
-    std::uint64_t submitted = 0;       ///< operations submitted so far
-    std::int64_t cut_at = -1;          ///< the operation at which power fails (-1: never)
+    std::vector<logged_op> log;   ///< unflushed operations, in submission order
+    std::uint64_t submitted = 0;  ///< operations submitted so far
+    std::int64_t cut_at = -1;     ///< the operation at which power fails (-1: never)
     bool crashed = false;
     std::uint64_t flushes_folded = 0;  ///< flushes that made something durable
     std::mt19937 rng{1};               ///< completion delays
@@ -145,13 +144,13 @@ public:
 
     void async_read_at(std::uint64_t off, std::span<const boost::asio::mutable_buffer> b, io_handler h) override {
         if (power_fails("read", off, boost::asio::buffer_size(b))) return fail(std::move(h));
-        inner_->async_read_at(off, b, [self = shared_from_this(), h = std::move(h)](std::error_code ec,
-                                                                                    std::size_t n) mutable {
-            self->deliver(self->hops(), [self, h = std::move(h), ec, n]() mutable {
-                if (self->st_->crashed) return std::move(h)(eio(), std::size_t{0});
-                std::move(h)(ec, n);
-            });
-        });
+        inner_->async_read_at(off, b,
+                              [self = shared_from_this(), h = std::move(h)](std::error_code ec, std::size_t n) mutable {
+                                  self->deliver(self->hops(), [self, h = std::move(h), ec, n]() mutable {
+                                      if (self->st_->crashed) return std::move(h)(eio(), std::size_t{0});
+                                      std::move(h)(ec, n);
+                                  });
+                              });
     }
 
     void async_write_at(std::uint64_t off, std::span<const boost::asio::const_buffer> b, io_handler h) override {
@@ -166,19 +165,20 @@ public:
         const std::uint64_t seq = op.seq;
         const bool hold = st_->hold && st_->hold("write", off, op.bytes.size());
         st_->log.push_back(std::move(op));
-        inner_->async_write_at(off, b, [self = shared_from_this(), seq, hold, h = std::move(h)](std::error_code ec,
-                                                                                                std::size_t n) mutable {
-            auto done = [self, seq, h = std::move(h), ec, n]() mutable {
-                if (self->st_->crashed) return std::move(h)(eio(), std::size_t{0});
-                self->settle(seq, ec);
-                std::move(h)(ec, n);
-            };
-            if (hold) {
-                self->st_->held.emplace_back(std::move(done));
-                return;
-            }
-            self->deliver(self->hops(), std::move(done));
-        });
+        inner_->async_write_at(
+            off, b,
+            [self = shared_from_this(), seq, hold, h = std::move(h)](std::error_code ec, std::size_t n) mutable {
+                auto done = [self, seq, h = std::move(h), ec, n]() mutable {
+                    if (self->st_->crashed) return std::move(h)(eio(), std::size_t{0});
+                    self->settle(seq, ec);
+                    std::move(h)(ec, n);
+                };
+                if (hold) {
+                    self->st_->held.emplace_back(std::move(done));
+                    return;
+                }
+                self->deliver(self->hops(), std::move(done));
+            });
     }
 
     void async_flush(op_handler h) override {
@@ -281,8 +281,10 @@ private:
             std::fprintf(stderr, "[pl] #%llu done%s\n", static_cast<unsigned long long>(seq), ec ? " (failed)" : "");
         for (auto it = st_->log.begin(); it != st_->log.end(); ++it) {
             if (it->seq != seq) continue;
-            if (ec) st_->log.erase(it);
-            else it->completed = true;
+            if (ec)
+                st_->log.erase(it);
+            else
+                it->completed = true;
             return;
         }
     }
@@ -291,8 +293,10 @@ private:
         const std::set<std::uint64_t> s(covered.begin(), covered.end());
         std::vector<logged_op> rest;
         for (auto& op : st_->log) {
-            if (s.count(op.seq)) power_loss_state::apply(*st_->durable, op);
-            else rest.push_back(std::move(op));
+            if (s.count(op.seq))
+                power_loss_state::apply(*st_->durable, op);
+            else
+                rest.push_back(std::move(op));
         }
         st_->log = std::move(rest);
         ++st_->flushes_folded;

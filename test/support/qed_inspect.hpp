@@ -5,13 +5,13 @@
 // the library's own check, and to craft malformed images.
 #pragma once
 
-#include "qed/block_file.hpp"
-#include "qed/format.hpp"
-
 #include <cstring>
 #include <map>
 #include <string>
 #include <vector>
+
+#include "qed/block_file.hpp"
+#include "qed/format.hpp"
 
 namespace qed::test {
 
@@ -50,9 +50,7 @@ struct layout_report {
     std::uint64_t data_clusters = 0;
     std::uint64_t l2_tables = 0;
     std::vector<std::string> problems;
-    bool clean() const {
-        return header_ok && !invalid_l1_entries && !invalid_l2_entries && !double_references;
-    }
+    bool clean() const { return header_ok && !invalid_l1_entries && !invalid_l2_entries && !double_references; }
 };
 
 /// Walk the image's tables from its bytes. Offsets count as valid when
@@ -101,8 +99,8 @@ inline layout_report inspect_layout(const std::vector<std::uint8_t>& b) {
             if (e == 0 || e == zero_cluster_entry) continue;
             if (!g.valid_cluster_offset(e, end)) {
                 ++r.invalid_l2_entries;
-                r.problems.push_back("L2[" + std::to_string(i) + "][" + std::to_string(j) + "] = " +
-                                     std::to_string(e) + " is invalid");
+                r.problems.push_back("L2[" + std::to_string(i) + "][" + std::to_string(j) + "] = " + std::to_string(e) +
+                                     " is invalid");
                 continue;
             }
             if (claim(e, 1, "data of L2[" + std::to_string(i) + "][" + std::to_string(j) + "]")) ++r.data_clusters;

@@ -2,13 +2,12 @@
 // Run the library's asynchronous operations to completion in tests.
 #pragma once
 
-#include "qed/image.hpp"
-
 #include <boost/asio/io_context.hpp>
-
 #include <optional>
 #include <stdexcept>
 #include <tuple>
+
+#include "qed/image.hpp"
 
 namespace qed::test {
 
@@ -43,7 +42,8 @@ struct sync_image {
         return ec;
     }
     std::error_code write_zeroes(std::uint64_t off, std::uint64_t n, zero_options o = {}) {
-        return std::get<0>(await<std::error_code>(ioc, [&](auto h) { img.async_write_zeroes(off, n, o, std::move(h)); }));
+        return std::get<0>(
+            await<std::error_code>(ioc, [&](auto h) { img.async_write_zeroes(off, n, o, std::move(h)); }));
     }
     std::error_code discard(std::uint64_t off, std::uint64_t n) {
         return std::get<0>(await<std::error_code>(ioc, [&](auto h) { img.async_discard(off, n, std::move(h)); }));
@@ -68,8 +68,8 @@ struct sync_image {
         return {ec, std::move(r)};
     }
     std::error_code change_backing_file(const std::string& name, std::optional<image_format> fmt) {
-        return std::get<0>(await<std::error_code>(
-            ioc, [&](auto h) { img.async_change_backing_file(name, fmt, std::move(h)); }));
+        return std::get<0>(
+            await<std::error_code>(ioc, [&](auto h) { img.async_change_backing_file(name, fmt, std::move(h)); }));
     }
 };
 

@@ -7,6 +7,11 @@
 // subdirectory, removed on destruction unless QED_TEST_KEEP is set.
 #pragma once
 
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cctype>
 #include <cerrno>
 #include <cstddef>
@@ -19,11 +24,6 @@
 #include <string>
 #include <system_error>
 #include <vector>
-
-#include <fcntl.h>
-#include <stdlib.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 namespace qed::test {
 

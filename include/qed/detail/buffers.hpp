@@ -4,7 +4,6 @@
 
 #include <boost/asio/buffer.hpp>
 #include <boost/container/small_vector.hpp>
-
 #include <cstddef>
 
 namespace qed::detail {

@@ -6,7 +6,6 @@
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/async_result.hpp>
-
 #include <utility>
 
 namespace qed {
@@ -20,8 +19,7 @@ void initiate_create(const boost::asio::any_io_executor& ex, std::string path, c
                      op_handler handler);
 void initiate_open(const boost::asio::any_io_executor& ex, std::string path, open_options options,
                    open_handler handler);
-void initiate_open_file(std::shared_ptr<block_file> file, std::string name, open_options options,
-                        open_handler handler);
+void initiate_open_file(std::shared_ptr<block_file> file, std::string name, open_options options, open_handler handler);
 void initiate_read(const std::shared_ptr<device>& dev, std::uint64_t offset, mutable_buffers buffers,
                    io_handler handler);
 void initiate_write(const std::shared_ptr<device>& dev, std::uint64_t offset, const_buffers buffers,
@@ -72,7 +70,8 @@ auto image::async_open(std::shared_ptr<block_file> file, std::string name, open_
 template <class MutableBufferSequence, class Token>
 auto image::async_read_at(std::uint64_t offset, const MutableBufferSequence& buffers, Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code, std::size_t)>(
-        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, std::uint64_t a_offset, detail::mutable_buffers a_bufs) {
+        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, std::uint64_t a_offset,
+           detail::mutable_buffers a_bufs) {
             detail::initiate_read(a_dev_, a_offset, std::move(a_bufs), std::move(handler));
         },
         token, dev_, offset, detail::to_mutable_buffers(buffers));
@@ -87,7 +86,8 @@ template <class ConstBufferSequence, class Token>
 auto image::async_write_at(std::uint64_t offset, const ConstBufferSequence& buffers, write_options options,
                            Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code, std::size_t)>(
-        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, std::uint64_t a_offset, detail::const_buffers a_bufs, write_options a_options) {
+        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, std::uint64_t a_offset,
+           detail::const_buffers a_bufs, write_options a_options) {
             detail::initiate_write(a_dev_, a_offset, std::move(a_bufs), a_options, std::move(handler));
         },
         token, dev_, offset, detail::to_const_buffers(buffers), options);
@@ -96,7 +96,8 @@ auto image::async_write_at(std::uint64_t offset, const ConstBufferSequence& buff
 template <class Token>
 auto image::async_write_zeroes(std::uint64_t offset, std::uint64_t length, zero_options options, Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
-        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, std::uint64_t a_offset, std::uint64_t a_length, zero_options a_options) {
+        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, std::uint64_t a_offset, std::uint64_t a_length,
+           zero_options a_options) {
             detail::initiate_write_zeroes(a_dev_, a_offset, a_length, a_options, std::move(handler));
         },
         token, dev_, offset, length, options);
@@ -105,39 +106,42 @@ auto image::async_write_zeroes(std::uint64_t offset, std::uint64_t length, zero_
 template <class Token>
 auto image::async_discard(std::uint64_t offset, std::uint64_t length, Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
-        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, std::uint64_t a_offset, std::uint64_t a_length) {
-            detail::initiate_discard(a_dev_, a_offset, a_length, std::move(handler));
-        },
+        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, std::uint64_t a_offset,
+           std::uint64_t a_length) { detail::initiate_discard(a_dev_, a_offset, a_length, std::move(handler)); },
         token, dev_, offset, length);
 }
 
 template <class Token>
 auto image::async_flush(Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
-        [](auto handler, const std::shared_ptr<detail::device>& a_dev_) { detail::initiate_flush(a_dev_, std::move(handler)); },
+        [](auto handler, const std::shared_ptr<detail::device>& a_dev_) {
+            detail::initiate_flush(a_dev_, std::move(handler));
+        },
         token, dev_);
 }
 
 template <class Token>
 auto image::async_block_status(std::uint64_t offset, std::uint64_t length, Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code, std::vector<extent>)>(
-        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, std::uint64_t a_offset, std::uint64_t a_length) {
-            detail::initiate_block_status(a_dev_, a_offset, a_length, std::move(handler));
-        },
+        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, std::uint64_t a_offset,
+           std::uint64_t a_length) { detail::initiate_block_status(a_dev_, a_offset, a_length, std::move(handler)); },
         token, dev_, offset, length);
 }
 
 template <class Token>
 auto image::async_check(check_options options, Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code, check_result)>(
-        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, check_options a_options) { detail::initiate_check(a_dev_, a_options, std::move(handler)); },
+        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, check_options a_options) {
+            detail::initiate_check(a_dev_, a_options, std::move(handler));
+        },
         token, dev_, options);
 }
 
 template <class Token>
 auto image::async_change_backing_file(std::string name, std::optional<image_format> format, Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
-        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, std::string a_name, std::optional<image_format> a_format) {
+        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, std::string a_name,
+           std::optional<image_format> a_format) {
             detail::initiate_change_backing_file(a_dev_, std::move(a_name), a_format, std::move(handler));
         },
         token, dev_, std::move(name), format);
@@ -146,22 +150,27 @@ auto image::async_change_backing_file(std::string name, std::optional<image_form
 template <class Token>
 auto image::async_grow(std::uint64_t new_size, Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
-        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, std::uint64_t a_size) { detail::initiate_grow(a_dev_, a_size, std::move(handler)); },
-        token, dev_,
-        new_size);
+        [](auto handler, const std::shared_ptr<detail::device>& a_dev_, std::uint64_t a_size) {
+            detail::initiate_grow(a_dev_, a_size, std::move(handler));
+        },
+        token, dev_, new_size);
 }
 
 template <class Token>
 auto image::async_make_empty(Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
-        [](auto handler, const std::shared_ptr<detail::device>& a_dev_) { detail::initiate_make_empty(a_dev_, std::move(handler)); },
+        [](auto handler, const std::shared_ptr<detail::device>& a_dev_) {
+            detail::initiate_make_empty(a_dev_, std::move(handler));
+        },
         token, dev_);
 }
 
 template <class Token>
 auto image::async_close(Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
-        [](auto handler, const std::shared_ptr<detail::device>& a_dev_) { detail::initiate_close(a_dev_, std::move(handler)); },
+        [](auto handler, const std::shared_ptr<detail::device>& a_dev_) {
+            detail::initiate_close(a_dev_, std::move(handler));
+        },
         token, dev_);
 }
 

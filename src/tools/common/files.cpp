@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: BSL-1.0
-#include "qed/blkdebug.hpp"
 #include "common/files.hpp"
-
-#include "qed/node_options.hpp"
 
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "qed/blkdebug.hpp"
+#include "qed/node_options.hpp"
 
 namespace qed::tools {
 
@@ -17,7 +17,7 @@ std::optional<file_identity> identity_of(const std::string& path) {
 
 std::optional<std::uint64_t> allocated_bytes(const std::string& path) {
     if (is_null_name(path)) return 0;  // stores nothing (qemu-img: "disk size: 0 B")
-    if (is_blkdebug_name(path)) {  // the file under the fault injection layer
+    if (is_blkdebug_name(path)) {      // the file under the fault injection layer
         blkdebug_config c;
         std::string error;
         if (parse_blkdebug_name(path, c, error)) return std::nullopt;

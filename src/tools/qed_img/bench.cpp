@@ -68,8 +68,10 @@ private:
     std::uint64_t take_offset() {
         const std::uint64_t off = next_offset_;
         next_offset_ += c_.step;
-        if (image_size_ <= c_.size) next_offset_ = 0;
-        else next_offset_ %= image_size_ - c_.size;
+        if (image_size_ <= c_.size)
+            next_offset_ = 0;
+        else
+            next_offset_ %= image_size_ - c_.size;
         return off;
     }
 
@@ -174,9 +176,9 @@ int run_bench(const words& all_words) {
         out = *n;
         return true;
     };
-    if (!number("count", c.count, false) || !number("depth", c.depth, false) ||
-        !number("buffer-size", c.size, false) || !number("step-size", c.step, true) ||
-        !number("offset", c.offset, true) || !number("flush-interval", c.flush_interval, true))
+    if (!number("count", c.count, false) || !number("depth", c.depth, false) || !number("buffer-size", c.size, false) ||
+        !number("step-size", c.step, true) || !number("offset", c.offset, true) ||
+        !number("flush-interval", c.flush_interval, true))
         return 1;
     if (c.depth > 65536) return fail("Invalid queue depth specified: the maximum is 65536");
     if (c.step == 0) c.step = c.size;
@@ -193,9 +195,12 @@ int run_bench(const words& all_words) {
     }
     if (!cache_value(args->last("cache"), c.direct)) return 1;
     if (auto aio = args->last("aio")) {
-        if (*aio == "io_uring") c.backend = file_backend::io_uring;
-        else if (*aio == "threads") c.backend = file_backend::threads;
-        else return fail("Invalid aio option: '" + *aio + "' (io_uring or threads; Linux AIO is not supported)");
+        if (*aio == "io_uring")
+            c.backend = file_backend::io_uring;
+        else if (*aio == "threads")
+            c.backend = file_backend::threads;
+        else
+            return fail("Invalid aio option: '" + *aio + "' (io_uring or threads; Linux AIO is not supported)");
     }
     // qemu-img's -n asks for the kernel's native asynchronous I/O: here that
     // is io_uring.
@@ -219,11 +224,12 @@ int run_bench(const words& all_words) {
     }
 
     if (!c.quiet) {
-        std::printf("Sending %llu %s requests, %llu bytes each, %llu in parallel (starting at offset %llu, step size "
-                    "%llu)\n",
-                    static_cast<unsigned long long>(c.count), c.write ? "write" : "read",
-                    static_cast<unsigned long long>(c.size), static_cast<unsigned long long>(c.depth),
-                    static_cast<unsigned long long>(c.offset), static_cast<unsigned long long>(c.step));
+        std::printf(
+            "Sending %llu %s requests, %llu bytes each, %llu in parallel (starting at offset %llu, step size "
+            "%llu)\n",
+            static_cast<unsigned long long>(c.count), c.write ? "write" : "read",
+            static_cast<unsigned long long>(c.size), static_cast<unsigned long long>(c.depth),
+            static_cast<unsigned long long>(c.offset), static_cast<unsigned long long>(c.step));
         std::fflush(stdout);
     }
     std::error_code ec;

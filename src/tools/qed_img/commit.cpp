@@ -4,8 +4,8 @@
 #include <cstdio>
 
 #include "common/driver.hpp"
-#include "common/image_opts.hpp"
 #include "common/files.hpp"
+#include "common/image_opts.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/copy_engine.hpp"
 #include "qed_img/options.hpp"
@@ -163,8 +163,7 @@ int run_commit(const words& words) {
         if (none) return fail(path + ": Image does not have a backing file");
         if (!found) return fail("Did not find '" + *b + "' in the backing chain of '" + path + "'");
         keep = true;
-        if (depth > 1)
-            return commit_deep(d, path, fmt, direct, base_path, base_format, depth, quiet, args->has("p"));
+        if (depth > 1) return commit_deep(d, path, fmt, direct, base_path, base_format, depth, quiet, args->has("p"));
     }
 
     open_options o;

@@ -33,15 +33,13 @@ void salvage_from(const copy_plan& plan, std::uint64_t off, std::uint64_t end, s
                           if (ec) {
                               std::memset(p, 0, static_cast<std::size_t>(n));
                               if (plan.warn)
-                                  plan.warn("error while reading offset " + std::to_string(off) + ": " +
-                                            ec.message());
+                                  plan.warn("error while reading offset " + std::to_string(off) + ": " + ec.message());
                           }
                           salvage_from(plan, off + n, end, p + n, std::move(done));
                       });
 }
 
-void read_into(const copy_plan& plan, copy_side side, std::uint64_t off, std::byte* p, std::uint64_t n,
-               job_done done) {
+void read_into(const copy_plan& plan, copy_side side, std::uint64_t off, std::byte* p, std::uint64_t n, job_done done) {
     image img = side == copy_side::reference ? plan.reference : plan.source;
     img.async_read_at(off, boost::asio::buffer(p, static_cast<std::size_t>(n)),
                       [&plan, side, off, p, n, done = std::move(done)](std::error_code ec, std::size_t) mutable {
@@ -229,10 +227,14 @@ private:
 std::string copy_failure(const copy_plan& plan, std::error_code ec, const std::string& source_name,
                          const std::string& reference_name, const std::string& target_name) {
     switch (plan.failed) {
-    case copy_side::source: return source_name + ": read failed: " + ec.message();
-    case copy_side::reference: return reference_name + ": read failed: " + ec.message();
-    case copy_side::target: return target_name + ": write failed: " + ec.message();
-    case copy_side::none: break;
+        case copy_side::source:
+            return source_name + ": read failed: " + ec.message();
+        case copy_side::reference:
+            return reference_name + ": read failed: " + ec.message();
+        case copy_side::target:
+            return target_name + ": write failed: " + ec.message();
+        case copy_side::none:
+            break;
     }
     return target_name + ": copy failed: " + ec.message();  // not an image operation (never_completed)
 }

@@ -8,8 +8,8 @@
 #include <cstring>
 
 #include "common/driver.hpp"
-#include "common/image_opts.hpp"
 #include "common/files.hpp"
+#include "common/image_opts.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/options.hpp"
 

@@ -5,8 +5,8 @@
 #include <cstdio>
 
 #include "common/driver.hpp"
-#include "common/image_opts.hpp"
 #include "common/files.hpp"
+#include "common/image_opts.hpp"
 #include "common/json.hpp"
 #include "common/sizes.hpp"
 #include "qed_img/commands.hpp"

@@ -28,14 +28,14 @@ const command commands[] = {
     {"commit", run_commit, "commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] filename"},
     {"compare", run_compare, "compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] filename1 filename2"},
     {"convert", run_convert,
-     "convert [--salvage] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] "
+     "convert [--salvage] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F "
+     "backing_fmt]] "
      "[-o options] [-m num_requests] filename output_filename"},
     {"create", run_create, "create [-q] [-f fmt] [-b backing_file -F backing_fmt] [-u] [-o options] filename [size]"},
     {"dd", run_dd, "dd [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output"},
     {"info", run_info, "info [-f fmt] [--output=ofmt] [--backing-chain] filename"},
     {"map", run_map, "map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] filename"},
-    {"measure", run_measure,
-     "measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]"},
+    {"measure", run_measure, "measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]"},
     {"rebase", run_rebase,
      "rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename"},
     {"resize", run_resize, "resize [-f fmt] [-q] [--shrink] filename [+ | -]size"},

@@ -5,8 +5,8 @@
 #include <cstdio>
 
 #include "common/driver.hpp"
-#include "common/image_opts.hpp"
 #include "common/files.hpp"
+#include "common/image_opts.hpp"
 #include "qed_img/commands.hpp"
 #include "qed_img/copy_engine.hpp"
 #include "qed_img/options.hpp"
@@ -108,8 +108,7 @@ int run_rebase(const words& words) {
             meter.update(total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0);
         };
         if (auto ec = run_copy(d, plan, segments))
-            return give_up("could not copy data before rebasing: " + copy_failure(plan, ec, path, full, path),
-                           &fresh);
+            return give_up("could not copy data before rebasing: " + copy_failure(plan, ec, path, full, path), &fresh);
         if (auto ec = flush(d, img)) return give_up(describe(path, ec), &fresh);
         close_image(d, fresh);
         meter.finish();

@@ -71,8 +71,9 @@ int run_resize(const words& all_words) {
         // A raw file has nothing but the guest's bytes: shrinking cuts the
         // file, as qemu-img does, but only when asked for with --shrink.
         if (!args->has("shrink")) {
-            report("warning: Shrinking an image will delete all data beyond the shrunken image's end. Before "
-                   "performing such an operation, make sure there is no important data there.");
+            report(
+                "warning: Shrinking an image will delete all data beyond the shrunken image's end. Before "
+                "performing such an operation, make sure there is no important data there.");
             return refuse("Use the --shrink option to perform a shrink operation.");
         }
         if (target % sector_size)

@@ -1,25 +1,24 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "qed_io/commands.hpp"
-#include "qed/node_options.hpp"
-
-#include "qed/blkdebug.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/steady_timer.hpp>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <sstream>
-#include <algorithm>
 
 #include "common/cli.hpp"
 #include "common/driver.hpp"
 #include "common/jobs.hpp"
 #include "common/sizes.hpp"
+#include "qed/blkdebug.hpp"
+#include "qed/node_options.hpp"
 
 namespace qed::tools::io {
 namespace {
@@ -158,17 +157,19 @@ bool finish_read(session& s, const char* verb, const read_request& r, const std:
 }
 
 std::optional<read_request> parse_read(const argv_t& argv, bool vectored) {
-    auto a = options(
-        argv, vectored ? std::vector<option_spec>{{'P', "", true}, {'q', "", false}, {'v', "", false}, {'i', "", false},
-                                                  {'C', "", false}}
-                       : std::vector<option_spec>{{'C', "", false},
-                                                  {'P', "", true},
-                                                  {'s', "", true},
-                                                  {'l', "", true},
-                                                  {'q', "", false},
-                                                  {'v', "", false},
-                                                  {'p', "", false},
-                                                  {'b', "", false}});
+    auto a = options(argv, vectored ? std::vector<option_spec>{{'P', "", true},
+                                                               {'q', "", false},
+                                                               {'v', "", false},
+                                                               {'i', "", false},
+                                                               {'C', "", false}}
+                                    : std::vector<option_spec>{{'C', "", false},
+                                                               {'P', "", true},
+                                                               {'s', "", true},
+                                                               {'l', "", true},
+                                                               {'q', "", false},
+                                                               {'v', "", false},
+                                                               {'p', "", false},
+                                                               {'b', "", false}});
     if (!a) return std::nullopt;
     if (a->has("b")) {
         std::printf("%s failed: the VM state is not supported by QED or raw images\n", argv[0].c_str());
@@ -711,7 +712,9 @@ const command commands[] = {
     {"alloc", "", 1, 2, true, false, "offset [count]", "checks if offset is allocated in the file", "", cmd_alloc},
     {"close", "c", 0, 0, true, false, "", "close the current open file", "", cmd_close},
     {"discard", "", 2, -1, true, true, "[-Cq] off len", "discards a number of bytes at a specified offset",
-     " Whole clusters of a QED image give their space back to the host file\n system and read as zeros; a raw file gets a hole punched.", cmd_discard},
+     " Whole clusters of a QED image give their space back to the host file\n system and read as zeros; a raw file "
+     "gets a hole punched.",
+     cmd_discard},
     {"flush", "", 0, 0, true, false, "", "flush all in-core file state to disk", "", cmd_flush},
     {"help", "?", 0, 1, false, false, "[command]", "help for one or all commands", "", cmd_help},
     {"info", "", 0, 0, true, false, "", "prints information about the current file", "", cmd_info},

@@ -89,8 +89,7 @@ bool session::open_snapshot(const std::string& path, open_options options) {
     std::string error;
     if (create_image(driver_, overlay, co, error)) {
         ::unlink(overlay.c_str());
-        report("snapshot: could not create the temporary overlay " +
-               error);
+        report("snapshot: could not create the temporary overlay " + error);
         return false;
     }
     open_options oo = options;
@@ -157,8 +156,8 @@ void complete_later(image& img, done_fn done, std::error_code ec) {
 /// guest could otherwise make the host read its file as, say, a QED image
 /// with a backing file of the guest's choosing).
 bool would_change_format(const std::byte* p, std::uint64_t n) {
-    static const std::string_view magics[] = {{"QED\0", 4}, "QFI\xfb", "KDMV", "vhdxfile", "conectix",
-                                              "WithoutFreeSpace"};
+    static const std::string_view magics[] = {{"QED\0", 4}, "QFI\xfb",  "KDMV",
+                                              "vhdxfile",   "conectix", "WithoutFreeSpace"};
     for (const auto m : magics)
         if (n >= m.size() && std::memcmp(p, m.data(), m.size()) == 0) return true;
     return false;
