@@ -169,7 +169,7 @@ bool allocating_write::read_prefill() {
     for (const auto& p : pieces_) {
         if (p.from != alloc_piece::source::backing) continue;
         assert(p.backing_buffer == backing_buffers_.size());  // numbered in order
-        backing_buffers_.push_back(allocate_aligned(p.len, false));
+        backing_buffers_.push_back(eng_.prefill.take(p.len, eng_.meta.geo().cluster_size));
         mutable_buffers dst{boost::asio::mutable_buffer(backing_buffers_.back().get(), p.len)};
         group_.add();
         eng_.meta.file().debug_event(blkdbg_event::cow_read);
@@ -233,6 +233,9 @@ void allocating_write::deliver() {
     // reuses it (close truncates anything the failed writes left behind).
     if (error_ && !tables_touched_ && alloc.end() == plan_.end() && plan_.end() != plan_.start())
         alloc.give_back(plan_.start());
+    for (const auto& p : pieces_)
+        if (p.from == alloc_piece::source::backing && p.backing_buffer < backing_buffers_.size())
+            eng_.prefill.give(std::move(backing_buffers_[p.backing_buffer]), p.len, eng_.meta.geo().cluster_size);
     std::vector<aiocb*> members = std::move(members_);
     const std::error_code ec = error_;
     allocating_write_queue& queue = eng_.queue;
