@@ -64,6 +64,7 @@ boost::asio::awaitable<std::error_code> run_check(metadata& meta, check_options:
             }
         }
         std::uint64_t& entry = in_memory ? l1[i] : beyond[i];
+        if (entry == 0) continue;  // no table: nothing to judge (most entries of a large L1)
         if (!scan.visit_l1(i, entry, in_memory ? l1_changed : beyond_changed)) continue;
         const std::uint64_t off = entry;
         for (std::uint32_t base = 0; base < g.table_entries; base += l2.size()) {
