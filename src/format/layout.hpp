@@ -74,7 +74,7 @@ inline void convert_entries(const std::uint64_t* in, std::uint64_t* out, std::si
 inline void encode_first_block(std::span<std::byte> block, const header& h, std::string_view name) noexcept {
     const auto bytes = encode(h);
     std::memcpy(block.data(), bytes.data(), bytes.size());
-    if ((h.features & feature_backing_file) && h.backing_filename_offset == header_struct_size &&
+    if (!name.empty() && (h.features & feature_backing_file) && h.backing_filename_offset == header_struct_size &&
         header_struct_size + name.size() <= block.size())
         std::memcpy(block.data() + header_struct_size, name.data(), name.size());
 }

@@ -136,7 +136,7 @@ public:
         }
         // Grow first. Two writes may both grow; the smaller target then
         // finds the image already large enough (and its refusal is moot).
-        dev_->grow(need, [this, dev = dev_, offset, need, bufs = std::move(bufs),
+        dev_->grow(need, [dev = dev_, offset, need, bufs = std::move(bufs),
                           h = std::move(handler)](std::error_code ec) mutable {
             if (ec && dev->size() < need) return std::move(h)(ec, std::size_t{0});
             dev->write(offset, std::move(bufs), write_options{}, std::move(h));
