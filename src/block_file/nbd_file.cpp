@@ -79,6 +79,7 @@
 #include <thread>
 
 #include "block_file/posix_io.hpp"
+#include "block_file/uri.hpp"
 #include "qed/error.hpp"
 
 namespace qed::detail {
@@ -282,20 +283,6 @@ greeting_kind classify(const unsigned char* g, std::size_t n) {
     if (std::memcmp(g, oldstyle, magic_size) != 0) return greeting_kind::direct;
     if (n < greeting_size) return greeting_kind::incomplete;
     return g[26] == 0 && g[27] == 0 ? greeting_kind::relay : greeting_kind::direct;
-}
-
-std::string percent_decoded(std::string_view s) {
-    std::string out;
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
-            std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
-            out += static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16));
-            i += 2;
-        } else {
-            out += s[i];
-        }
-    }
-    return out;
 }
 
 /// A server the file connects to itself.

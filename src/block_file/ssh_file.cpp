@@ -48,6 +48,7 @@
 
 #include "block_file/blocking_pool.hpp"
 #include "block_file/posix_io.hpp"
+#include "block_file/uri.hpp"
 #include "qed/error.hpp"
 
 namespace qed::detail {
@@ -59,22 +60,6 @@ bool is_ssh_name(std::string_view name) noexcept {
 }
 
 namespace {
-
-/// %XX escapes decoded (a '%' without two hex digits stays as it is).
-std::string unescape(std::string_view s) {
-    std::string out;
-    out.reserve(s.size());
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
-            std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
-            out += static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16));
-            i += 2;
-        } else {
-            out += s[i];
-        }
-    }
-    return out;
-}
 
 std::string current_user() {
     if (const ::passwd* pw = ::getpwuid(::getuid()); pw && pw->pw_name) return pw->pw_name;
@@ -667,7 +652,7 @@ bool parse_ssh_name(std::string_view name, ssh_location& out, std::string& why) 
     }
     std::string_view hostport = authority;
     if (const auto at = authority.rfind('@'); at != std::string_view::npos) {
-        out.user = unescape(authority.substr(0, at));
+        out.user = percent_decoded(authority.substr(0, at));
         hostport = authority.substr(at + 1);
     }
     std::string_view host = hostport, port;
@@ -705,12 +690,12 @@ bool parse_ssh_name(std::string_view name, ssh_location& out, std::string& why) 
         }
         if (v != 0) out.port = std::to_string(v);
     }
-    out.host = unescape(host);
+    out.host = percent_decoded(host);
     if (out.host.empty()) {
         why = "missing hostname in URI";
         return false;
     }
-    out.path = unescape(path);
+    out.path = percent_decoded(path);
     if (out.path.empty()) {
         why = "missing remote path in URI";
         return false;
@@ -721,8 +706,8 @@ bool parse_ssh_name(std::string_view name, ssh_location& out, std::string& why) 
         const std::string_view item = query.substr(0, amp);
         query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
         const auto eq = item.find('=');
-        if (unescape(item.substr(0, eq)) != "host_key_check") continue;
-        const std::string value = eq == std::string_view::npos ? std::string{} : unescape(item.substr(eq + 1));
+        if (percent_decoded(item.substr(0, eq)) != "host_key_check") continue;
+        const std::string value = eq == std::string_view::npos ? std::string{} : percent_decoded(item.substr(eq + 1));
         if (!parse_host_key_check(value, out, why)) return false;
     }
     return true;
