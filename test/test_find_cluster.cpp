@@ -3,10 +3,10 @@
 // metadata of a file laid out in memory: the kinds of run it answers, where
 // runs stop, what it reports as corrupt, and when it asks for a table to be
 // loaded -- across cluster sizes and table sizes.
+#include <array>
 #include <boost/test/data/monomorphic.hpp>
 #include <boost/test/data/test_case.hpp>
 #include <boost/test/unit_test.hpp>
-#include <array>
 #include <ostream>
 
 #include "cluster/find_cluster.hpp"
