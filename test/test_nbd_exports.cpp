@@ -58,13 +58,9 @@ std::size_t count(const std::string& text, const std::string& needle) {
     return n;
 }
 
-/// Wait (a little) until the server's log mentions `needle` `n` times.
+/// Waits until the server's log mentions `needle` `n` times.
 bool log_shows(const server& srv, const std::string& needle, std::size_t n = 1) {
-    for (int i = 0; i < 300; ++i) {
-        if (count(srv.stderr_text(), needle) >= n) return true;
-        std::this_thread::sleep_for(10ms);
-    }
-    return false;
+    return srv.wait_for_log([&](const std::string& log) { return count(log, needle) >= n; });
 }
 
 /// A byte-for-byte copy of an image file (a reference for "unchanged").

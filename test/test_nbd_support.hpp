@@ -283,6 +283,18 @@ public:
     std::uint16_t port() const { return port_; }
     const std::string& socket_path() const { return socket_; }
     std::string stderr_text() const { return read_file(err_file_); }
+    /// Waits until `done(log)` holds for the server's log, which it writes
+    /// as a connection ends -- sometimes well after the client that caused
+    /// the line has exited (over 2 s under ASan on a loaded machine). False
+    /// after `limit`, a hang guard.
+    template <class Pred>
+    bool wait_for_log(Pred done, std::chrono::milliseconds limit = 30s) const {
+        for (const auto end = std::chrono::steady_clock::now() + limit;;) {
+            if (done(stderr_text())) return true;
+            if (std::chrono::steady_clock::now() >= end) return false;
+            std::this_thread::sleep_for(10ms);
+        }
+    }
     child& process() { return proc_; }
 
     /// SIGTERM, then wait for the exit status (killed after `limit`).

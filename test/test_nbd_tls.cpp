@@ -72,13 +72,11 @@ void expect_refused(server& srv, const temp_dir& dir, const std::vector<std::str
     const std::size_t before = lines_with(srv.stderr_text(), "(127.0.0.1:").size();
     const auto r = run(argv, dir.path(), 30s);
     BOOST_CHECK_MESSAGE(r.status != 0 && r.status != -1, describe(argv, r));
-    // The server logs as the connection ends, which may be just after the client exits.
     std::vector<std::string> lines;
-    for (int i = 0; i < 200; ++i) {
-        lines = lines_with(srv.stderr_text(), "(127.0.0.1:");
-        if (lines.size() > before) break;
-        std::this_thread::sleep_for(10ms);
-    }
+    srv.wait_for_log([&](const std::string& log) {
+        lines = lines_with(log, "(127.0.0.1:");
+        return lines.size() > before;
+    });
     BOOST_REQUIRE_MESSAGE(lines.size() == before + 1, "expected one new log line for: " << describe(argv, r)
                                                                                         << "\nserver log:\n"
                                                                                         << srv.stderr_text());
