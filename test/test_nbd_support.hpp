@@ -366,6 +366,81 @@ inline void create_qed(const std::string& path, std::uint64_t size) {
     BOOST_REQUIRE_MESSAGE(!ec, ec.message());
 }
 
+/// The library on one io_context, with the log lines of the images it
+/// opens kept (the remote-storage tests: nbd, rbd, ssh).
+struct image_lib {
+    boost::asio::io_context ioc;
+    std::vector<std::string> logs;
+
+    qed::log_sink sink() {
+        return [this](std::string_view l) { logs.emplace_back(l); };
+    }
+    bool logged(const std::string& part) const {
+        for (const auto& l : logs)
+            if (l.find(part) != std::string::npos) return true;
+        return false;
+    }
+    std::string all_logs() const {
+        std::string s;
+        for (const auto& l : logs) s += l + "\n";
+        return s;
+    }
+
+    std::error_code create(const std::string& path, std::uint64_t size, const std::string& backing = {},
+                           std::optional<qed::image_format> fmt = {}) {
+        qed::create_options o;
+        if (size) o.size = size;
+        o.backing_file = backing;
+        if (fmt) o.format = *fmt;
+        auto [ec] = await<std::error_code>(
+            ioc, [&](auto h) { qed::image::async_create(ioc.get_executor(), path, o, std::move(h)); });
+        return ec;
+    }
+    std::pair<std::error_code, qed::image> open(const std::string& path, bool read_only = false) {
+        qed::open_options o;
+        o.read_only = read_only;
+        o.log = sink();
+        auto [ec, img] = await<std::error_code, qed::image>(
+            ioc, [&](auto h) { qed::image::async_open(ioc.get_executor(), path, o, std::move(h)); });
+        return {ec, img};
+    }
+    qed::image must_open(const std::string& path, bool read_only = false) {
+        auto [ec, img] = open(path, read_only);
+        BOOST_REQUIRE_MESSAGE(!ec, path << ": " << ec.message() << "\n" << all_logs());
+        return img;
+    }
+    std::error_code write(qed::image& img, std::uint64_t off, const std::string& data) {
+        auto [ec, n] = await<std::error_code, std::size_t>(
+            ioc, [&](auto h) { img.async_write_at(off, boost::asio::buffer(data.data(), data.size()), std::move(h)); });
+        return ec;
+    }
+    std::string read(qed::image& img, std::uint64_t off, std::size_t len) {
+        std::string out(len, '\x55');
+        auto [ec, n] = await<std::error_code, std::size_t>(
+            ioc, [&](auto h) { img.async_read_at(off, boost::asio::buffer(out.data(), out.size()), std::move(h)); });
+        BOOST_REQUIRE_MESSAGE(!ec, ec.message());
+        return out;
+    }
+    qed::check_result check(qed::image& img, qed::check_options::repair mode = qed::check_options::repair::none) {
+        qed::check_options o;
+        o.mode = mode;
+        auto [ec, r] =
+            await<std::error_code, qed::check_result>(ioc, [&](auto h) { img.async_check(o, std::move(h)); });
+        BOOST_REQUIRE_MESSAGE(!ec, ec.message());
+        return r;
+    }
+    void require_clean(qed::image& img) {
+        const auto r = check(img);
+        BOOST_CHECK_EQUAL(r.corruptions, 0u);
+        BOOST_CHECK_EQUAL(r.leaks, 0u);
+        BOOST_CHECK_EQUAL(r.check_errors, 0u);
+    }
+    void close(qed::image& img) {
+        auto [ec] = await<std::error_code>(ioc, [&](auto h) { img.async_close(std::move(h)); });
+        BOOST_REQUIRE_MESSAGE(!ec, ec.message());
+    }
+};
+
 /// After the server has exited: the image opens, is clean (NEED_CHECK
 /// clear, check finds nothing) and reads `expect` at `offset`.
 inline void verify_image(const std::string& path, std::uint64_t offset = 0, const std::string& expect = {}) {

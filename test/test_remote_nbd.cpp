@@ -104,80 +104,6 @@ private:
     std::uint16_t port_ = 0;
 };
 
-struct lib {
-    boost::asio::io_context ioc;
-    std::vector<std::string> logs;
-
-    qed::log_sink sink() {
-        return [this](std::string_view l) { logs.emplace_back(l); };
-    }
-    bool logged(const std::string& part) const {
-        for (const auto& l : logs)
-            if (l.find(part) != std::string::npos) return true;
-        return false;
-    }
-    std::string all_logs() const {
-        std::string s;
-        for (const auto& l : logs) s += l + "\n";
-        return s;
-    }
-
-    std::error_code create(const std::string& path, std::uint64_t size, const std::string& backing = {},
-                           std::optional<qed::image_format> fmt = {}) {
-        qed::create_options o;
-        if (size) o.size = size;
-        o.backing_file = backing;
-        if (fmt) o.format = *fmt;
-        auto [ec] = await<std::error_code>(
-            ioc, [&](auto h) { qed::image::async_create(ioc.get_executor(), path, o, std::move(h)); });
-        return ec;
-    }
-    std::pair<std::error_code, qed::image> open(const std::string& path, bool read_only = false) {
-        qed::open_options o;
-        o.read_only = read_only;
-        o.log = sink();
-        auto [ec, img] = await<std::error_code, qed::image>(
-            ioc, [&](auto h) { qed::image::async_open(ioc.get_executor(), path, o, std::move(h)); });
-        return {ec, img};
-    }
-    qed::image must_open(const std::string& path, bool read_only = false) {
-        auto [ec, img] = open(path, read_only);
-        BOOST_REQUIRE_MESSAGE(!ec, path << ": " << ec.message() << "\n" << all_logs());
-        return img;
-    }
-    std::error_code write(qed::image& img, std::uint64_t off, const std::string& data) {
-        auto [ec, n] = await<std::error_code, std::size_t>(
-            ioc, [&](auto h) { img.async_write_at(off, boost::asio::buffer(data.data(), data.size()), std::move(h)); });
-        return ec;
-    }
-    std::string read(qed::image& img, std::uint64_t off, std::size_t len) {
-        std::string out(len, '\x55');
-        auto [ec, n] = await<std::error_code, std::size_t>(
-            ioc, [&](auto h) { img.async_read_at(off, boost::asio::buffer(out.data(), out.size()), std::move(h)); });
-        BOOST_REQUIRE_MESSAGE(!ec, ec.message());
-        return out;
-    }
-    qed::check_result check(qed::image& img, qed::check_options::repair mode = qed::check_options::repair::none) {
-        qed::check_options o;
-        o.mode = mode;
-        auto [ec, r] =
-            await<std::error_code, qed::check_result>(ioc, [&](auto h) { img.async_check(o, std::move(h)); });
-        BOOST_REQUIRE_MESSAGE(!ec, ec.message());
-        return r;
-    }
-    void close(qed::image& img) {
-        auto [ec] = await<std::error_code>(ioc, [&](auto h) { img.async_close(std::move(h)); });
-        BOOST_REQUIRE_MESSAGE(!ec, ec.message());
-    }
-};
-
-void require_clean(lib& l, qed::image& img) {
-    const auto r = l.check(img);
-    BOOST_CHECK_EQUAL(r.corruptions, 0u);
-    BOOST_CHECK_EQUAL(r.leaks, 0u);
-    BOOST_CHECK_EQUAL(r.check_errors, 0u);
-}
-
 std::string qemu_check_json(const temp_dir& dir, const std::string& name) {
     return run({"qemu-img", "check", "--output=json", name}, dir.path()).out;
 }
@@ -297,7 +223,7 @@ BOOST_AUTO_TEST_CASE(many_requests_in_flight) {
 
 BOOST_AUTO_TEST_CASE(connection_errors_name_the_export) {
     temp_dir dir("remote-err");
-    lib l;
+    image_lib l;
     const std::string uri = "nbd+unix:///?socket=" + (dir / "nobody.sock");
     auto [ec, img] = l.open(uri);
     BOOST_CHECK(ec);
@@ -335,7 +261,7 @@ BOOST_AUTO_TEST_CASE(qed_on_nbdkit_memory) {
             temp_dir dir("remote-mem");
             nbd_server srv(dir);
             srv.nbdkit("memory", {"size=64M"}, tcp);
-            lib l;
+            image_lib l;
             BOOST_REQUIRE(!l.create(srv.uri(), 1ull << 30));
             const std::string a = random_bytes(200000, 1);  // spans clusters, unaligned end
             const std::string b = random_bytes(65536, 2);
@@ -372,13 +298,13 @@ BOOST_AUTO_TEST_CASE(qed_on_nbdkit_memory) {
                 BOOST_CHECK_MESSAGE(ext[0].zero && !ext[0].data, "zero " << ext[0].zero << " data " << ext[0].data
                                                                          << " present " << ext[0].present << " len "
                                                                          << ext[0].length);
-                require_clean(l, img);
+                l.require_clean(img);
                 l.close(img);
             }
             auto img = l.must_open(srv.uri(), true);
             BOOST_CHECK(l.read(img, 5ull << 20, 131072) == random_bytes(131072, 3));
             BOOST_CHECK(l.read(img, 800ull << 20, 1 << 20) == std::string(1 << 20, '\0'));
-            require_clean(l, img);
+            l.require_clean(img);
             l.close(img);
             // QEMU reads what we wrote (through its own NBD client).
             NBD_RUN_OK(dir.path(), {"qemu-io", "-r", "-f", "qed", "-c", "read -P 0 700M 64k", "-c", "read -P 0 800M 1M",
@@ -394,7 +320,7 @@ BOOST_AUTO_TEST_CASE(export_full_enospc) {
     temp_dir dir("remote-full");
     nbd_server srv(dir);
     srv.nbdkit("memory", {"size=1M"});
-    lib l;
+    image_lib l;
     // 64 KiB header + 256 KiB L1 + one 256 KiB L2 table leave 7 data clusters.
     BOOST_REQUIRE(!l.create(srv.uri(), 64ull << 20));
     auto img = l.must_open(srv.uri());
@@ -413,7 +339,7 @@ BOOST_AUTO_TEST_CASE(export_full_enospc) {
     l.close(img);
 
     auto again = l.must_open(srv.uri());
-    require_clean(l, again);
+    l.require_clean(again);
     BOOST_CHECK(l.read(again, 0, 65536) == random_bytes(65536, 99));
     for (int i = 1; i < 7; ++i)
         BOOST_CHECK(l.read(again, std::uint64_t(i) << 16, 65536) == random_bytes(65536, 100 + i));
@@ -438,7 +364,7 @@ BOOST_AUTO_TEST_CASE(export_full_enospc) {
 // it; and the reverse, an overlay on an NBD export over a local base.
 BOOST_AUTO_TEST_CASE(backing_chains) {
     temp_dir dir("remote-chain");
-    lib l;
+    image_lib l;
     const std::string golden = dir / "golden.qed";
     BOOST_REQUIRE(!l.create(golden, 16ull << 20));
     const std::string g = random_bytes(1 << 20, 11);
@@ -460,7 +386,7 @@ BOOST_AUTO_TEST_CASE(backing_chains) {
         expect.replace(4096, 4096, std::string(4096, 'o'));
         BOOST_CHECK(l.read(img, 0, 65536) == expect);  // prefill came from the golden image
         BOOST_CHECK(l.read(img, 512 << 10, 65536) == g.substr(512 << 10, 65536));
-        require_clean(l, img);
+        l.require_clean(img);
         l.close(img);
     }
     // QEMU follows the same chain.
@@ -486,7 +412,7 @@ BOOST_AUTO_TEST_CASE(backing_chains) {
     }
     auto img = l.must_open(ovl.uri(), true);
     BOOST_CHECK(l.read(img, 1 << 20, 65536) == std::string(65536, 'r'));
-    require_clean(l, img);
+    l.require_clean(img);
     l.close(img);
 
     // A relative backing name can't be resolved against a URI.
@@ -508,7 +434,7 @@ BOOST_AUTO_TEST_CASE(backing_chains) {
 // convert local -> nbd -> local with qed-img; qemu-img checks and compares.
 BOOST_AUTO_TEST_CASE(convert_both_ways_and_check) {
     temp_dir dir("remote-conv");
-    lib l;
+    image_lib l;
     const std::string src = dir / "src.qed";
     BOOST_REQUIRE(!l.create(src, 32ull << 20));
     {
@@ -610,7 +536,7 @@ BOOST_AUTO_TEST_CASE(reconnect_within_the_delay_completes_requests) {
     nbd_server srv(dir);
     srv.at_socket(sock);
     srv.qemu_nbd(raw);
-    lib l;
+    image_lib l;
     auto img = l.must_open(nbd_node(sock, ", \"reconnect-delay\": 20"));
     BOOST_REQUIRE(!l.write(img, 0, std::string(65536, 'a')));
 
@@ -659,7 +585,7 @@ BOOST_AUTO_TEST_CASE(server_away_fails_requests_after_the_delay) {
             nbd_server srv(dir);
             srv.at_socket(sock);
             srv.qemu_nbd(raw);
-            lib l;
+            image_lib l;
             auto img =
                 l.must_open(nbd_node(sock, delay ? ", \"reconnect-delay\": " + std::to_string(delay) : std::string()));
             BOOST_REQUIRE(!l.write(img, 0, std::string(4096, 'b')));

@@ -75,62 +75,6 @@ bool qemu_has_rbd() {
     return ok;
 }
 
-struct lib {
-    boost::asio::io_context ioc;
-    std::vector<std::string> logs;
-
-    std::string all_logs() const {
-        std::string s;
-        for (const auto& l : logs) s += l + "\n";
-        return s;
-    }
-    std::error_code create(const std::string& path, std::uint64_t size, const std::string& backing = {}) {
-        qed::create_options o;
-        if (size) o.size = size;
-        o.backing_file = backing;
-        auto [ec] = await<std::error_code>(
-            ioc, [&](auto h) { qed::image::async_create(ioc.get_executor(), path, o, std::move(h)); });
-        return ec;
-    }
-    std::pair<std::error_code, qed::image> open(const std::string& path, bool read_only = false) {
-        qed::open_options o;
-        o.read_only = read_only;
-        o.log = [this](std::string_view l) { logs.emplace_back(l); };
-        auto [ec, img] = await<std::error_code, qed::image>(
-            ioc, [&](auto h) { qed::image::async_open(ioc.get_executor(), path, o, std::move(h)); });
-        return {ec, img};
-    }
-    qed::image must_open(const std::string& path, bool read_only = false) {
-        auto [ec, img] = open(path, read_only);
-        BOOST_REQUIRE_MESSAGE(!ec, path << ": " << ec.message() << "\n" << all_logs());
-        return img;
-    }
-    std::error_code write(qed::image& img, std::uint64_t off, const std::string& data) {
-        auto [ec, n] = await<std::error_code, std::size_t>(
-            ioc, [&](auto h) { img.async_write_at(off, boost::asio::buffer(data.data(), data.size()), std::move(h)); });
-        return ec;
-    }
-    std::string read(qed::image& img, std::uint64_t off, std::size_t len) {
-        std::string out(len, '\x55');
-        auto [ec, n] = await<std::error_code, std::size_t>(
-            ioc, [&](auto h) { img.async_read_at(off, boost::asio::buffer(out.data(), out.size()), std::move(h)); });
-        BOOST_REQUIRE_MESSAGE(!ec, ec.message());
-        return out;
-    }
-    void require_clean(qed::image& img) {
-        auto [ec, r] = await<std::error_code, qed::check_result>(
-            ioc, [&](auto h) { img.async_check(qed::check_options{}, std::move(h)); });
-        BOOST_REQUIRE(!ec);
-        BOOST_CHECK_EQUAL(r.corruptions, 0u);
-        BOOST_CHECK_EQUAL(r.leaks, 0u);
-        BOOST_CHECK_EQUAL(r.check_errors, 0u);
-    }
-    void close(qed::image& img) {
-        auto [ec] = await<std::error_code>(ioc, [&](auto h) { img.async_close(std::move(h)); });
-        BOOST_REQUIRE_MESSAGE(!ec, ec.message());
-    }
-};
-
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(remote_rbd, *boost::unit_test::precondition(cluster_up))
@@ -188,7 +132,7 @@ BOOST_AUTO_TEST_CASE(block_file_on_rbd) {
 
 BOOST_AUTO_TEST_CASE(errors_name_the_image) {
     const cluster& c = cluster::get();
-    lib l;
+    image_lib l;
     auto [ec, img] = l.open("rbd:nosuchpool/x:conf=" + c.conf);
     BOOST_CHECK(ec == std::error_code(ENOENT, std::system_category()));
     BOOST_CHECK_MESSAGE(l.all_logs().find("cannot open pool nosuchpool") != std::string::npos, l.all_logs());
@@ -207,7 +151,7 @@ BOOST_AUTO_TEST_CASE(qed_on_rbd) {
     const std::string name = c.name("disk1");
     NBD_RUN_OK(dir.path(), {tool("qed-img"), "create", "-f", "qed", name, "100G"});
     const auto info = NBD_RUN_OK(dir.path(), {"rbd", "-c", c.conf, "info", "rbd/disk1"});
-    lib l;
+    image_lib l;
     std::uint64_t size_before = 0;
     {
         auto img = l.must_open(name);
@@ -242,7 +186,7 @@ BOOST_AUTO_TEST_CASE(qed_on_rbd) {
 BOOST_AUTO_TEST_CASE(backing_chains) {
     const cluster& c = cluster::get();
     temp_dir dir("rbd-chain");
-    lib l;
+    image_lib l;
     const std::string base = c.name("base");
     BOOST_REQUIRE(!l.create(base, 16ull << 20));
     const std::string g = random_bytes(1 << 20, 11);
@@ -292,7 +236,7 @@ BOOST_AUTO_TEST_CASE(backing_chains) {
 BOOST_AUTO_TEST_CASE(convert_and_serve) {
     const cluster& c = cluster::get();
     temp_dir dir("rbd-conv");
-    lib l;
+    image_lib l;
     const std::string src = dir / "src.qed";
     BOOST_REQUIRE(!l.create(src, 32ull << 20));
     {

@@ -204,45 +204,6 @@ std::vector<std::string> with_home(const std::string& home, std::vector<std::str
     return out;
 }
 
-/// The library on one io_context, with its log lines kept.
-struct lib {
-    boost::asio::io_context ioc;
-    std::vector<std::string> logs;
-
-    qed::log_sink sink() {
-        return [this](std::string_view l) { logs.emplace_back(l); };
-    }
-    std::string all_logs() const {
-        std::string s;
-        for (const auto& l : logs) s += l + "\n";
-        return s;
-    }
-    std::pair<std::error_code, qed::image> open(const std::string& name, bool read_only = false) {
-        qed::open_options o;
-        o.read_only = read_only;
-        o.log = sink();
-        auto [ec, img] = await<std::error_code, qed::image>(
-            ioc, [&](auto h) { qed::image::async_open(ioc.get_executor(), name, o, std::move(h)); });
-        return {ec, img};
-    }
-    std::string read(qed::image& img, std::uint64_t off, std::size_t len) {
-        std::string out(len, '\x55');
-        auto [ec, n] = await<std::error_code, std::size_t>(
-            ioc, [&](auto h) { img.async_read_at(off, boost::asio::buffer(out.data(), out.size()), std::move(h)); });
-        BOOST_REQUIRE_MESSAGE(!ec, ec.message());
-        return out;
-    }
-    std::error_code write(qed::image& img, std::uint64_t off, const std::string& data) {
-        auto [ec, n] = await<std::error_code, std::size_t>(
-            ioc, [&](auto h) { img.async_write_at(off, boost::asio::buffer(data.data(), data.size()), std::move(h)); });
-        return ec;
-    }
-    void close(qed::image& img) {
-        auto [ec] = await<std::error_code>(ioc, [&](auto h) { img.async_close(std::move(h)); });
-        BOOST_REQUIRE_MESSAGE(!ec, ec.message());
-    }
-};
-
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(remote_ssh, *boost::unit_test::precondition(have_ssh))
@@ -394,7 +355,7 @@ BOOST_AUTO_TEST_CASE(node_options_and_host_key_hashes) {
         R"(json:{"driver": "qed", "file": {"driver": "ssh", "server": {"host": "127.0.0.1", "port": ")" +
         srv.port_text() + R"("}, "path": ")" + (dir / "n.qed") +
         R"(", "host-key-check": {"mode": "hash", "type": "sha256", "hash": ")" + srv.sha256_hex() + R"("}}})";
-    lib l;
+    image_lib l;
     auto [ec, img] = l.open(json);
     BOOST_REQUIRE_MESSAGE(!ec, ec.message() << "\n" << l.all_logs());
     BOOST_CHECK_EQUAL(img.info().filename, srv.exact("n.qed", ""));
@@ -466,7 +427,7 @@ BOOST_AUTO_TEST_CASE(refusals_in_qemu_words) {
     BOOST_CHECK_EQUAL(io.status, 1);
     BOOST_CHECK_EQUAL(without_program(io.err), without_program(qio.err));
     // Through the library: the error code, and one line.
-    lib l;
+    image_lib l;
     auto [ec, img] = l.open(srv.uri("r.qed", "sha1:00"));
     BOOST_CHECK(ec == std::error_code(EPERM, std::system_category()));
     BOOST_CHECK_EQUAL(l.logs.size(), 1u);
@@ -493,7 +454,7 @@ BOOST_AUTO_TEST_CASE(connection_refused) {
                         c.err);
     BOOST_CHECK_EQUAL(without_program(c.err), without_program(d.err));
 
-    lib l;
+    image_lib l;
     auto [ec, img] = l.open("ssh://127.0.0.1:" + port + "/foo");
     BOOST_CHECK(ec == std::error_code(ECONNREFUSED, std::system_category()));
     BOOST_REQUIRE_EQUAL(l.logs.size(), 1u);
