@@ -856,6 +856,28 @@ std::uint64_t proc_status_kib(pid_t pid, const std::string& field) {
     return 0;
 }
 
+/// ASan's quarantine of freed blocks and TSan's shadow memory: the memory
+/// bounds are for what the server keeps, which the plain build measures.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr long sanitizer_slack_kib = 320 * 1024;
+#else
+constexpr long sanitizer_slack_kib = 0;
+#endif
+
+/// `n` clients that each send 64 reads of 1 MiB (cookies 0-63, at offsets
+/// cycling over the first `span_mib` MiB) and never read a reply.
+std::vector<std::unique_ptr<client>> stuck_clients(server& srv, int n, std::uint32_t span_mib) {
+    constexpr std::uint32_t mib = 1 << 20;
+    std::vector<std::unique_ptr<client>> stuck;
+    for (int c = 0; c < n; ++c) {
+        stuck.push_back(std::make_unique<client>(srv));
+        stuck.back()->connect(false);
+        for (std::uint32_t i = 0; i < 64; ++i)
+            stuck.back()->request(nbd::cmd_read, i, std::uint64_t(i % span_mib) * mib, mib);
+    }
+    return stuck;
+}
+
 BOOST_FIXTURE_TEST_CASE(clients_that_never_read_replies_share_one_memory_cap, fixture) {
     const std::string data = random_bytes(image_size, 21);
     write_image(image, 0, data);
@@ -865,12 +887,7 @@ BOOST_FIXTURE_TEST_CASE(clients_that_never_read_replies_share_one_memory_cap, fi
     constexpr std::uint32_t mib = 1 << 20;
     // Two clients send 64 MiB of reads each and read nothing: alone, each
     // could hold its own 64 MiB; together they get 32 MiB and the rest waits.
-    std::vector<std::unique_ptr<client>> stuck;
-    for (int c = 0; c < 2; ++c) {
-        stuck.push_back(std::make_unique<client>(srv));
-        stuck.back()->connect(false);
-        for (std::uint32_t i = 0; i < 64; ++i) stuck.back()->request(nbd::cmd_read, i, std::uint64_t(i) * mib, mib);
-    }
+    auto stuck = stuck_clients(srv, 2, 64);
     std::this_thread::sleep_for(1s);
     // A third client is served at once: clients that hold bytes take them
     // from the cap less a reserve, which a client with nothing in flight
@@ -882,13 +899,6 @@ BOOST_FIXTURE_TEST_CASE(clients_that_never_read_replies_share_one_memory_cap, fi
     const std::uint64_t peak_kib = proc_status_kib(pid, "VmHWM");
     BOOST_TEST_MESSAGE("server RSS " << base_kib / 1024 << " MiB at start, peak " << peak_kib / 1024
                                      << " MiB with two stuck clients");
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-    // ASan's quarantine of freed blocks and TSan's shadow memory: the bound
-    // is for what the server keeps, which the plain build measures.
-    constexpr long sanitizer_slack_kib = 320 * 1024;
-#else
-    constexpr long sanitizer_slack_kib = 0;
-#endif
     // 32 MiB of buffers and some slack; without the shared cap it is over 128 MiB.
     BOOST_CHECK_LT(peak_kib, base_kib + 56 * 1024 + sanitizer_slack_kib);
     auto read_all = [&](client& c) {
@@ -927,12 +937,7 @@ BOOST_FIXTURE_TEST_CASE(stuck_clients_do_not_lock_out_a_reader, fixture) {
     const pid_t pid = srv.process().pid();
     const std::uint64_t base_kib = proc_status_kib(pid, "VmRSS");
     constexpr std::uint32_t mib = 1 << 20;
-    std::vector<std::unique_ptr<client>> stuck;
-    for (int c = 0; c < 4; ++c) {  // 4 x 64 MiB of reads against a 64 MiB cap
-        stuck.push_back(std::make_unique<client>(srv));
-        stuck.back()->connect(false);
-        for (std::uint32_t i = 0; i < 64; ++i) stuck.back()->request(nbd::cmd_read, i, std::uint64_t(i % 4) * mib, mib);
-    }
+    auto stuck = stuck_clients(srv, 4, 4);  // 4 x 64 MiB of reads against a 64 MiB cap
     std::this_thread::sleep_for(1s);
     for (int round = 0; round < 3; ++round) {  // again and again, not just once
         client reader(srv);
@@ -945,11 +950,6 @@ BOOST_FIXTURE_TEST_CASE(stuck_clients_do_not_lock_out_a_reader, fixture) {
         BOOST_CHECK(to_string(r.payload) == data.substr(2 * mib, mib));
         reader.disconnect();
     }
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-    constexpr long sanitizer_slack_kib = 320 * 1024;
-#else
-    constexpr long sanitizer_slack_kib = 0;
-#endif
     BOOST_CHECK_LT(proc_status_kib(pid, "VmHWM"), base_kib + (64 + 24) * 1024 + sanitizer_slack_kib);
     stuck.clear();
     BOOST_CHECK_EQUAL(srv.stop(), 0);
